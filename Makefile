@@ -1,0 +1,63 @@
+# Two commands do all set-up on a fresh Debian 12 machine (as root, or with sudo):
+#   make run    install what the server needs and serve the embedded default target
+#   make test   install what the tests need (Debian packages, venv) and run them all
+# The Python environment lives in .venv at the repository root.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?= -n 2
+
+# Debian packages: what building the venv needs, and the real peers the tests use
+# (QEMU and its iscsi:// driver, libiscsi's tools, tgtd, sg3_utils, the guest image tools).
+DEB_VENV := python3-venv python3-pip python3-dev gcc
+DEB_TEST := qemu-system-x86 qemu-block-extra qemu-utils libiscsi-bin tgt sg3-utils \
+            busybox-static cpio kmod open-iscsi zstd
+
+.PHONY: run test demo venv deps-venv deps-test lint clean
+
+run: venv
+	$(VENV)/bin/scsi-target serve
+
+test: deps-test venv
+	$(PY) -m ruff check target tests tools/*.py images qemu
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check target tests images qemu
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | deps-venv
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,fast]'
+	touch $@
+
+# Install the named Debian packages that are missing (nothing when all are present).
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:" $$missing; \
+	    $(SUDO) apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+endef
+
+deps-venv:
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	    $(MAKE) --no-print-directory deps-venv-debian; fi
+
+deps-venv-debian:
+	$(call apt_install,$(DEB_VENV))
+
+deps-test:
+	$(call apt_install,$(DEB_TEST))
+	@# tgt's package may start a system tgtd on 0.0.0.0:3260; the tests start their own.
+	@if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q tgt 2>/dev/null; then \
+	    $(SUDO) systemctl disable --now tgt; fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

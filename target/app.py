@@ -1,0 +1,83 @@
+"""Assembly: a Config becomes stores, logical units, SCSI devices and the iSCSI portal.
+
+Rules:
+- Every store is opened before anything listens, so a missing image or a bad size is
+  reported (naming the LUN and the path) before a single initiator can connect.
+- close() flushes and closes every store; it is safe to call twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from target.backing.base import Store
+from target.backing.memory import MemoryStore
+from target.config import Config, ConfigError, LunConfig, TargetConfig
+from target.iscsi.portal import Portal, TargetEntry
+from target.iscsi.session import SessionRegistry
+from target.scsi.device import ScsiDevice
+from target.scsi.disk import DISK_COMMANDS
+from target.scsi.lu import LogicalUnit
+from target.scsi.task import Identity
+
+
+@dataclass
+class App:
+    config: Config
+    portal: Portal
+    devices: list[ScsiDevice] = field(default_factory=list)
+    _closed: bool = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for device in self.devices:
+            device.close()
+
+
+def open_store(lun: LunConfig, where: str) -> Store:
+    if lun.store == "memory":
+        return MemoryStore(lun.size or 0)
+    from target.backing.file import FileStore
+
+    try:
+        return FileStore(lun.path, size=lun.size, create=lun.size is not None,
+                         read_only=lun.read_only)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_device(t: TargetConfig, source: str) -> ScsiDevice:
+    device = ScsiDevice(t.iqn)
+    for lun in t.luns:
+        where = f"{source}: target {t.iqn} LUN {lun.lun}"
+        store = open_store(lun, where)
+        identity = Identity(vendor=lun.vendor, product=lun.product, revision=lun.revision,
+                            serial=lun.serial)
+        try:
+            lu = LogicalUnit(lun.lun, store, DISK_COMMANDS, block_size=lun.block_size,
+                             identity=identity, read_only=lun.read_only, thin=lun.thin,
+                             removable=lun.removable)
+        except ValueError as exc:
+            store.close()
+            raise ConfigError(f"{where}: {exc}") from None
+        device.add(lu)
+    return device
+
+
+def build(config: Config) -> App:
+    devices: list[ScsiDevice] = []
+    try:
+        for t in config.targets:
+            devices.append(build_device(t, config.source))
+    except Exception:
+        for d in devices:
+            d.close()
+        raise
+    targets = {
+        t.iqn: TargetEntry(t.iqn, d, alias=t.alias, tpgt=t.tpgt, initiators=t.initiators)
+        for t, d in zip(config.targets, devices, strict=True)
+    }
+    portal = Portal(targets=targets, addresses=list(config.listen), registry=SessionRegistry())
+    return App(config, portal, devices)

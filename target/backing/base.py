@@ -1,0 +1,52 @@
+"""The backing-store interface every store implements.
+
+Rules:
+- Offsets and lengths are in bytes; the logical unit has checked them against `size`.
+- read() returns a buffer the caller may send as it is (a memoryview into the store is
+  allowed, DESIGN.md principle 5); the caller does not keep it past the command.
+- write() takes any buffer (memoryview of a receive buffer) and does not keep it.
+- flush() makes every completed write durable (fdatasync for files): SYNCHRONIZE CACHE,
+  FUA, and writes when the write cache is disabled (WCE=0, SBC-4 4.15).
+- discard() deallocates a range; reads of it return zeros afterwards (LBPRZ, SBC-4 4.7.4).
+- extents() reports mapped and deallocated ranges (GET LBA STATUS, SBC-4 5.8).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+Buffer = bytes | bytearray | memoryview  # collections.abc.Buffer is 3.12+
+
+
+class StoreError(Exception):
+    """An I/O error of the store, reported to the initiator as MEDIUM ERROR."""
+
+
+class Store(ABC):
+    size: int  # bytes
+    description: str
+
+    @abstractmethod
+    def read(self, offset: int, length: int) -> Buffer: ...
+
+    @abstractmethod
+    def write(self, offset: int, data: Buffer) -> None: ...
+
+    def flush(self) -> None:  # noqa: B027 - a store without a cache has nothing to do
+        """Make completed writes durable."""
+
+    def discard(self, offset: int, length: int) -> None:
+        """Deallocate; the default writes zeros."""
+        chunk = 1 << 20
+        zeros = bytes(min(chunk, length))
+        end = offset + length
+        while offset < end:
+            n = min(chunk, end - offset)
+            self.write(offset, memoryview(zeros)[:n])
+            offset += n
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, mapped) runs covering the range; default: all mapped."""
+        return [(offset, length, True)]
+
+    def close(self) -> None:  # noqa: B027
+        """Flush and release the store."""

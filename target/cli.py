@@ -1,0 +1,180 @@
+"""The `scsi-target` command.
+
+    scsi-target serve [--config FILE] [--portal HOST:PORT ...] [--target-iqn IQN]
+                      [--size SIZE] [--block-size 512|4096] [--backing PATH]
+                      [--read-only] [--port-file FILE] [--log-file FILE] [-v]
+    scsi-target config check FILE
+    scsi-target config show [FILE]
+
+Rules:
+- Without --config, `serve` serves the embedded default (target/config.py). Options
+  given on the command line override the config: --portal replaces the listen
+  addresses, --target-iqn/--size/--block-size/--backing/--read-only change the first
+  target and its first LUN.
+- Port 0 binds an ephemeral port; --port-file receives the bound port once listening
+  (tests and tools use it).
+- Errors in the config or the store are printed as one line naming the file, key or
+  path, and the command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from target import config as cfgmod
+from target.config import Config, ConfigError
+
+log = logging.getLogger("scsi-target")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scsi-target",
+                                 description="A QEMU-attached iSCSI/SCSI target emulator.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve targets over iSCSI")
+    s.add_argument("--config", type=Path, help="TOML config file (default: embedded)")
+    s.add_argument("--portal", action="append", metavar="HOST:PORT",
+                   help="listen address (repeatable; port 0 = ephemeral)")
+    s.add_argument("--target-iqn", help="IQN of the (first) target")
+    s.add_argument("--size", help="size of the (first) LUN, e.g. 1G, 64M")
+    s.add_argument("--block-size", type=int, choices=(512, 4096), help="logical block size")
+    s.add_argument("--backing", type=Path, help="serve a file or block device instead of memory")
+    s.add_argument("--read-only", action="store_true", help="make the (first) LUN read-only")
+    s.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    s.add_argument("--log-file", type=Path, help="write the log here instead of stderr")
+    s.add_argument("-v", "--verbose", action="count", default=0)
+    s.add_argument("-q", "--quiet", action="store_true", help="do not print the banner")
+
+    c = sub.add_parser("config", help="check or show a config")
+    csub = c.add_subparsers(dest="action", required=True)
+    chk = csub.add_parser("check", help="validate a config file")
+    chk.add_argument("file", type=Path)
+    show = csub.add_parser("show", help="print the effective targets and LUNs")
+    show.add_argument("file", type=Path, nargs="?")
+    return ap
+
+
+def effective_config(args: argparse.Namespace) -> Config:
+    cfg = cfgmod.load(args.config) if args.config else Config()
+    if args.portal:
+        for p in args.portal:
+            cfgmod.parse_listen(p, f"--portal {p}")
+        cfg.listen = list(args.portal)
+    t = cfg.targets[0]
+    lun = t.luns[0]
+    if args.target_iqn:
+        t.iqn = args.target_iqn
+        if not args.config:
+            lun.serial = cfgmod.default_serial(t.iqn, lun.lun)
+    if args.block_size:
+        lun.block_size = args.block_size
+    if args.backing:
+        lun.store = "file"
+        lun.path = str(args.backing)
+        lun.size = None
+    if args.size:
+        lun.size = cfgmod.parse_size(args.size, "--size")
+    if lun.size is not None and lun.size % lun.block_size:
+        raise ConfigError(f"--size: {lun.size} bytes is not a whole number of "
+                          f"{lun.block_size}-byte blocks")
+    if args.read_only:
+        lun.read_only = True
+    return cfg
+
+
+def _human(size: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
+def banner(app, bound: list[tuple[str, int]]) -> str:
+    host, port = bound[0]
+    hostpart = f"[{host}]" if ":" in host else host
+    lines = []
+    for t, device in zip(app.config.targets, app.devices, strict=True):
+        lines.append(f"serving {t.iqn} on " + ", ".join(
+            f"{h}:{p}" for h, p in bound))
+        for lun, lu in sorted(device.luns.items()):
+            url = f"iscsi://{hostpart}:{port}/{t.iqn}/{lun}"
+            ro = ", read-only" if lu.read_only else ""
+            lines.append(f"  LUN {lun}: {lu.store.description}, {_human(lu.store.size)}, "
+                         f"{lu.block_size}-byte blocks{ro}")
+            lines.append(f"    URL:  {url}")
+            lines.append(f"    QEMU: -drive if=none,id=d{lun},file={url},format=raw,cache=none "
+                         f"-device virtio-scsi-pci,id=scsi0 "
+                         f"-device scsi-block,drive=d{lun},bus=scsi0.0")
+    lines.append("press Ctrl-C to stop")
+    return "\n".join(lines)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from target import app as appmod
+    from target import server as srvmod
+
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        filename=str(args.log_file) if args.log_file else None,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = effective_config(args)
+    application = appmod.build(cfg)
+    listen = [cfgmod.parse_listen(p, "listen") for p in cfg.listen]
+
+    def on_listening(bound: list[tuple[str, int]]) -> None:
+        if args.port_file:
+            tmp = args.port_file.with_name(args.port_file.name + ".tmp")
+            tmp.write_text(f"{bound[0][1]}\n")
+            os.replace(tmp, args.port_file)
+        if not args.quiet:
+            print(banner(application, bound), flush=True)
+
+    server = srvmod.Server(application.portal, listen, on_listening)
+    try:
+        srvmod.run(server, on_stop=application.close)
+    finally:
+        application.close()
+    return 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    cfg = cfgmod.load(args.file) if getattr(args, "file", None) else Config()
+    if args.action == "check":
+        print(f"{args.file}: ok ({len(cfg.targets)} target(s), "
+              f"{sum(len(t.luns) for t in cfg.targets)} LUN(s))")
+        return 0
+    print(f"# {cfg.source}")
+    print("listen:", ", ".join(cfg.listen))
+    for t in cfg.targets:
+        acl = ", ".join(t.initiators) if t.initiators is not None else "all initiators"
+        print(f"target {t.iqn} (tpgt {t.tpgt}; {acl})")
+        for lun in t.luns:
+            where = lun.path if lun.store == "file" else "memory"
+            size = _human(lun.size) if lun.size else "size of the file"
+            print(f"  LUN {lun.lun}: {where}, {size}, {lun.block_size}-byte blocks, "
+                  f"{lun.vendor}/{lun.product} serial {lun.serial}"
+                  + (", read-only" if lun.read_only else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "config":
+            return config_command(args)
+    except ConfigError as exc:
+        print(f"scsi-target: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"scsi-target: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2

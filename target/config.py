@@ -1,0 +1,259 @@
+"""The configuration: portals, targets, LUNs and ACLs, from TOML or the embedded default.
+
+Rules:
+- A config file is TOML (tomllib). Every error names the file, the key path (such as
+  `target[0].lun[1].size`) and what is wrong; unknown keys are errors, not ignored.
+- The embedded default is one portal on 127.0.0.1:3260 and one target,
+  iqn.2026-11.local.scsi-target:default, with LUN 0 an in-memory 1 GiB disk of
+  512-byte blocks.
+- Sizes take K/M/G/T suffixes (powers of 1024) or plain bytes, and must be a whole
+  number of blocks.
+
+Example:
+
+    [[portal]]
+    listen = "127.0.0.1:3260"
+
+    [[target]]
+    iqn = "iqn.2026-11.local.scsi-target:disk1"
+    alias = "disk1"
+    initiators = ["iqn.2026-11.local.qemu:guest"]   # ACL; leave out to allow all
+
+    [[target.lun]]
+    lun = 0
+    store = "file"              # or "memory"
+    path = "/var/tmp/disk1.img"
+    size = "4G"                 # file: created sparse when missing
+    block_size = 4096
+    vendor = "QEMUSCSI"
+    product = "scsi-target"
+    serial = "disk1-0"
+    read_only = false
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_IQN = "iqn.2026-11.local.scsi-target:default"
+DEFAULT_LISTEN = "127.0.0.1:3260"
+DEFAULT_SIZE = 1 << 30
+
+_IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:.+)?|eui\.[0-9A-Fa-f]{16}"
+                  r"|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming where it is and what is wrong."""
+
+
+@dataclass
+class LunConfig:
+    lun: int = 0
+    store: str = "memory"
+    path: str | None = None
+    size: int | None = None
+    block_size: int = 512
+    vendor: str = "QEMUSCSI"
+    product: str = "scsi-target"
+    revision: str = "0001"
+    serial: str = ""
+    read_only: bool = False
+    thin: bool = False
+    removable: bool = False
+
+
+@dataclass
+class TargetConfig:
+    iqn: str = DEFAULT_IQN
+    alias: str = ""
+    tpgt: int = 1
+    initiators: list[str] | None = None
+    luns: list[LunConfig] = field(default_factory=lambda: [
+        LunConfig(size=DEFAULT_SIZE, serial=default_serial(DEFAULT_IQN, 0))])
+
+
+@dataclass
+class Config:
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
+    nop_interval: float = 0.0  # seconds between NOP-In pings; 0 disables them
+    source: str = "<embedded default>"
+
+
+def parse_size(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size such as 1G or 512M, not {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(m.group(1)) * _UNITS[(m.group(2) or "")[:1].upper()]
+    else:
+        raise ConfigError(f"{where}: expected a size such as 1G or 512M, not {value!r}")
+    if size <= 0:
+        raise ConfigError(f"{where}: size must be positive, not {value!r}")
+    return size
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    """"host:port", "[v6]:port" or "host" (port 3260)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected \"host:port\", not {value!r}")
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", value) or re.match(r"^([^:]+)(?::(\d+))?$", value)
+    if not m:
+        raise ConfigError(f"{where}: expected \"host:port\", not {value!r}")
+    port = int(m.group(2)) if m.group(2) is not None else 3260
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} is out of range 0..65535")
+    return m.group(1), port
+
+
+def default_serial(iqn: str, lun: int) -> str:
+    return hashlib.sha256(f"{iqn}/{lun}".encode()).hexdigest()[:16]
+
+
+class _Reader:
+    """Typed access to a TOML table with the key path for error messages."""
+
+    def __init__(self, table: dict, where: str, source: str) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where}: expected a table, not {table!r}")
+        self.table = dict(table)
+        self.where = where
+        self.source = source
+
+    def path(self, key: str) -> str:
+        return f"{self.source}: {self.where}.{key}" if self.where else f"{self.source}: {key}"
+
+    def get(self, key: str, kind: type | tuple, default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table.pop(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(f"{self.path(key)}: expected {names}, not {value!r}")
+        return value
+
+    def done(self) -> None:
+        if self.table:
+            keys = ", ".join(sorted(self.table))
+            raise ConfigError(f"{self.source}: {self.where or 'top level'}: unknown key(s): {keys}")
+
+
+def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfig:
+    r = _Reader(table, where, source)
+    lun = LunConfig()
+    lun.lun = r.get("lun", int, index)
+    if not 0 <= lun.lun < 16384:
+        raise ConfigError(f"{r.path('lun')}: LUN {lun.lun} is out of range 0..16383")
+    lun.store = r.get("store", str, "memory")
+    if lun.store not in ("memory", "file"):
+        raise ConfigError(f"{r.path('store')}: expected \"memory\" or \"file\", not {lun.store!r}")
+    lun.path = r.get("path", str, None)
+    size = r.get("size", (int, str), None)
+    lun.size = parse_size(size, r.path("size")) if size is not None else None
+    lun.block_size = r.get("block_size", int, 512)
+    if lun.block_size not in (512, 4096):
+        raise ConfigError(f"{r.path('block_size')}: expected 512 or 4096, not {lun.block_size}")
+    if lun.size is not None and lun.size % lun.block_size:
+        raise ConfigError(f"{r.path('size')}: {lun.size} bytes is not a whole number of "
+                          f"{lun.block_size}-byte blocks")
+    if lun.store == "file" and not lun.path:
+        raise ConfigError(f"{r.path('path')}: a file store needs a path")
+    if lun.store == "memory":
+        if lun.path:
+            raise ConfigError(f"{r.path('path')}: a memory store takes no path")
+        lun.size = lun.size or DEFAULT_SIZE
+    for key, limit in (("vendor", 8), ("product", 16), ("revision", 4)):
+        value = r.get(key, str, getattr(lun, key))
+        if len(value) > limit or not value.isascii() or not value.isprintable():
+            raise ConfigError(f"{r.path(key)}: at most {limit} printable ASCII characters, "
+                              f"not {value!r}")
+        setattr(lun, key, value)
+    lun.serial = r.get("serial", str, "") or default_serial(iqn, lun.lun)
+    if not lun.serial.isascii() or len(lun.serial) > 64:
+        raise ConfigError(f"{r.path('serial')}: at most 64 ASCII characters")
+    lun.read_only = r.get("read_only", bool, False)
+    lun.thin = r.get("thin", bool, False)
+    lun.removable = r.get("removable", bool, False)
+    r.done()
+    return lun
+
+
+def _target(table: dict, where: str, source: str) -> TargetConfig:
+    r = _Reader(table, where, source)
+    t = TargetConfig()
+    t.iqn = r.get("iqn", str, None)
+    if t.iqn is None:
+        raise ConfigError(f"{r.path('iqn')}: every target needs an iqn")
+    if not _IQN.match(t.iqn) or len(t.iqn.encode()) > 223:
+        raise ConfigError(f"{r.path('iqn')}: {t.iqn!r} is not an iSCSI name (RFC 7143 4.2.7: "
+                          "iqn.YYYY-MM.reversed.domain[:id], eui. or naa.)")
+    t.alias = r.get("alias", str, "")
+    t.tpgt = r.get("tpgt", int, 1)
+    if not 1 <= t.tpgt <= 65535:
+        raise ConfigError(f"{r.path('tpgt')}: expected 1..65535, not {t.tpgt}")
+    initiators = r.get("initiators", list, None)
+    if initiators is not None:
+        for i, name in enumerate(initiators):
+            if not isinstance(name, str) or not _IQN.match(name):
+                raise ConfigError(f"{r.path(f'initiators[{i}]')}: {name!r} is not an iSCSI name")
+    t.initiators = initiators
+    luns = r.get("lun", list, None)
+    if not luns:
+        raise ConfigError(f"{r.path('lun')}: a target needs at least one [[target.lun]]")
+    t.luns = [_lun(lt, f"{where}.lun[{i}]", source, t.iqn, i) for i, lt in enumerate(luns)]
+    seen: set[int] = set()
+    for i, lun in enumerate(t.luns):
+        if lun.lun in seen:
+            raise ConfigError(f"{source}: {where}.lun[{i}].lun: LUN {lun.lun} is used twice")
+        seen.add(lun.lun)
+    r.done()
+    return t
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return from_dict(data, source)
+
+
+def from_dict(data: dict, source: str = "<config>") -> Config:
+    r = _Reader(data, "", source)
+    cfg = Config(source=source)
+    portals = r.get("portal", list, None)
+    if portals is not None:
+        cfg.listen = []
+        for i, p in enumerate(portals):
+            pr = _Reader(p, f"portal[{i}]", source)
+            listen = pr.get("listen", str, None)
+            if listen is None:
+                raise ConfigError(f"{pr.path('listen')}: a portal needs listen = \"host:port\"")
+            parse_listen(listen, pr.path("listen"))
+            cfg.listen.append(listen)
+            pr.done()
+    cfg.nop_interval = float(r.get("nop_interval", (int, float), 0))
+    targets = r.get("target", list, None)
+    if targets is not None:
+        cfg.targets = [_target(t, f"target[{i}]", source) for i, t in enumerate(targets)]
+        names = [t.iqn for t in cfg.targets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{source}: target: an iqn is used by two targets")
+    r.done()
+    return cfg

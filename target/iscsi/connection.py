@@ -1,0 +1,861 @@
+"""One iSCSI connection as a sans-IO object (RFC 7143): bytes in, buffers and tasks out.
+
+Rules:
+- Receiving follows asyncio.BufferedProtocol: the shell asks get_buffer(), receives into
+  it and reports buffer_updated(n). Headers and small data segments land in a scratch
+  buffer; the data of SCSI writes (immediate data and Data-Out) is received straight into
+  the command's own buffer at its buffer offset, so write data is never copied on the way
+  in (DESIGN.md principle 5).
+- Output is a list of buffers (take_output()): BHS bytes, and Data-In payloads as
+  memoryviews of the SCSI layer's data, never joined. The shell sends them with one
+  sendmsg() each time.
+- Commands reach the SCSI layer through `ready` (a deque of ScsiTask) only once all of
+  their data is in; the shell executes each and hands it back with complete(task).
+- Login phase: only Login Requests, handled by target.iscsi.login (RFC 7143 6). Anything
+  else closes the connection (6.1: the first PDU must be a Login Request).
+- Full feature phase, ErrorRecoveryLevel 0 (7.1.5, 7.2): non-immediate commands are
+  admitted in CmdSN order within [ExpCmdSN, MaxCmdSN] and silently ignored outside it
+  (4.2.2.1); a header digest error, a DataSN or buffer offset out of sequence, data beyond
+  what was asked for or a malformed PDU end the connection after a Reject naming the PDU
+  (11.17); an unsupported opcode is Rejected and the connection goes on.
+- Write data: immediate data (ImmediateData=Yes), then unsolicited Data-Out up to
+  FirstBurstLength when InitialR2T=No, then R2Ts of at most MaxBurstLength, at most
+  MaxOutstandingR2T at a time, each with its own Target Transfer Tag, R2TSN counting
+  from 0 per command and DataSN from 0 per sequence (11.7, 11.8).
+- Data-In: segments of at most the initiator's MaxRecvDataSegmentLength, F set on the
+  last PDU of each MaxBurstLength sequence, DataSN from 0; the status goes in the last
+  Data-In (phase collapse, 11.7.4) when the command ended GOOD, else in a SCSI Response
+  with autosense (11.4.7). Residual over/underflow against the Expected Data Transfer
+  Length per 11.4.5.1.
+- StatSN counts every PDU that carries status (SCSI Response, Data-In with S, NOP-In
+  answering a NOP-Out, TMF/Text/Logout responses, Reject); R2T and unsolicited NOP-In
+  carry the current StatSN without advancing it (11.8.2, 11.19).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+
+from target.iscsi import pdu
+from target.iscsi.pdu import (
+    BHS_LEN,
+    DIGEST_LEN,
+    F_FINAL,
+    F_OVERFLOW,
+    F_READ,
+    F_STATUS,
+    F_UNDERFLOW,
+    F_WRITE,
+    RESERVED_TAG,
+    ZERO_LUN,
+    Bhs,
+    Op,
+    RejectReason,
+    TmfFunction,
+    TmfResponse,
+)
+from target.iscsi.session import Session, SessionParams
+from target.scsi.sense import (
+    COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
+)
+from target.scsi.task import Nexus, ScsiTask, Status, decode_lun
+
+log = logging.getLogger(__name__)
+
+LOGIN_MAX_RECV = 8192  # MaxRecvDataSegmentLength before it is negotiated (13.12)
+MAX_EDTL = 64 << 20  # largest write buffer we allocate for one command
+_SENSE_LEN = struct.Struct(">H")
+_DIGEST = struct.Struct("<I")
+
+
+class Phase(Enum):
+    LOGIN = "login"
+    FULL_FEATURE = "full feature"
+    CLOSED = "closed"
+
+
+class ProtocolError(Exception):
+    """A PDU the connection cannot continue after (ERL 0: the connection ends)."""
+
+    def __init__(self, message: str, reason: int = RejectReason.PROTOCOL_ERROR,
+                 header: bytes | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.header = header
+
+
+class R2T:
+    """One outstanding Ready To Transfer (11.8)."""
+
+    __slots__ = ("ttt", "cmd", "offset", "end", "next_offset", "datasn")
+
+    def __init__(self, ttt: int, cmd: Command, offset: int, length: int) -> None:
+        self.ttt = ttt
+        self.cmd = cmd
+        self.offset = offset
+        self.end = offset + length
+        self.next_offset = offset
+        self.datasn = 0
+
+
+class Command:
+    """Transport state of one SCSI command, from its PDU to its response."""
+
+    __slots__ = ("task", "itt", "cmdsn", "lun_raw", "edtl", "read", "write", "buf", "view",
+                 "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
+                 "outstanding", "admitted", "queued", "aborted", "data_pdus")
+
+    def __init__(self, task: ScsiTask, bhs: Bhs) -> None:
+        self.task = task
+        self.itt = bhs.itt
+        self.cmdsn = bhs.cmdsn
+        self.lun_raw = bhs.lun
+        self.edtl = bhs.edtl
+        self.read = bool(bhs.flags & F_READ)
+        self.write = bool(bhs.flags & F_WRITE)
+        self.buf: bytearray | None = None
+        self.view: memoryview | None = None
+        self.received = 0
+        self.unsol_end = 0  # end of the unsolicited burst (immediate + unsolicited Data-Out)
+        self.unsol_next = 0
+        self.unsol_datasn = 0
+        self.r2t_next = 0  # first offset not yet asked for by an R2T
+        self.r2tsn = 0
+        self.outstanding = 0
+        self.admitted = False
+        self.queued = False
+        self.aborted = False
+        self.data_pdus = 0  # R2Ts or Data-Ins sent, for ExpDataSN
+
+
+class Connection:
+    """The protocol state of one TCP connection to the target."""
+
+    def __init__(self, portal, local_address: str = "", peer: str = "") -> None:
+        self.portal = portal
+        self.peer = peer
+        self.local_address = local_address
+        self.phase = Phase.LOGIN
+        self.login = None  # the Login state machine, made on the first Login Request
+        self.session: Session | None = None
+        self.params = SessionParams()
+        self.nexus: Nexus | None = None
+        self.stat_sn = 0
+        self.ready: deque[ScsiTask] = deque()
+        self.want_close = False
+        self.notify: Callable[[], None] | None = None  # set by the shell: state changed
+        self._out: list = []
+        self._cmds: dict[int, Command] = {}
+        self._r2ts: dict[int, R2T] = {}
+        self._held: dict[int, tuple[Bhs, object, Command | None]] = {}
+        self._next_ttt = 1
+        self._text = None
+        self._ping_ttt: int | None = None
+        # receive side
+        self._max_recv = LOGIN_MAX_RECV
+        self._hdigest = False
+        self._ddigest = False
+        size = 2 * (max(portal.max_recv_data_segment_length, LOGIN_MAX_RECV) + 4096)
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._rpos = 0
+        self._wpos = 0
+        self._pdu: Bhs | None = None
+        self._ahs = b""
+        self._dest: memoryview | None = None
+        self._got = 0
+        self._tail = 0
+        self._direct = False
+        self._incoming: Command | None = None
+
+    # --- receive -----------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next received bytes go (asyncio.BufferedProtocol.get_buffer)."""
+        if (self._dest is not None and self._rpos == self._wpos
+                and self._pdu is not None and self._got < self._pdu.dsl):
+            self._direct = True
+            return self._dest[self._got:]
+        self._direct = False
+        if self._rpos == self._wpos:
+            self._rpos = self._wpos = 0
+        elif len(self._buf) - self._wpos < len(self._buf) // 2 and self._rpos:
+            pending = self._wpos - self._rpos
+            self._view[:pending] = self._view[self._rpos:self._wpos]
+            self._rpos, self._wpos = 0, pending
+        return self._view[self._wpos:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct:
+            self._got += nbytes
+            self._direct = False
+        else:
+            self._wpos += nbytes
+        try:
+            self._parse()
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes (tests and simple shells): copies into get_buffer() as needed."""
+        view = memoryview(data)
+        while view and not self.want_close:
+            buf = self.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def _parse(self) -> None:
+        view = self._view
+        while not self.want_close:
+            avail = self._wpos - self._rpos
+            bhs = self._pdu
+            if bhs is None:
+                if avail < BHS_LEN:
+                    return
+                rpos = self._rpos
+                bhs = Bhs(view[rpos:rpos + BHS_LEN])
+                hlen = BHS_LEN + bhs.ahs_len
+                total = hlen + (DIGEST_LEN if self._hdigest else 0)
+                if avail < total:
+                    return
+                if self._hdigest:
+                    got = _DIGEST.unpack_from(view, rpos + hlen)[0]
+                    if pdu.crc([view[rpos:rpos + hlen]]) != got:
+                        raise ProtocolError("header digest error")
+                self._ahs = bytes(view[rpos + BHS_LEN:rpos + hlen]) if bhs.ahs_len else b""
+                self._rpos += total
+                if bhs.dsl > self._max_recv:
+                    raise ProtocolError(
+                        f"data segment of {bhs.dsl} bytes exceeds MaxRecvDataSegmentLength "
+                        f"{self._max_recv}", header=bhs.raw)
+                self._pdu = bhs
+                self._got = 0
+                self._tail = pdu.pad_len(bhs.dsl) + (DIGEST_LEN if self._ddigest and bhs.dsl
+                                                     else 0)
+                self._dest = self._destination(bhs) if bhs.dsl else None
+                continue
+            dsl = bhs.dsl
+            rpos = self._rpos
+            if self._dest is not None:
+                need = dsl - self._got
+                if need:
+                    n = min(need, avail)
+                    if n:
+                        self._dest[self._got:self._got + n] = view[rpos:rpos + n]
+                        self._got += n
+                        rpos += n
+                        avail -= n
+                        self._rpos = rpos
+                    if self._got < dsl:
+                        return
+                if avail < self._tail:
+                    return
+                data: object = self._dest
+            else:
+                if avail < dsl + self._tail:
+                    return
+                data = bytes(view[rpos:rpos + dsl])
+                rpos += dsl
+            if self._ddigest and dsl:
+                got = _DIGEST.unpack_from(view, rpos + self._tail - DIGEST_LEN)[0]
+                padbytes = pdu.padding(dsl)
+                if pdu.crc([data, padbytes]) != got:
+                    self._rpos = rpos + self._tail
+                    self._pdu = None
+                    self._dest = None
+                    raise ProtocolError("data digest error", RejectReason.DATA_DIGEST_ERROR,
+                                        bhs.raw)
+            self._rpos = rpos + self._tail
+            self._pdu = None
+            self._dest = None
+            self._dispatch(bhs, data)
+
+    def _destination(self, bhs: Bhs) -> memoryview | None:
+        """Where the data segment of this PDU goes, when it is write data."""
+        if self.phase is not Phase.FULL_FEATURE:
+            return None
+        op = bhs.opcode
+        if op == Op.DATA_OUT:
+            return self._data_out_destination(bhs)
+        if op == Op.SCSI_COMMAND:
+            cmd = self._incoming = self._new_command(bhs)
+            if cmd is not None and cmd.view is not None:
+                return cmd.view[:bhs.dsl]
+        return None
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    def _dispatch(self, bhs: Bhs, data) -> None:
+        if self.phase is Phase.LOGIN:
+            self._login(bhs, data)
+            return
+        if self.phase is not Phase.FULL_FEATURE:
+            return
+        op = bhs.opcode
+        if op == Op.DATA_OUT:
+            self._data_out(bhs)
+            return
+        if op == Op.SCSI_COMMAND:
+            cmd = self._incoming if bhs.dsl else self._new_command(bhs)
+            self._incoming = None
+            if cmd is None:
+                return
+        else:
+            cmd = None
+            if op not in pdu.INITIATOR_OPCODES or op == Op.SNACK_REQUEST:
+                reason = (RejectReason.SNACK_REJECT if op == Op.SNACK_REQUEST
+                          else RejectReason.COMMAND_NOT_SUPPORTED)
+                self._reject(bhs, reason)
+                return
+            if op == Op.LOGIN_REQUEST:
+                raise ProtocolError("Login Request in full feature phase", header=bhs.raw)
+            if self.params.session_type == "Discovery" and op not in (
+                    Op.TEXT_REQUEST, Op.LOGOUT_REQUEST, Op.NOP_OUT):
+                self._reject(bhs, RejectReason.PROTOCOL_ERROR)
+                return
+            if op == Op.NOP_OUT and bhs.itt == RESERVED_TAG:
+                self._nop_out(bhs, data)  # a reply to our NOP-In: immediate, no CmdSN
+                return
+        if bhs.immediate:
+            self._execute(bhs, data, cmd)
+        else:
+            self._admit(bhs, data, cmd)
+
+    def _admit(self, bhs: Bhs, data, cmd: Command | None) -> None:
+        """CmdSN ordering (RFC 7143 4.2.2.1)."""
+        session = self.session
+        assert session is not None
+        cmdsn = bhs.cmdsn
+        if cmdsn != session.exp_cmdsn:
+            if pdu.sn_lt(session.exp_cmdsn, cmdsn) and pdu.sn_le(cmdsn, session.max_cmdsn):
+                self._held[cmdsn] = (bhs, data, cmd)
+            else:
+                log.info("%s: ignoring CmdSN %#x outside [%#x, %#x]", self.peer, cmdsn,
+                         session.exp_cmdsn, session.max_cmdsn)
+                if cmd is not None:
+                    self._forget(cmd)
+            return
+        while True:
+            session.exp_cmdsn = (session.exp_cmdsn + 1) & 0xFFFFFFFF
+            self._execute(bhs, data, cmd)
+            held = self._held.pop(session.exp_cmdsn, None)
+            if held is None:
+                return
+            bhs, data, cmd = held
+
+    def _execute(self, bhs: Bhs, data, cmd: Command | None) -> None:
+        op = bhs.opcode
+        if op == Op.SCSI_COMMAND:
+            assert cmd is not None
+            self._start_command(cmd)
+        elif op == Op.NOP_OUT:
+            self._nop_out(bhs, data)
+        elif op == Op.TASK_MGMT_REQUEST:
+            self._task_management(bhs)
+        elif op == Op.TEXT_REQUEST:
+            self._text_request(bhs, data)
+        elif op == Op.LOGOUT_REQUEST:
+            self._logout(bhs)
+
+    # --- login -------------------------------------------------------------------------
+
+    def _login(self, bhs: Bhs, data) -> None:
+        if bhs.opcode != Op.LOGIN_REQUEST:
+            raise ProtocolError(f"opcode {bhs.opcode:#x} during login")
+        if self.login is None:
+            from target.iscsi.login import Login
+
+            self.login = Login(self.portal, self.local_address)
+        step = self.login.receive(bhs, bytes(data))
+        self._out.extend(step.pdus)
+        if step.outcome == "failed":
+            self.want_close = True
+            self.phase = Phase.CLOSED
+        elif step.outcome == "complete":
+            self.enter_full_feature(step.session, self.login.stat_sn)
+
+    def enter_full_feature(self, session: Session, stat_sn: int) -> None:
+        """Login is over: the session's parameters, digests and nexus take effect."""
+        self.session = session
+        session.connection = self
+        self.params = p = session.params
+        self.stat_sn = stat_sn
+        self.phase = Phase.FULL_FEATURE
+        self._max_recv = p.target_max_recv_data_segment_length
+        self._hdigest = p.header_digest
+        self._ddigest = p.data_digest
+        if session.device is not None:
+            self.nexus = Nexus(
+                initiator_port=f"{p.initiator_name},i,0x{p.isid:012x}",
+                target_port=f"{p.target_name},t,0x{p.tpgt:04x}",
+                initiator_name=p.initiator_name,
+                target_name=p.target_name,
+                isid=p.isid,
+                tpgt=p.tpgt,
+                relative_target_port=p.tpgt,
+            )
+        log.info("%s: %s session %s -> %s (TSIH %d)", self.peer, p.session_type,
+                 p.initiator_name, p.target_name or "-", p.tsih)
+
+    # --- SCSI commands -----------------------------------------------------------------
+
+    def _new_command(self, bhs: Bhs) -> Command | None:
+        """Validate a SCSI Command PDU and set up its state; None when it is ignored."""
+        session = self.session
+        if session is None or session.device is None:
+            raise ProtocolError("SCSI Command in a discovery session", header=bhs.raw)
+        if not bhs.immediate and not (pdu.sn_le(session.exp_cmdsn, bhs.cmdsn)
+                                      and pdu.sn_le(bhs.cmdsn, session.max_cmdsn)):
+            return None  # outside the window: silently ignored, its data discarded
+        if bhs.itt == RESERVED_TAG or bhs.itt in self._cmds:
+            raise ProtocolError(f"Initiator Task Tag {bhs.itt:#x} is reserved or in use",
+                                RejectReason.INVALID_PDU_FIELD, bhs.raw)
+        flags = bhs.flags
+        write = bool(flags & F_WRITE)
+        edtl = bhs.edtl
+        p = self.params
+        if bhs.dsl:
+            if not write:
+                raise ProtocolError("data segment on a command without the W bit",
+                                    header=bhs.raw)
+            if not p.immediate_data:
+                raise ProtocolError("immediate data with ImmediateData=No", header=bhs.raw)
+            if bhs.dsl > min(edtl, p.first_burst_length):
+                raise ProtocolError("immediate data beyond FirstBurstLength or the EDTL",
+                                    header=bhs.raw)
+        if write and edtl > MAX_EDTL:
+            raise ProtocolError(f"write of {edtl} bytes exceeds {MAX_EDTL}", header=bhs.raw)
+        cdb = bhs.cdb
+        if self._ahs:
+            cdb = self._extended_cdb(cdb, self._ahs)
+        task = ScsiTask(self.nexus, decode_lun(bhs.lun), cdb, bhs.itt, flags & pdu.ATTR_MASK,
+                        expected_in=edtl if flags & F_READ else 0)
+        cmd = Command(task, bhs)
+        task.transport = cmd
+        if write and edtl:
+            cmd.buf = bytearray(edtl)
+            cmd.view = memoryview(cmd.buf)
+            task.data_out = cmd.view
+            cmd.received = bhs.dsl  # immediate data lands at offset 0
+            unsolicited = 0 if p.initial_r2t else min(p.first_burst_length, edtl)
+            cmd.unsol_end = max(unsolicited, bhs.dsl)
+            cmd.unsol_next = bhs.dsl
+            cmd.r2t_next = cmd.unsol_end
+        elif write:
+            task.data_out = memoryview(b"")
+        self._cmds[bhs.itt] = cmd
+        return cmd
+
+    @staticmethod
+    def _extended_cdb(cdb: bytes, ahs: bytes) -> bytes:
+        """CDBs over 16 bytes continue in an Extended CDB AHS, type 1 (11.3.1.2)."""
+        pos = 0
+        while pos + 3 <= len(ahs):
+            length = int.from_bytes(ahs[pos:pos + 2], "big")
+            if ahs[pos + 2] == 1:
+                return cdb + ahs[pos + 4:pos + 3 + length]
+            pos += 3 + length + (-(3 + length) & 3)
+        return cdb
+
+    def _start_command(self, cmd: Command) -> None:
+        cmd.admitted = True
+        if cmd.aborted:
+            return
+        if cmd.write and cmd.received < cmd.edtl:
+            self._send_r2ts(cmd)
+        else:
+            self._queue(cmd)
+
+    def _queue(self, cmd: Command) -> None:
+        if not cmd.queued:
+            cmd.queued = True
+            self.ready.append(cmd.task)
+
+    def _send_r2ts(self, cmd: Command) -> None:
+        p = self.params
+        session = self.session
+        assert session is not None
+        while cmd.r2t_next < cmd.edtl and cmd.outstanding < p.max_outstanding_r2t:
+            length = min(p.max_burst_length, cmd.edtl - cmd.r2t_next)
+            ttt = self._next_ttt
+            self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
+            r2t = R2T(ttt, cmd, cmd.r2t_next, length)
+            self._r2ts[ttt] = r2t
+            self._send(pdu.pack(Op.R2T, F_FINAL, 0, 0, 0, cmd.lun_raw, cmd.itt, ttt,
+                                self.stat_sn, session.exp_cmdsn, session.max_cmdsn, cmd.r2tsn,
+                                r2t.offset, length))
+            cmd.r2tsn += 1
+            cmd.data_pdus += 1
+            cmd.r2t_next += length
+            cmd.outstanding += 1
+
+    def _data_out_destination(self, bhs: Bhs) -> memoryview | None:
+        cmd = self._cmds.get(bhs.itt)
+        if cmd is None or cmd.view is None:
+            return None  # data for a task we no longer have (aborted): discarded (11.5.1)
+        offset = bhs.buffer_offset
+        end = offset + bhs.dsl
+        if bhs.ttt == RESERVED_TAG:
+            if bhs.datasn != cmd.unsol_datasn:
+                raise ProtocolError(f"unsolicited Data-Out DataSN {bhs.datasn}, expected "
+                                    f"{cmd.unsol_datasn}", header=bhs.raw)
+            if offset != cmd.unsol_next or end > cmd.unsol_end:
+                raise ProtocolError(
+                    f"unsolicited Data-Out at {offset}+{bhs.dsl} outside the first burst "
+                    f"[{cmd.unsol_next}, {cmd.unsol_end})", RejectReason.INVALID_PDU_FIELD,
+                    bhs.raw)
+        else:
+            r2t = self._r2ts.get(bhs.ttt)
+            if r2t is None or r2t.cmd is not cmd:
+                raise ProtocolError(f"Data-Out with unknown Target Transfer Tag {bhs.ttt:#x}",
+                                    RejectReason.INVALID_PDU_FIELD, bhs.raw)
+            if bhs.datasn != r2t.datasn:
+                raise ProtocolError(f"Data-Out DataSN {bhs.datasn}, expected {r2t.datasn}",
+                                    header=bhs.raw)
+            if offset != r2t.next_offset or end > r2t.end:
+                raise ProtocolError(
+                    f"Data-Out at {offset}+{bhs.dsl} outside R2T [{r2t.next_offset}, "
+                    f"{r2t.end})", RejectReason.INVALID_PDU_FIELD, bhs.raw)
+        return cmd.view[offset:end]
+
+    def _data_out(self, bhs: Bhs) -> None:
+        cmd = self._cmds.get(bhs.itt)
+        if cmd is None or cmd.view is None:
+            return
+        n = bhs.dsl
+        if bhs.ttt == RESERVED_TAG:
+            cmd.unsol_next += n
+            cmd.unsol_datasn += 1
+        else:
+            r2t = self._r2ts[bhs.ttt]
+            r2t.next_offset += n
+            r2t.datasn += 1
+            if r2t.next_offset == r2t.end:
+                del self._r2ts[r2t.ttt]
+                cmd.outstanding -= 1
+                if cmd.admitted:
+                    self._send_r2ts(cmd)
+        cmd.received += n
+        if cmd.received >= cmd.edtl and cmd.admitted and not cmd.aborted:
+            self._queue(cmd)
+
+    def complete(self, task: ScsiTask) -> None:
+        """The SCSI layer is done with `task`: send its data and status."""
+        cmd: Command = task.transport
+        if self._cmds.get(cmd.itt) is cmd:
+            del self._cmds[cmd.itt]
+        if cmd.aborted or self.phase is not Phase.FULL_FEATURE:
+            return
+        session = self.session
+        status = task.status
+        edtl = cmd.edtl
+        data = task.data_in
+        n = 0
+        resid_flag = 0
+        resid = 0
+        if data is not None:
+            n = data.nbytes if isinstance(data, memoryview) else len(data)
+        if cmd.read or (n and not cmd.write):
+            limit = edtl if cmd.read else 0
+            if n > limit:
+                resid_flag, resid, n = F_OVERFLOW, n - limit, limit
+            elif n < limit:
+                resid_flag, resid = F_UNDERFLOW, limit - n
+        elif cmd.write:
+            wanted = task.out_length if task.out_length is not None else edtl
+            if wanted > edtl:
+                resid_flag, resid = F_OVERFLOW, wanted - edtl
+            elif wanted < edtl:
+                resid_flag, resid = F_UNDERFLOW, edtl - wanted
+        collapse = status == Status.GOOD and not task.sense
+        if n:
+            self._send_data_in(cmd, data, n, status if collapse else None, resid_flag, resid)
+            if collapse:
+                return
+        sense = task.sense
+        exp = session.exp_cmdsn
+        if sense:
+            self._send(pdu.pack(Op.SCSI_RESPONSE, F_FINAL | resid_flag, 0, status,
+                                2 + len(sense), ZERO_LUN, cmd.itt, 0, self._next_stat_sn(),
+                                exp, session.max_cmdsn, cmd.data_pdus, 0, resid),
+                       _SENSE_LEN.pack(len(sense)) + sense)
+        else:
+            self._send(pdu.pack(Op.SCSI_RESPONSE, F_FINAL | resid_flag, 0, status, 0,
+                                ZERO_LUN, cmd.itt, 0, self._next_stat_sn(), exp,
+                                session.max_cmdsn, cmd.data_pdus, 0, resid))
+
+    def _send_data_in(self, cmd: Command, data, n: int, status: int | None, resid_flag: int,
+                      resid: int) -> None:
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        p = self.params
+        session = self.session
+        seg_max = p.max_recv_data_segment_length
+        burst = p.max_burst_length
+        datasn = 0
+        out = self._out
+        hd, dd = self._hdigest, self._ddigest
+        offset = 0
+        while offset < n:
+            burst_end = min(n, offset + burst)
+            while offset < burst_end:
+                seg = min(seg_max, burst_end - offset)
+                end = offset + seg
+                if end == n and status is not None:
+                    hdr = pdu.pack(Op.DATA_IN, F_FINAL | F_STATUS | resid_flag, 0, status, seg,
+                                   cmd.lun_raw, cmd.itt, RESERVED_TAG, self._next_stat_sn(),
+                                   session.exp_cmdsn, session.max_cmdsn, datasn, offset, resid)
+                else:
+                    hdr = pdu.pack(Op.DATA_IN, F_FINAL if end == burst_end else 0, 0, 0, seg,
+                                   cmd.lun_raw, cmd.itt, RESERVED_TAG, 0, session.exp_cmdsn,
+                                   session.max_cmdsn, datasn, offset, 0)
+                chunk = view[offset:end]
+                out.append(hdr + pdu.digest(hdr) if hd else hdr)
+                out.append(chunk)
+                pad = pdu.padding(seg)
+                if pad:
+                    out.append(pad)
+                if dd:
+                    out.append(pdu.digest(chunk, pad))
+                datasn += 1
+                offset = end
+        cmd.data_pdus = datasn
+
+    # --- other requests ----------------------------------------------------------------
+
+    def _nop_out(self, bhs: Bhs, data) -> None:
+        """NOP-Out (11.18): a ping to answer, or the answer to our ping."""
+        if bhs.itt == RESERVED_TAG:
+            if bhs.ttt != RESERVED_TAG and bhs.ttt == self._ping_ttt:
+                self._ping_ttt = None
+            return
+        session = self.session
+        ping = bytes(data)[: self.params.max_recv_data_segment_length] if bhs.dsl else b""
+        self._send(pdu.pack(Op.NOP_IN, F_FINAL, 0, 0, len(ping), bhs.lun, bhs.itt, RESERVED_TAG,
+                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn),
+                   ping)
+
+    def ping(self) -> bool:
+        """Send a NOP-In asking for a NOP-Out (11.19); False if the last one is unanswered."""
+        if self.phase is not Phase.FULL_FEATURE or self.want_close:
+            return True
+        if self._ping_ttt is not None:
+            return False
+        session = self.session
+        ttt = self._next_ttt
+        self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
+        self._ping_ttt = ttt
+        self._send(pdu.pack(Op.NOP_IN, F_FINAL, 0, 0, 0, ZERO_LUN, RESERVED_TAG, ttt,
+                            self.stat_sn, session.exp_cmdsn, session.max_cmdsn))
+        return True
+
+    def request_logout(self, seconds: int) -> None:
+        """Async Message, AsyncEvent 1: the target asks for a Logout (11.9.1)."""
+        if self.phase is not Phase.FULL_FEATURE or self.want_close:
+            return
+        session = self.session
+        self._send(pdu.pack(Op.ASYNC_MESSAGE, F_FINAL, 0, 0, 0, ZERO_LUN, RESERVED_TAG, 0,
+                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn,
+                            1 << 24, seconds & 0xFFFF, 0))
+
+    def _text_request(self, bhs: Bhs, data) -> None:
+        from target.iscsi.text import TextResponder
+
+        if self._text is None:
+            self._text = TextResponder(self.session, self.portal)
+        session = self.session
+        for flags, ttt, payload in self._text.receive(bhs, bytes(data)):
+            self._send(pdu.pack(Op.TEXT_RESPONSE, flags, 0, 0, len(payload), bhs.lun, bhs.itt,
+                                ttt, self._next_stat_sn(), session.exp_cmdsn,
+                                session.max_cmdsn), payload)
+
+    def _logout(self, bhs: Bhs) -> None:
+        """Logout (11.14, 11.15): close the session or this connection; ERL 0 only."""
+        reason = bhs.flags & 0x7F
+        session = self.session
+        response = 0 if reason in (0, 1) else 2  # 2: connection recovery not supported
+        self._send(pdu.pack(Op.LOGOUT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
+                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn, 0,
+                            0, 0))
+        if response == 0:
+            self.want_close = True
+            self.phase = Phase.CLOSED
+            self._end_session()
+
+    def _task_management(self, bhs: Bhs) -> None:
+        """Task Management Function Request (11.5) answered per 11.6.1."""
+        function = bhs.flags & 0x7F
+        lun = decode_lun(bhs.lun)
+        device = self.session.device
+        response = TmfResponse.COMPLETE
+        cold = False
+        if function == TmfFunction.ABORT_TASK:
+            cmd = self._cmds.get(bhs.referenced_task_tag)
+            # Commands are admitted in CmdSN order, so a task we do not hold has either
+            # completed or is aborted already: "Task does not exist" (11.6.1).
+            if cmd is not None and not cmd.aborted:
+                self._abort(cmd)
+            else:
+                response = TmfResponse.TASK_DOES_NOT_EXIST
+        elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
+                          TmfFunction.LOGICAL_UNIT_RESET):
+            if lun not in device.luns:
+                response = TmfResponse.LUN_DOES_NOT_EXIST
+            else:
+                for cmd in list(self._cmds.values()):
+                    if cmd.task.lun == lun:
+                        self._abort(cmd)
+                if function != TmfFunction.ABORT_TASK_SET:
+                    for other in self._other_connections():
+                        other.abort_for_other_nexus(lun)
+                if function == TmfFunction.LOGICAL_UNIT_RESET:
+                    device.lu_reset(lun)
+        elif function in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
+            for cmd in list(self._cmds.values()):
+                self._abort(cmd)
+            for other in self._other_connections():
+                other.abort_for_other_nexus(None)
+            cold = function == TmfFunction.TARGET_COLD_RESET
+            device.target_reset(cold)
+        elif function == TmfFunction.QUERY_TASK:
+            cmd = self._cmds.get(bhs.referenced_task_tag)
+            if cmd is None or cmd.aborted:
+                response = TmfResponse.TASK_DOES_NOT_EXIST
+        elif function == TmfFunction.QUERY_TASK_SET:
+            if lun not in device.luns:
+                response = TmfResponse.LUN_DOES_NOT_EXIST
+            elif not any(c.task.lun == lun for c in self._cmds.values()):
+                response = TmfResponse.TASK_DOES_NOT_EXIST
+        elif function == TmfFunction.I_T_NEXUS_RESET:
+            for cmd in list(self._cmds.values()):
+                self._abort(cmd)
+            device.nexus_lost(self.nexus)
+        elif function == TmfFunction.TASK_REASSIGN:
+            response = TmfResponse.REASSIGNMENT_NOT_SUPPORTED
+        else:
+            response = TmfResponse.NOT_SUPPORTED
+        session = self.session
+        self._send(pdu.pack(Op.TASK_MGMT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
+                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn))
+        if cold:
+            # TARGET COLD RESET: after the response, every connection ends (11.5.1).
+            for other in self._other_connections():
+                other.close_for_reinstatement()
+            self.want_close = True
+
+    def _abort(self, cmd: Command) -> None:
+        cmd.aborted = True
+        self._forget(cmd)
+
+    def _forget(self, cmd: Command) -> None:
+        if self._cmds.get(cmd.itt) is cmd:
+            del self._cmds[cmd.itt]
+        for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
+            del self._r2ts[ttt]
+        if cmd.queued:
+            try:
+                self.ready.remove(cmd.task)
+            except ValueError:
+                pass
+
+    def abort_for_other_nexus(self, lun: int | None) -> None:
+        """Another nexus cleared the task set (CLEAR TASK SET, LU or target reset)."""
+        if self.phase is not Phase.FULL_FEATURE or self.session.device is None:
+            return
+        aborted = [c for c in self._cmds.values() if lun is None or c.task.lun == lun]
+        for cmd in aborted:
+            lu = self.session.device.luns.get(cmd.task.lun)
+            self._abort(cmd)
+            if lu is not None and lu.mode.tas:
+                # TAS=1: the other nexus learns of it as TASK ABORTED (SAM-5 5.6).
+                cmd.task.status = Status.TASK_ABORTED
+                cmd.aborted = False
+                self.complete(cmd.task)
+            elif lu is not None:
+                lu.ua.establish(COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, nexus=self.nexus)
+        if aborted and self.notify:
+            self.notify()
+
+    def _other_connections(self) -> list[Connection]:
+        me = self.session
+        others = []
+        for s in list(self.portal.registry.sessions.values()):
+            conn = s.connection
+            if s is not me and s.device is me.device and isinstance(conn, Connection):
+                others.append(conn)
+        return others
+
+    # --- errors, closing ---------------------------------------------------------------
+
+    def _reject(self, bhs: Bhs, reason: int) -> None:
+        """Reject (11.17): the offending header goes back as the data segment."""
+        session = self.session
+        exp = session.exp_cmdsn if session else 0
+        mx = session.max_cmdsn if session else 0
+        self._send(pdu.pack(Op.REJECT, F_FINAL, reason, 0, BHS_LEN, ZERO_LUN, RESERVED_TAG, 0,
+                            self._next_stat_sn(), exp, mx), bhs.raw)
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        log.warning("%s: %s; closing the connection", self.peer or "connection", exc)
+        if exc.header is not None and self.phase is Phase.FULL_FEATURE:
+            self._reject(Bhs(exc.header), exc.reason)
+        self.want_close = True
+
+    def close_for_reinstatement(self) -> None:
+        """Another login reinstated this session, or a cold reset: end the connection."""
+        self.want_close = True
+        self._end_session()
+        if self.notify:
+            self.notify()
+
+    def connection_lost(self) -> None:
+        """The transport is gone (peer closed, error, or we closed it)."""
+        self.phase = Phase.CLOSED
+        self.want_close = True
+        for cmd in list(self._cmds.values()):
+            self._abort(cmd)
+        self._end_session()
+
+    def _end_session(self) -> None:
+        session = self.session
+        if session is None or session.closed:
+            return
+        session.closed = True
+        self.portal.registry.remove(session)
+        if session.device is not None and self.nexus is not None:
+            session.device.nexus_lost(self.nexus)
+
+    # --- output ------------------------------------------------------------------------
+
+    def _next_stat_sn(self) -> int:
+        sn = self.stat_sn
+        self.stat_sn = (sn + 1) & 0xFFFFFFFF
+        return sn
+
+    def _send(self, header: bytes, data: bytes | memoryview = b"") -> None:
+        out = self._out
+        out.append(header + pdu.digest(header) if self._hdigest else header)
+        if data:
+            out.append(data)
+            pad = pdu.padding(len(data))
+            if pad:
+                out.append(pad)
+            if self._ddigest:
+                out.append(pdu.digest(data, pad))
+
+    def take_output(self) -> list:
+        """The buffers to send, in order; the caller owns the list."""
+        out = self._out
+        self._out = []
+        return out
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)

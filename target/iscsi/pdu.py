@@ -1,0 +1,252 @@
+"""The iSCSI Basic Header Segment codec (RFC 7143 section 11).
+
+Rules:
+- Every BHS is 48 bytes. All of them share one layout of fields at fixed offsets
+  (11.2.1): byte 0 I bit and opcode, byte 1 flags, bytes 2-3 opcode specific, byte 4
+  TotalAHSLength, bytes 5-7 DataSegmentLength, bytes 8-15 LUN (or ISID/TSIH for login),
+  16-19 Initiator Task Tag, and eight 32-bit words at 20..44 whose meaning depends on the
+  opcode. One precompiled struct parses and builds them all (DESIGN.md principle 4); the
+  names of the words per opcode are given by the accessors below.
+- The data segment is padded to a multiple of 4 bytes (11.2.3); digests (CRC32C, 13.1)
+  are sent after the header (+AHS) and after the padded data, least significant byte
+  first, as the reference initiators do.
+- Nothing here allocates per data byte: data segments travel as separate buffers.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+import crc32c as _crc32c
+
+BHS_LEN = 48
+DIGEST_LEN = 4
+RESERVED_TAG = 0xFFFFFFFF
+
+# op, flags, b2, b3, ahs_dsl (TotalAHSLength << 24 | DataSegmentLength), lun (8 bytes),
+# itt, w20, w24, w28, w32, w36, w40, w44
+BHS = struct.Struct(">BBBBI8sIIIIIIII")
+_DIGEST = struct.Struct("<I")
+_U32 = struct.Struct(">I")
+ZERO_LUN = bytes(8)
+PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by len % 4
+
+
+class Op(IntEnum):
+    """Opcodes (RFC 7143 11.2.1.2)."""
+
+    NOP_OUT = 0x00
+    SCSI_COMMAND = 0x01
+    TASK_MGMT_REQUEST = 0x02
+    LOGIN_REQUEST = 0x03
+    TEXT_REQUEST = 0x04
+    DATA_OUT = 0x05
+    LOGOUT_REQUEST = 0x06
+    SNACK_REQUEST = 0x10
+    NOP_IN = 0x20
+    SCSI_RESPONSE = 0x21
+    TASK_MGMT_RESPONSE = 0x22
+    LOGIN_RESPONSE = 0x23
+    TEXT_RESPONSE = 0x24
+    DATA_IN = 0x25
+    LOGOUT_RESPONSE = 0x26
+    R2T = 0x31
+    ASYNC_MESSAGE = 0x32
+    REJECT = 0x3F
+
+
+INITIATOR_OPCODES = frozenset(
+    {Op.NOP_OUT, Op.SCSI_COMMAND, Op.TASK_MGMT_REQUEST, Op.LOGIN_REQUEST, Op.TEXT_REQUEST,
+     Op.DATA_OUT, Op.LOGOUT_REQUEST, Op.SNACK_REQUEST}
+)
+
+# Flags
+F_FINAL = 0x80
+F_CONTINUE = 0x40  # Login/Text C bit
+F_READ = 0x40  # SCSI Command R
+F_WRITE = 0x20  # SCSI Command W
+ATTR_MASK = 0x07
+F_ACK = 0x40  # Data-In A
+F_OVERFLOW = 0x04  # o (SCSI Response, Data-In)
+F_UNDERFLOW = 0x02  # u
+F_STATUS = 0x01  # Data-In S
+IMMEDIATE = 0x40  # byte 0 I bit
+LOGIN_TRANSIT = 0x80
+
+
+class RejectReason(IntEnum):
+    """RFC 7143 11.17.1."""
+
+    DATA_DIGEST_ERROR = 0x02
+    SNACK_REJECT = 0x03
+    PROTOCOL_ERROR = 0x04
+    COMMAND_NOT_SUPPORTED = 0x05
+    IMMEDIATE_COMMAND_REJECT = 0x06
+    TASK_IN_PROGRESS = 0x07
+    INVALID_DATA_ACK = 0x08
+    INVALID_PDU_FIELD = 0x09
+    LONG_OPERATION_REJECT = 0x0A
+    WAITING_FOR_LOGOUT = 0x0C
+
+
+class TmfFunction(IntEnum):
+    """RFC 7143 11.5.1."""
+
+    ABORT_TASK = 1
+    ABORT_TASK_SET = 2
+    CLEAR_ACA = 3
+    CLEAR_TASK_SET = 4
+    LOGICAL_UNIT_RESET = 5
+    TARGET_WARM_RESET = 6
+    TARGET_COLD_RESET = 7
+    TASK_REASSIGN = 8
+    QUERY_TASK = 9
+    QUERY_TASK_SET = 10
+    I_T_NEXUS_RESET = 11
+    QUERY_ASYNC_EVENT = 12
+
+
+class TmfResponse(IntEnum):
+    """RFC 7143 11.6.1."""
+
+    COMPLETE = 0
+    TASK_DOES_NOT_EXIST = 1
+    LUN_DOES_NOT_EXIST = 2
+    TASK_STILL_ALLEGIANT = 3
+    REASSIGNMENT_NOT_SUPPORTED = 4
+    NOT_SUPPORTED = 5
+    AUTHORIZATION_FAILED = 6
+    REJECTED = 255
+
+
+class Bhs:
+    """A received Basic Header Segment, parsed in one unpack; words named by accessors."""
+
+    __slots__ = ("opcode", "immediate", "flags", "b2", "b3", "ahs_len", "dsl", "lun", "itt",
+                 "w20", "w24", "w28", "w32", "w36", "w40", "w44", "raw")
+
+    def __init__(self, raw: bytes | bytearray | memoryview) -> None:
+        (op, self.flags, self.b2, self.b3, ahs_dsl, self.lun, self.itt, self.w20, self.w24,
+         self.w28, self.w32, self.w36, self.w40, self.w44) = BHS.unpack_from(raw)
+        self.opcode = op & 0x3F
+        self.immediate = bool(op & IMMEDIATE)
+        self.ahs_len = (ahs_dsl >> 24) * 4
+        self.dsl = ahs_dsl & 0xFFFFFF
+        self.raw = bytes(raw[:BHS_LEN])
+
+    # Names of the words, per RFC 7143 section 11 (initiator PDUs).
+    @property
+    def cmdsn(self) -> int:  # SCSI Command, NOP-Out, TMF, Login, Text, Logout
+        return self.w24
+
+    @property
+    def exp_stat_sn(self) -> int:  # all initiator PDUs but Data-Out (which has it too)
+        return self.w28
+
+    @property
+    def edtl(self) -> int:  # SCSI Command: Expected Data Transfer Length
+        return self.w20
+
+    @property
+    def ttt(self) -> int:  # Data-Out, NOP-Out, Text: Target Transfer Tag
+        return self.w20
+
+    @property
+    def datasn(self) -> int:  # Data-Out
+        return self.w36
+
+    @property
+    def buffer_offset(self) -> int:  # Data-Out
+        return self.w40
+
+    @property
+    def cdb(self) -> bytes:  # SCSI Command, bytes 32-47
+        return self.raw[32:48]
+
+    @property
+    def referenced_task_tag(self) -> int:  # TMF
+        return self.w20
+
+    @property
+    def ref_cmdsn(self) -> int:  # TMF
+        return self.w32
+
+    @property
+    def isid(self) -> int:  # Login: bytes 8-13
+        return int.from_bytes(self.lun[:6], "big")
+
+    @property
+    def tsih(self) -> int:  # Login: bytes 14-15
+        return int.from_bytes(self.lun[6:8], "big")
+
+    @property
+    def cid(self) -> int:  # Login, Logout: bytes 20-21
+        return self.w20 >> 16
+
+    def __repr__(self) -> str:
+        try:
+            name = Op(self.opcode).name
+        except ValueError:
+            name = f"opcode {self.opcode:#x}"
+        return f"<Bhs {name} itt={self.itt:#x} dsl={self.dsl}>"
+
+
+def pack(
+    op: int,
+    flags: int = 0,
+    b2: int = 0,
+    b3: int = 0,
+    dsl: int = 0,
+    lun: bytes = ZERO_LUN,
+    itt: int = RESERVED_TAG,
+    w20: int = 0,
+    w24: int = 0,
+    w28: int = 0,
+    w32: int = 0,
+    w36: int = 0,
+    w40: int = 0,
+    w44: int = 0,
+) -> bytes:
+    """Build a BHS (no AHS)."""
+    return BHS.pack(op, flags, b2, b3, dsl, lun, itt, w20, w24, w28, w32, w36, w40, w44)
+
+
+def digest(*buffers: bytes | bytearray | memoryview) -> bytes:
+    """The CRC32C digest of the buffers, in the byte order it travels (RFC 7143 13.1)."""
+    crc = 0
+    for b in buffers:
+        crc = _crc32c.crc32c(b, crc)
+    return _DIGEST.pack(crc)
+
+
+def crc(buffers: list, start: int = 0) -> int:
+    value = start
+    for b in buffers:
+        value = _crc32c.crc32c(b, value)
+    return value
+
+
+def digest_value(raw: bytes | bytearray | memoryview) -> int:
+    return _DIGEST.unpack_from(raw)[0]
+
+
+def padding(length: int) -> bytes:
+    return PAD[length & 3]
+
+
+def pad_len(length: int) -> int:
+    return -length & 3
+
+
+def u32(raw: bytes | bytearray | memoryview, offset: int = 0) -> int:
+    return _U32.unpack_from(raw, offset)[0]
+
+
+def sn_lt(a: int, b: int) -> bool:
+    """Serial number arithmetic, 32 bits (RFC 1982 / RFC 7143 4.2.2.1): a < b."""
+    return a != b and ((b - a) & 0xFFFFFFFF) < 0x80000000
+
+
+def sn_le(a: int, b: int) -> bool:
+    return a == b or sn_lt(a, b)

@@ -1,0 +1,142 @@
+"""Command sets as opcode tables (DESIGN.md principle 2).
+
+Rules:
+- One Command per operation code, or per (operation code, service action) for the
+  opcodes whose service action is in CDB byte 1 bits 4-0 (SPC-4 4.2.5.1: 5Eh/5Fh, 9Eh,
+  A3h, A4h, 48h ...). Dispatch, REPORT SUPPORTED OPERATION CODES (SPC-4 6.35), the
+  reservation checks and the trace decoder all read the same entries.
+- `usage` is the CDB USAGE DATA that RSOC returns (SPC-4 6.35.3): one byte per CDB byte,
+  byte 0 the opcode, each bit set where the device server looks at that CDB bit.
+- `access` says how the command meets a persistent reservation held by someone else
+  (SPC-4 5.13.1, table 62 / SBC-4 table 15); `reserve6` says whether a RESERVE(6)
+  held by another I_T nexus makes it conflict (SPC-2 7.21.2).
+- `queue` says whether the command may wait behind queued I/O in the task set, or is
+  served at once (INQUIRY, REPORT LUNS, REQUEST SENSE: issue 4's "never held").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from target.scsi.sense import invalid_field_in_cdb, invalid_opcode
+from target.scsi.task import Direction
+
+if TYPE_CHECKING:
+    from target.scsi.lu import LogicalUnit
+    from target.scsi.task import ScsiTask
+
+Handler = Callable[["LogicalUnit", "ScsiTask"], None]
+
+# Opcodes whose service action is CDB byte 1, bits 4-0 (SPC-4 4.2.5.1).
+SERVICE_ACTION_OPCODES = frozenset({0x48, 0x5E, 0x5F, 0x83, 0x84, 0x9E, 0x9F, 0xA3, 0xA4})
+
+
+class Access(Enum):
+    """How a command meets another initiator's persistent reservation (SPC-4 table 62)."""
+
+    ALLOWED = "allowed"  # never conflicts (INQUIRY, REPORT LUNS, PR IN/OUT, ...)
+    READ = "read"  # reads: conflicts only under the Exclusive Access types
+    WRITE = "write"  # writes the medium: conflicts under Write Exclusive and Exclusive Access
+    EXCLUSIVE = "exclusive"  # conflicts under every type (e.g. MODE SELECT, FORMAT)
+
+
+@dataclass(frozen=True)
+class Command:
+    opcode: int
+    name: str
+    cdb_length: int
+    direction: Direction
+    handler: Handler
+    usage: bytes
+    service_action: int | None = None
+    access: Access = Access.EXCLUSIVE
+    reserve6: bool = True
+    queue: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.usage) != self.cdb_length:
+            raise ValueError(f"{self.name}: usage mask has {len(self.usage)} bytes, "
+                             f"CDB has {self.cdb_length}")
+
+
+class CommandSet:
+    """A table of Commands keyed by opcode (and service action)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._by_opcode: dict[int, Command] = {}
+        self._by_sa: dict[int, dict[int, Command]] = {}
+
+    def command(
+        self,
+        opcode: int,
+        name: str,
+        usage: bytes | list[int],
+        direction: Direction = Direction.NONE,
+        *,
+        service_action: int | None = None,
+        access: Access = Access.EXCLUSIVE,
+        reserve6: bool = True,
+        queue: bool = True,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator registering `handler` as the entry for opcode (and service action)."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(Command(opcode, name, len(usage), direction, handler, bytes(usage),
+                             service_action, access, reserve6, queue))
+            return handler
+
+        return register
+
+    def add(self, cmd: Command) -> None:
+        if cmd.service_action is None:
+            if cmd.opcode in self._by_opcode or cmd.opcode in self._by_sa:
+                raise ValueError(f"opcode {cmd.opcode:#04x} registered twice")
+            self._by_opcode[cmd.opcode] = cmd
+        else:
+            if cmd.opcode in self._by_opcode:
+                raise ValueError(f"opcode {cmd.opcode:#04x} has no service actions")
+            actions = self._by_sa.setdefault(cmd.opcode, {})
+            if cmd.service_action in actions:
+                raise ValueError(f"{cmd.opcode:#04x}/{cmd.service_action:#x} registered twice")
+            actions[cmd.service_action] = cmd
+
+    def __or__(self, other: CommandSet) -> CommandSet:
+        merged = CommandSet(f"{self.name}+{other.name}")
+        for cmd in [*self, *other]:
+            merged.add(cmd)
+        return merged
+
+    def __iter__(self) -> Iterator[Command]:
+        yield from self._by_opcode.values()
+        for actions in self._by_sa.values():
+            yield from actions.values()
+
+    def sorted(self) -> list[Command]:
+        return sorted(self, key=lambda c: (c.opcode, c.service_action or 0))
+
+    def lookup(self, cdb: bytes | memoryview) -> Command:
+        """The entry for this CDB; CheckCondition when the opcode or action is unsupported."""
+        opcode = cdb[0]
+        cmd = self._by_opcode.get(opcode)
+        if cmd is not None:
+            return cmd
+        actions = self._by_sa.get(opcode)
+        if actions is None:
+            raise invalid_opcode()
+        cmd = actions.get(cdb[1] & 0x1F) if len(cdb) > 1 else None
+        if cmd is None:
+            raise invalid_field_in_cdb(1, bit=4)
+        return cmd
+
+    def find(self, opcode: int, service_action: int | None = None) -> Command | None:
+        """The entry for RSOC's one-command forms, or None."""
+        if service_action is None:
+            return self._by_opcode.get(opcode)
+        return self._by_sa.get(opcode, {}).get(service_action)
+
+    def has_service_actions(self, opcode: int) -> bool:
+        return opcode in self._by_sa

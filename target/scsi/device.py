@@ -1,0 +1,92 @@
+"""The SCSI target device: its logical units and the answers with no LU behind them.
+
+Rules (SAM-5 4.6, SPC-4 6.6.2, 6.33, 6.39):
+- A task is routed to the LU its LUN names. To a LUN with no LU behind it, INQUIRY
+  answers with PERIPHERAL QUALIFIER 011b / DEVICE TYPE 1Fh, REPORT LUNS lists the LUs,
+  REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as data, and any other command ends in
+  CHECK CONDITION, ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h).
+- Task management that spans LUs (target warm and cold reset, I_T nexus loss) is fanned
+  out here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from target.scsi.lu import LogicalUnit
+from target.scsi.sense import (
+    BUS_DEVICE_RESET_FUNCTION_OCCURRED,
+    LOGICAL_UNIT_NOT_SUPPORTED,
+    POWER_ON_OCCURRED,
+    CheckCondition,
+    SenseKey,
+)
+from target.scsi.task import Nexus, ScsiTask, Status
+
+INQUIRY = 0x12
+REPORT_LUNS = 0xA0
+REQUEST_SENSE = 0x03
+
+
+class ScsiDevice:
+    """The LUs of one SCSI target (one iSCSI target name)."""
+
+    def __init__(self, name: str, luns: Iterable[LogicalUnit] = ()) -> None:
+        self.name = name
+        self.luns: dict[int, LogicalUnit] = {}
+        for lu in luns:
+            self.add(lu)
+
+    def add(self, lu: LogicalUnit) -> None:
+        if lu.lun in self.luns:
+            raise ValueError(f"LUN {lu.lun} is defined twice in target {self.name}")
+        lu.device = self
+        self.luns[lu.lun] = lu
+
+    def execute(self, task: ScsiTask) -> None:
+        lu = self.luns.get(task.lun)
+        if lu is not None:
+            lu.execute(task)
+            return
+        self.execute_no_lu(task)
+
+    def execute_no_lu(self, task: ScsiTask) -> None:
+        opcode = task.cdb[0]
+        if opcode in (INQUIRY, REPORT_LUNS) and self.luns:
+            # Served by any LU's table with the absent LUN's view (SPC-4 6.6.2, 6.33).
+            from target.scsi import spc
+
+            spc.absent_lun(self, task)
+            return
+        cc = CheckCondition(SenseKey.ILLEGAL_REQUEST, LOGICAL_UNIT_NOT_SUPPORTED)
+        if opcode == REQUEST_SENSE:
+            task.status = Status.GOOD
+            desc = bool(task.cdb[1] & 1) if len(task.cdb) > 1 else False
+            sense = cc.sense(desc)
+            alloc = task.cdb[4] if len(task.cdb) > 4 else 0
+            task.data_in = sense[:alloc]
+            return
+        task.status = Status.CHECK_CONDITION
+        task.sense = cc.sense(False)
+
+    # --- task management spanning LUs --------------------------------------------------
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        for lu in self.luns.values():
+            lu.nexus_lost(nexus)
+
+    def lu_reset(self, lun: int) -> bool:
+        lu = self.luns.get(lun)
+        if lu is None:
+            return False
+        lu.reset(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+        return True
+
+    def target_reset(self, cold: bool) -> None:
+        code = POWER_ON_OCCURRED if cold else BUS_DEVICE_RESET_FUNCTION_OCCURRED
+        for lu in self.luns.values():
+            lu.reset(code)
+
+    def close(self) -> None:
+        for lu in self.luns.values():
+            lu.close()

@@ -1,0 +1,166 @@
+"""A logical unit: the checks common to every command, then the table's handler.
+
+Rules (SAM-5 5.14, SPC-4 5.13, SPC-4 4.5):
+- Order of checks for each command: unit attention (reported to every command but
+  INQUIRY, REPORT LUNS and REQUEST SENSE, SAM-5 5.14 / SPC-4 5.14?), opcode lookup
+  in the table (INVALID COMMAND OPERATION CODE), the CDB length and the NACA bit of the
+  CONTROL byte (SAM-5 5.2: ACA is not supported), reservation conflicts (checked once,
+  here, from the table's `access` and `reserve6`, SPC-4 5.13.1), then the handler.
+- CheckCondition from anywhere below becomes sense data here and only here, in the
+  format D_SENSE of the control mode page asks for.
+- Unit attentions are kept per I_T nexus; a nexus seen for the first time gets
+  POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from target.scsi import reservations
+from target.scsi.modepages import ModePages
+from target.scsi.sense import (
+    POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED,
+    Asc,
+    CheckCondition,
+    SenseKey,
+    invalid_field_in_cdb,
+)
+from target.scsi.task import Identity, Nexus, ScsiTask, Status
+
+if TYPE_CHECKING:
+    from target.backing.base import Store
+    from target.scsi.commands import CommandSet
+    from target.scsi.device import ScsiDevice
+
+log = logging.getLogger(__name__)
+
+# Commands a pending unit attention does not stop (SAM-5 5.14).
+_UA_EXEMPT = frozenset({0x12, 0xA0, 0x03})  # INQUIRY, REPORT LUNS, REQUEST SENSE
+
+
+class UnitAttentions:
+    """Pending unit attention conditions, per I_T nexus (SAM-5 5.14)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Nexus, list[Asc]] = {}
+
+    def seen(self, nexus: Nexus) -> list[Asc]:
+        queue = self._pending.get(nexus)
+        if queue is None:
+            queue = self._pending[nexus] = [POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED]
+        return queue
+
+    def establish(self, code: Asc, *, nexus: Nexus | None = None,
+                  exclude: Nexus | None = None) -> None:
+        """Queue `code` for one nexus, or for every known nexus but `exclude`."""
+        targets = [nexus] if nexus is not None else [n for n in self._pending if n != exclude]
+        for n in targets:
+            queue = self.seen(n)
+            if code in queue:
+                continue
+            if code.asc == 0x29:  # a reset supersedes what was pending before it
+                queue[:] = [c for c in queue if c.asc != 0x29]
+                queue.insert(0, code)
+            else:
+                queue.append(code)
+
+    def peek(self, nexus: Nexus) -> Asc | None:
+        queue = self.seen(nexus)
+        return queue[0] if queue else None
+
+    def pop(self, nexus: Nexus) -> Asc | None:
+        queue = self.seen(nexus)
+        return queue.pop(0) if queue else None
+
+    def clear(self, nexus: Nexus) -> None:
+        self._pending.pop(nexus, None)
+
+    def forget(self, nexus: Nexus) -> None:
+        """The nexus is gone; a new one with the same name starts afresh (29h/00h)."""
+        self._pending.pop(nexus, None)
+
+
+class LogicalUnit:
+    """One LU of the SCSI target device: its store, its state and its command table."""
+
+    def __init__(
+        self,
+        lun: int,
+        store: Store,
+        commands: CommandSet,
+        *,
+        block_size: int = 512,
+        identity: Identity | None = None,
+        read_only: bool = False,
+        thin: bool = False,
+        removable: bool = False,
+        device: ScsiDevice | None = None,
+    ) -> None:
+        if block_size not in (512, 1024, 2048, 4096):
+            raise ValueError(f"block size {block_size} is not one of 512, 1024, 2048, 4096")
+        if store.size < block_size:
+            raise ValueError(f"store of {store.size} bytes is smaller than one block")
+        self.lun = lun
+        self.store = store
+        self.commands = commands
+        self.block_size = block_size
+        self.identity = identity or Identity()
+        self.read_only = read_only
+        self.thin = thin
+        self.removable = removable
+        self.device = device
+        self.mode = ModePages(self)
+        self.ua = UnitAttentions()
+        self.reservations = reservations.Reservations(self)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.store.size // self.block_size
+
+    def execute(self, task: ScsiTask) -> None:
+        """Run one command to completion; fills task.status, sense and data_in."""
+        try:
+            cdb = task.cdb
+            opcode = cdb[0]
+            if opcode not in _UA_EXEMPT:
+                code = self.ua.pop(task.nexus)
+                if code is not None:
+                    raise CheckCondition(SenseKey.UNIT_ATTENTION, code)
+            cmd = self.commands.lookup(cdb)
+            task.command = cmd
+            if len(cdb) < cmd.cdb_length:
+                raise invalid_field_in_cdb(0)
+            if cdb[cmd.cdb_length - 1] & 0x04:  # NACA (SAM-5 5.2); ACA is not supported
+                raise invalid_field_in_cdb(cmd.cdb_length - 1, bit=2)
+            if self.reservations.conflicts(task, cmd):
+                task.status = Status.RESERVATION_CONFLICT
+                return
+            cmd.handler(self, task)
+        except CheckCondition as cc:
+            task.status = Status.CHECK_CONDITION
+            task.sense = cc.sense(self.mode.d_sense)
+            task.data_in = None
+        except Exception:  # a bug must not take the session down: report it as such
+            log.exception("command %s failed", bytes(task.cdb).hex())
+            task.status = Status.CHECK_CONDITION
+            task.sense = CheckCondition(
+                SenseKey.HARDWARE_ERROR, Asc(0x44, 0x00)
+            ).sense(self.mode.d_sense)
+            task.data_in = None
+
+    # --- events from the transport and task management -------------------------------
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        """The I_T nexus ended (logout, connection lost): SPC-2 reservations go with it."""
+        self.reservations.nexus_lost(nexus)
+        self.ua.forget(nexus)
+
+    def reset(self, code: Asc) -> None:
+        """LOGICAL UNIT RESET or a target reset (SAM-5 6.6): UA to every nexus."""
+        self.reservations.reset()
+        self.mode.reset()
+        self.ua.establish(code)
+
+    def close(self) -> None:
+        self.store.close()

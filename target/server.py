@@ -1,0 +1,274 @@
+"""The asyncio shell: sockets in, sans-IO connections, tasks executed, buffers out.
+
+Rules:
+- This module alone touches sockets and the event loop (DESIGN.md principle 1).
+- Receiving: recv_into() the buffer the Connection offers (its scratch space, or the
+  write buffer of the command whose data is arriving), so data is received in place.
+- Sending: the Connection's output buffers go out with socket.sendmsg() as they are
+  (header bytes and memoryviews of read data, never joined); what the kernel does not
+  take waits in a queue and the connection stops reading past a high-water mark.
+- Tasks the connection makes ready are executed at once against the SCSI device (the
+  task set and its elevator slot in here later) and completed on the same connection.
+- uvloop is used when it is installed.
+- Shutdown (SIGINT/SIGTERM): stop accepting, ask every full-feature session to log out
+  (Async Message, event 1, RFC 7143 11.9.1), wait a short while, drop what is left, then
+  flush and close the stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from target.iscsi.connection import Connection, Phase
+from target.iscsi.portal import Portal
+
+log = logging.getLogger(__name__)
+
+IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+HIGH_WATER = 8 << 20  # stop reading from a peer that does not take its responses
+RECV_ROUNDS = 16  # recv_into() calls per readable event before yielding to the loop
+
+
+class Link:
+    """One accepted socket driven by one Connection."""
+
+    def __init__(self, server: Server, sock: socket.socket, peer: str) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        local = sock.getsockname()
+        self.conn = Connection(server.portal, f"{local[0]}:{local[1]}", peer)
+        self.conn.notify = self._notified
+        self.pending: deque = deque()
+        self.pending_bytes = 0
+        self.reading = False
+        self.writing = False
+        self.closed = False
+        self._start_reading()
+
+    def _start_reading(self) -> None:
+        if not self.reading and not self.closed:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def _on_readable(self) -> None:
+        conn = self.conn
+        recv_into = self.sock.recv_into
+        for _ in range(RECV_ROUNDS):
+            buf = conn.get_buffer()
+            try:
+                n = recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.info("%s: receive failed: %s", conn.peer, exc)
+                self.close()
+                return
+            if n == 0:
+                self.close()
+                return
+            conn.buffer_updated(n)
+            if conn.ready:
+                self._run_tasks()
+            if conn.want_close or n < len(buf):
+                break
+        self._flush()
+
+    def _run_tasks(self) -> None:
+        conn = self.conn
+        ready = conn.ready
+        device = conn.session.device if conn.session is not None else None
+        while ready:
+            task = ready.popleft()
+            device.execute(task)
+            conn.complete(task)
+
+    def _notified(self) -> None:
+        """The connection changed state outside a receive (abort from another session)."""
+        self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self.closed:
+            return
+        conn = self.conn
+        if conn.has_output:
+            for buf in conn.take_output():
+                self.pending.append(buf)
+                self.pending_bytes += len(buf) if not isinstance(buf, memoryview) else buf.nbytes
+        pending = self.pending
+        sendmsg = self.sock.sendmsg
+        while pending:
+            batch = list(pending)[:IOV_MAX] if len(pending) > IOV_MAX else pending
+            try:
+                sent = sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    log.info("%s: send failed: %s", conn.peer, exc)
+                self.close()
+                return
+            self.pending_bytes -= sent
+            while sent:
+                head = pending[0]
+                size = head.nbytes if isinstance(head, memoryview) else len(head)
+                if sent >= size:
+                    pending.popleft()
+                    sent -= size
+                else:
+                    pending[0] = memoryview(head)[sent:]
+                    sent = 0
+        if pending:
+            if not self.writing:
+                self.loop.add_writer(self.fd, self._flush)
+                self.writing = True
+            if self.pending_bytes > HIGH_WATER:
+                self._stop_reading()
+        else:
+            if self.writing:
+                self.loop.remove_writer(self.fd)
+                self.writing = False
+            if conn.want_close:
+                self.close()
+                return
+            self._start_reading()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_reading()
+        if self.writing:
+            self.loop.remove_writer(self.fd)
+            self.writing = False
+        self.conn.connection_lost()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.server.links.discard(self)
+
+
+class Server:
+    """Listening sockets on the portal addresses, and their links."""
+
+    def __init__(self, portal: Portal, listen: list[tuple[str, int]],
+                 on_listening: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+        self.portal = portal
+        self.listen = listen
+        self.on_listening = on_listening
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.listeners: list[socket.socket] = []
+        self.links: set[Link] = set()
+        self.bound: list[tuple[str, int]] = []
+        self._stop: asyncio.Event | None = None
+
+    def start(self) -> list[tuple[str, int]]:
+        """Bind and listen; returns the bound (host, port) pairs."""
+        self.loop = asyncio.get_running_loop()
+        for host, port in self.listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            lsock = socket.socket(family, socket.SOCK_STREAM)
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                lsock.bind((host, port))
+            except OSError as exc:
+                lsock.close()
+                raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") \
+                    from None
+            lsock.listen(128)
+            lsock.setblocking(False)
+            self.listeners.append(lsock)
+            bound = lsock.getsockname()[:2]
+            self.bound.append(bound)
+            self.loop.add_reader(lsock.fileno(), self._accept, lsock)
+        self.portal.addresses = [_address(h, p) for h, p in self.bound]
+        if self.on_listening:
+            self.on_listening(self.bound)
+        return self.bound
+
+    def _accept(self, lsock: socket.socket) -> None:
+        for _ in range(16):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = _address(addr[0], addr[1])
+            log.info("connection from %s", peer)
+            self.links.add(Link(self, sock, peer))
+
+    async def serve_forever(self) -> None:
+        self._stop = asyncio.Event()
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def shutdown(self, grace: float = 2.0) -> None:
+        """Stop accepting, ask sessions to log out, then drop what is left."""
+        for lsock in self.listeners:
+            self.loop.remove_reader(lsock.fileno())
+            lsock.close()
+        self.listeners.clear()
+        asking = [link for link in self.links if link.conn.phase is Phase.FULL_FEATURE]
+        for link in asking:
+            link.conn.request_logout(int(grace) or 1)
+            link._flush()
+        deadline = self.loop.time() + grace
+        while self.links and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for link in list(self.links):
+            link.close()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(server: Server, on_stop: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        server.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_stop)
+        try:
+            await server.serve_forever()
+        finally:
+            log.info("shutting down")
+            await server.shutdown()
+            if on_stop:
+                on_stop()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

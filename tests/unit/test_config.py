@@ -1,0 +1,92 @@
+"""The TOML config: defaults, sizes, and errors that name the file, the key and the problem."""
+
+import pytest
+
+from target import config
+from target.config import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def test_embedded_default_is_one_memory_gib_on_loopback():
+    cfg = config.Config()
+    assert cfg.listen == ["127.0.0.1:3260"]
+    (t,) = cfg.targets
+    assert t.iqn == "iqn.2026-11.local.scsi-target:default"
+    (lun,) = t.luns
+    assert (lun.lun, lun.store, lun.size, lun.block_size) == (0, "memory", 1 << 30, 512)
+
+
+def test_full_file_parses(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text("""
+[[portal]]
+listen = "127.0.0.1:0"
+
+[[target]]
+iqn = "iqn.2026-11.local.test:a"
+initiators = ["iqn.2026-11.local.test:init"]
+
+[[target.lun]]
+lun = 3
+store = "file"
+path = "/tmp/x.img"
+size = "64M"
+block_size = 4096
+serial = "abc"
+read_only = true
+""")
+    cfg = config.load(f)
+    (t,) = cfg.targets
+    (lun,) = t.luns
+    assert cfg.listen == ["127.0.0.1:0"]
+    assert t.initiators == ["iqn.2026-11.local.test:init"]
+    assert (lun.lun, lun.store, lun.path, lun.size) == (3, "file", "/tmp/x.img", 64 << 20)
+    assert (lun.block_size, lun.serial, lun.read_only) == (4096, "abc", True)
+
+
+@pytest.mark.parametrize("body,where,what", [
+    ('[[target]]\niqn = "bogus"\n[[target.lun]]\n', "target[0].iqn", "not an iSCSI name"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nsize = "12Q"\n',
+     "target[0].lun[0].size", "expected a size"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nblock_size = 520\n',
+     "target[0].lun[0].block_size", "512 or 4096"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nstore = "file"\n',
+     "target[0].lun[0].path", "needs a path"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\ncolour = 1\n',
+     "target[0].lun[0]", "unknown key(s): colour"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nsize = 1000\n',
+     "target[0].lun[0].size", "whole number of 512-byte blocks"),
+    ('[[portal]]\nlisten = "127.0.0.1:99999"\n', "portal[0].listen", "out of range"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n[[target.lun]]\nlun = 0\n',
+     "target[0].lun[1].lun", "used twice"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n', "target[0].lun", "at least one"),
+])
+def test_errors_name_file_key_and_problem(tmp_path, body, where, what):
+    f = tmp_path / "bad.toml"
+    f.write_text(body)
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    msg = str(e.value)
+    assert str(f) in msg and where in msg and what in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        config.load(tmp_path / "absent.toml")
+    f = tmp_path / "x.toml"
+    f.write_text("[[target]\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(f)
+
+
+@pytest.mark.parametrize("text,size", [("512", 512), ("4K", 4096), ("1G", 1 << 30),
+                                       ("2GiB", 2 << 30), (1048576, 1 << 20)])
+def test_sizes(text, size):
+    assert config.parse_size(text, "x") == size
+
+
+def test_listen_forms():
+    assert config.parse_listen("127.0.0.1:0", "x") == ("127.0.0.1", 0)
+    assert config.parse_listen("[::1]:3261", "x") == ("::1", 3261)
+    assert config.parse_listen("localhost", "x") == ("localhost", 3260)
