@@ -1,0 +1,38 @@
+"""A direct-access block device (SBC-4 4.1): the SPC-4 table joined with the SBC-4 table.
+
+Rules:
+- DISK_COMMANDS = spc.COMMANDS | sbc.COMMANDS; an opcode defined in both is an error at
+  import time (CommandSet.add), so the two tables stay disjoint.
+- make_disk() builds a LogicalUnit over a store with that table; keyword arguments go to
+  LogicalUnit (block_size, identity, read_only, thin, removable, device).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from target.scsi import spc
+from target.scsi.commands import CommandSet
+from target.scsi.lu import LogicalUnit
+
+if TYPE_CHECKING:
+    from target.backing.base import Store
+
+
+def _sbc_commands() -> CommandSet:
+    try:
+        sbc = importlib.import_module("target.scsi.sbc")
+    except ModuleNotFoundError as exc:  # sbc.py not written yet: SPC commands only
+        if exc.name != "target.scsi.sbc":
+            raise
+        return CommandSet("sbc")
+    return sbc.COMMANDS
+
+
+DISK_COMMANDS: CommandSet = spc.COMMANDS | _sbc_commands()
+
+
+def make_disk(lun: int, store: Store, **kw: Any) -> LogicalUnit:
+    """A disk LU numbered `lun` over `store`."""
+    return LogicalUnit(lun, store, DISK_COMMANDS, **kw)
