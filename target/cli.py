@@ -134,7 +134,7 @@ def serve(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(banner(application, bound), flush=True)
 
-    server = srvmod.Server(application.portal, listen, on_listening)
+    server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval)
     try:
         srvmod.run(server, on_stop=application.close)
     finally:

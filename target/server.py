@@ -165,10 +165,12 @@ class Server:
     """Listening sockets on the portal addresses, and their links."""
 
     def __init__(self, portal: Portal, listen: list[tuple[str, int]],
-                 on_listening: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+                 on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
+                 nop_interval: float = 0.0) -> None:
         self.portal = portal
         self.listen = listen
         self.on_listening = on_listening
+        self.nop_interval = nop_interval  # NOP-In keepalive period; 0 disables it
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listeners: list[socket.socket] = []
         self.links: set[Link] = set()
@@ -195,6 +197,8 @@ class Server:
             self.bound.append(bound)
             self.loop.add_reader(lsock.fileno(), self._accept, lsock)
         self.portal.addresses = [_address(h, p) for h, p in self.bound]
+        if self.nop_interval > 0:
+            self.loop.call_later(self.nop_interval, self._keepalive)
         if self.on_listening:
             self.on_listening(self.bound)
         return self.bound
@@ -213,6 +217,18 @@ class Server:
             peer = _address(addr[0], addr[1])
             log.info("connection from %s", peer)
             self.links.add(Link(self, sock, peer))
+
+    def _keepalive(self) -> None:
+        """NOP-In to every full-feature connection (RFC 7143 11.19); a connection whose
+        previous ping is still unanswered after a whole period is dropped."""
+        for link in list(self.links):
+            if not link.conn.ping():
+                log.warning("%s: no answer to NOP-In; dropping the connection", link.conn.peer)
+                link.close()
+            else:
+                link._flush()
+        if self.listeners:
+            self.loop.call_later(self.nop_interval, self._keepalive)
 
     async def serve_forever(self) -> None:
         self._stop = asyncio.Event()

@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 Buffer = bytes | bytearray | memoryview  # collections.abc.Buffer is 3.12+
 
 

@@ -24,7 +24,7 @@ class MemoryStore(Store):
         if size <= 0:
             raise ValueError(f"memory store size must be positive, not {size}")
         self.size = size
-        self.description = f"memory, {size} bytes"
+        self.description = "memory"
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._view = memoryview(self._map)
 

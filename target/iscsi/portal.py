@@ -1,0 +1,91 @@
+"""What login and discovery need from the server: targets, their ACLs, addresses, offers.
+
+Rules (RFC 7143):
+- A target is known by its iSCSI name (4.2.7); names compare case-insensitively, as
+  iSCSI names are normalized to lower case (4.2.7.1). Each target belongs to one target
+  portal group (TargetPortalGroupTag, 13.9) and may restrict which InitiatorNames may log
+  in to it (an ACL; a denied login ends 02/02, 11.13.5) and which it is reported to in
+  SendTargets (appendix C).
+- `addresses` are the host:port strings (IPv6 in brackets) SendTargets reports as
+  TargetAddress (13.8); the server fills them with the addresses it listens on.
+- The offers are our side of the negotiated keys (section 13), see keys.Offers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from target.iscsi.keys import Offers
+from target.iscsi.session import SessionRegistry
+from target.scsi.device import ScsiDevice
+
+
+@dataclass
+class TargetEntry:
+    name: str
+    device: ScsiDevice
+    alias: str = ""
+    tpgt: int = 1
+    initiators: list[str] | None = None  # InitiatorNames allowed; None allows all
+
+    def allows(self, initiator_name: str) -> bool:
+        if self.initiators is None:
+            return True
+        wanted = initiator_name.lower()
+        return any(i.lower() == wanted for i in self.initiators)
+
+
+class Portal:
+    """The targets one server offers and the parameters it negotiates."""
+
+    def __init__(
+        self,
+        targets: dict[str, TargetEntry],
+        addresses: list[str],
+        registry: SessionRegistry,
+        *,
+        max_recv_data_segment_length: int = 262144,
+        max_burst_length: int = 262144,
+        first_burst_length: int = 65536,
+        max_outstanding_r2t: int = 1,
+        default_time2wait: int = 2,
+        default_time2retain: int = 20,
+        initial_r2t: bool = False,
+        immediate_data: bool = True,
+        header_digests: tuple[str, ...] = ("None", "CRC32C"),
+        data_digests: tuple[str, ...] = ("None", "CRC32C"),
+        cmd_window: int = 128,
+        discovery: bool = True,
+    ) -> None:
+        self.targets = targets
+        self.addresses = addresses
+        self.registry = registry
+        self.cmd_window = cmd_window  # MaxCmdSN = ExpCmdSN + cmd_window - 1
+        self.discovery = discovery  # discovery sessions allowed
+        self.offers = Offers(
+            max_recv_data_segment_length=max_recv_data_segment_length,
+            max_burst_length=max_burst_length,
+            first_burst_length=min(first_burst_length, max_burst_length),
+            max_outstanding_r2t=max_outstanding_r2t,
+            default_time2wait=default_time2wait,
+            default_time2retain=default_time2retain,
+            initial_r2t=initial_r2t,
+            immediate_data=immediate_data,
+            header_digests=tuple(header_digests),
+            data_digests=tuple(data_digests),
+        )
+
+    @property
+    def max_recv_data_segment_length(self) -> int:
+        return self.offers.max_recv_data_segment_length
+
+    def find(self, name: str) -> TargetEntry | None:
+        entry = self.targets.get(name)
+        if entry is None:
+            wanted = name.lower()
+            entry = next((t for n, t in self.targets.items() if n.lower() == wanted), None)
+        return entry
+
+    def visible_to(self, initiator_name: str) -> list[TargetEntry]:
+        """The targets SendTargets=All reports to this initiator (ACL applied)."""
+        return [t for t in self.targets.values() if t.allows(initiator_name)]
