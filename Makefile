@@ -21,11 +21,11 @@ run: venv
 	$(VENV)/bin/scsi-target serve
 
 test: deps-test venv
-	$(PY) -m ruff check target tests tools/*.py images qemu
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(PY) -m ruff check target tests images qemu
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke
 
 venv: $(VENV)/.installed
 
