@@ -30,6 +30,9 @@ def make_portal(**kw) -> Portal:
         TNAME: TargetEntry(TNAME, ScsiDevice(TNAME), alias="disk one", tpgt=1),
         LOCKED: TargetEntry(LOCKED, ScsiDevice(LOCKED), tpgt=2, initiators=["iqn.x:other"]),
     }
+    # The offers these tests were written against, pinned so the defaults may change.
+    kw = {"max_burst_length": 262144, "first_burst_length": 65536, "max_outstanding_r2t": 1,
+          **kw}
     return Portal(targets, ["127.0.0.1:3260"], SessionRegistry(), **kw)
 
 
