@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 LOGIN_MAX_RECV = 8192  # MaxRecvDataSegmentLength before it is negotiated (13.12)
 MAX_EDTL = 64 << 20  # largest write buffer we allocate for one command
 _SENSE_LEN = struct.Struct(">H")
+# Eight-byte LUN fields of LUNs 0..255 in peripheral device addressing (SAM-5 4.6.6).
+_LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
 
 
@@ -220,6 +222,12 @@ class Connection:
                     return
                 rpos = self._rpos
                 bhs = Bhs(view[rpos:rpos + BHS_LEN])
+                if bhs.dsl > self._max_recv:
+                    raise ProtocolError(
+                        f"data segment of {bhs.dsl} bytes exceeds MaxRecvDataSegmentLength "
+                        f"{self._max_recv}", header=bhs.raw)
+                if self.phase is Phase.LOGIN and bhs.opcode != Op.LOGIN_REQUEST:
+                    raise ProtocolError(f"opcode {bhs.opcode:#x} during login")
                 hlen = BHS_LEN + bhs.ahs_len
                 total = hlen + (DIGEST_LEN if self._hdigest else 0)
                 if avail < total:
@@ -230,10 +238,6 @@ class Connection:
                         raise ProtocolError("header digest error")
                 self._ahs = bytes(view[rpos + BHS_LEN:rpos + hlen]) if bhs.ahs_len else b""
                 self._rpos += total
-                if bhs.dsl > self._max_recv:
-                    raise ProtocolError(
-                        f"data segment of {bhs.dsl} bytes exceeds MaxRecvDataSegmentLength "
-                        f"{self._max_recv}", header=bhs.raw)
                 self._pdu = bhs
                 self._got = 0
                 self._tail = pdu.pad_len(bhs.dsl) + (DIGEST_LEN if self._ddigest and bhs.dsl
@@ -410,9 +414,8 @@ class Connection:
         session = self.session
         if session is None or session.device is None:
             raise ProtocolError("SCSI Command in a discovery session", header=bhs.raw)
-        if not bhs.immediate and not (pdu.sn_le(session.exp_cmdsn, bhs.cmdsn)
-                                      and pdu.sn_le(bhs.cmdsn, session.max_cmdsn)):
-            return None  # outside the window: silently ignored, its data discarded
+        if not bhs.immediate and (bhs.cmdsn - session.exp_cmdsn) & 0xFFFFFFFF >= session.window:
+            return None  # outside [ExpCmdSN, MaxCmdSN]: silently ignored, data discarded
         if bhs.itt == RESERVED_TAG or bhs.itt in self._cmds:
             raise ProtocolError(f"Initiator Task Tag {bhs.itt:#x} is reserved or in use",
                                 RejectReason.INVALID_PDU_FIELD, bhs.raw)
@@ -431,11 +434,12 @@ class Connection:
                                     header=bhs.raw)
         if write and edtl > MAX_EDTL:
             raise ProtocolError(f"write of {edtl} bytes exceeds {MAX_EDTL}", header=bhs.raw)
-        cdb = bhs.cdb
+        cdb = bhs.raw[32:48]
         if self._ahs:
             cdb = self._extended_cdb(cdb, self._ahs)
-        task = ScsiTask(self.nexus, decode_lun(bhs.lun), cdb, bhs.itt, flags & pdu.ATTR_MASK,
-                        expected_in=edtl if flags & F_READ else 0)
+        lun = bhs.lun
+        task = ScsiTask(self.nexus, lun[1] if lun == _LUN_PREFIX[lun[1]] else decode_lun(lun),
+                        cdb, bhs.itt, flags & 7, None, edtl if flags & F_READ else 0)
         cmd = Command(task, bhs)
         task.transport = cmd
         if write and edtl:
