@@ -23,6 +23,9 @@ from target.iscsi import pdu
 from target.iscsi.pdu import Bhs, Op
 from target.scsi.task import encode_lun
 
+_STATUS_OPCODES = frozenset({Op.SCSI_RESPONSE, Op.NOP_IN, Op.TASK_MGMT_RESPONSE,
+                             Op.LOGOUT_RESPONSE, Op.TEXT_RESPONSE, Op.REJECT, Op.LOGIN_RESPONSE})
+
 
 class InitiatorError(Exception):
     pass
@@ -108,11 +111,10 @@ class Initiator:
             if digest != pdu.digest(raw):
                 raise InitiatorError("header digest mismatch from the target")
         data = self._recv_exact(bhs.dsl + pdu.pad_len(bhs.dsl))[: bhs.dsl] if bhs.dsl else b""
-        if bhs.opcode in (Op.SCSI_RESPONSE, Op.NOP_IN, Op.TASK_MGMT_RESPONSE, Op.LOGOUT_RESPONSE,
-                          Op.TEXT_RESPONSE, Op.REJECT, Op.LOGIN_RESPONSE) or (
-                bhs.opcode == Op.DATA_IN and bhs.flags & pdu.F_STATUS):
-            if bhs.itt != pdu.RESERVED_TAG or bhs.opcode == Op.REJECT:
-                self.exp_stat_sn = (bhs.w24 + 1) & 0xFFFFFFFF
+        carries_status = bhs.opcode in _STATUS_OPCODES or (
+            bhs.opcode == Op.DATA_IN and bhs.flags & pdu.F_STATUS)
+        if carries_status and (bhs.itt != pdu.RESERVED_TAG or bhs.opcode == Op.REJECT):
+            self.exp_stat_sn = (bhs.w24 + 1) & 0xFFFFFFFF
         return bhs, data
 
     def _next_itt(self) -> int:
