@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from target.scsi import reservations
+from target.scsi import reservations, vpd_sbc
 from target.scsi.modepages import ModePages
 from target.scsi.sense import (
     POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED,
@@ -110,6 +110,8 @@ class LogicalUnit:
         self.thin = thin
         self.removable = removable
         self.device = device
+        self.medium_present = True
+        self.max_transfer_blocks = vpd_sbc.max_transfer_blocks(self)
         self.mode = ModePages(self)
         self.ua = UnitAttentions()
         self.reservations = reservations.Reservations(self)

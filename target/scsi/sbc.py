@@ -1,0 +1,558 @@
+"""SBC-4 block commands, as an opcode table (DESIGN.md principle 2).
+
+Rules:
+- READ/WRITE are the hot path: CDB fields come from precompiled struct.Struct unpacks,
+  data goes to and from the store as memoryviews (no copies, DESIGN.md principle 5).
+- Every command that addresses blocks checks LBA + count against the capacity first:
+  LOGICAL BLOCK ADDRESS OUT OF RANGE (SBC-4 4.5), and counts against the block limits
+  VPD page (MAXIMUM TRANSFER LENGTH, MAXIMUM WRITE SAME LENGTH): INVALID FIELD IN CDB.
+- No protection information is supported (SBC-4 4.22): a nonzero RDPROTECT, WRPROTECT,
+  VRPROTECT or ORPROTECT is INVALID FIELD IN CDB pointing at byte 1 bit 7.
+- Writes on a write-protected LU (read_only, or SWP of the control mode page) end in DATA
+  PROTECT / WRITE PROTECTED (SBC-4 4.11); FUA, and every write while WCE=0 (caching mode
+  page), are made durable with store.flush() before GOOD (SBC-4 4.15).
+- task.data_out is what the initiator sent (iSCSI EDTL); a write uses at most the whole
+  blocks it has and records in task.out_length what the CDB asked for, so the transport
+  reports the residual (RFC 7143 11.4.5.1; libiscsi's *Residuals tests).
+- VERIFY/COMPARE AND WRITE miscompares report MISCOMPARE / MISCOMPARE DURING VERIFY
+  OPERATION with the offset of the first differing byte in INFORMATION (SBC-4 5.3, 5.34).
+- Store failures (StoreError) become MEDIUM ERROR: UNRECOVERED READ ERROR or WRITE ERROR.
+- Thin provisioning (lu.thin): UNMAP and WRITE SAME with UNMAP deallocate through
+  store.discard(); GET LBA STATUS reports store.extents(). A fully provisioned LU refuses
+  the UNMAP bit (INVALID FIELD IN CDB), consistent with its provisioning VPD page.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from target.backing.base import StoreError
+from target.scsi import vpd_sbc
+from target.scsi.commands import Access, CommandSet
+from target.scsi.sense import (
+    MEDIUM_NOT_PRESENT,
+    MISCOMPARE_DURING_VERIFY,
+    PARAMETER_LIST_LENGTH_ERROR,
+    UNRECOVERED_READ_ERROR,
+    WRITE_ERROR,
+    CheckCondition,
+    SenseKey,
+    invalid_field_in_cdb,
+    invalid_field_in_parameter_list,
+    lba_out_of_range,
+    write_protected,
+)
+from target.scsi.task import Direction, Status
+
+COMMANDS = CommandSet("sbc")
+
+_RW10 = struct.Struct(">xBIxHx")  # flags, LBA, (group), transfer length
+_RW12 = struct.Struct(">xBIIxx")
+_RW16 = struct.Struct(">xBQIxx")
+_WS10 = struct.Struct(">xBIxHx")
+_CAW = struct.Struct(">xBQxxxBxx")
+_RC10 = struct.Struct(">II")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_LBA_STATUS = struct.Struct(">QIB3x")
+
+CONTROL = 0x04  # NACA is examined (and refused) by the LU
+
+
+def _usage(*b: int) -> list[int]:
+    return list(b)
+
+
+# --- common checks ---------------------------------------------------------------------
+
+def _check_range(lu, lba: int, count: int) -> None:
+    if lba + count > lu.num_blocks:
+        raise lba_out_of_range()
+
+
+def _check_medium(lu) -> None:
+    if not getattr(lu, "medium_present", True):
+        raise CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
+
+
+def _check_writable(lu) -> None:
+    if lu.read_only or lu.mode.swp:
+        raise write_protected()
+
+
+def _no_protection(flags: int) -> None:
+    if flags & 0xE0:
+        raise invalid_field_in_cdb(1, bit=7)
+
+
+def _read(lu, task, lba: int, count: int) -> None:
+    if lba + count > lu.num_blocks:
+        raise lba_out_of_range()
+    if count > lu.max_transfer_blocks:
+        raise invalid_field_in_cdb(7 if len(task.cdb) == 10 else 6)
+    bs = lu.block_size
+    try:
+        task.data_in = lu.store.read(lba * bs, count * bs)
+    except StoreError:
+        raise CheckCondition(SenseKey.MEDIUM_ERROR, UNRECOVERED_READ_ERROR, info=lba) from None
+
+
+def _write(lu, task, lba: int, count: int, fua: bool) -> None:
+    if lu.read_only or lu.mode.swp:
+        raise write_protected()
+    if lba + count > lu.num_blocks:
+        raise lba_out_of_range()
+    if count > lu.max_transfer_blocks:
+        raise invalid_field_in_cdb(7 if len(task.cdb) == 10 else 6)
+    bs = lu.block_size
+    need = count * bs
+    task.out_length = need
+    data = task.data_out
+    have = len(data) if data is not None else 0
+    use = need if have >= need else have - have % bs
+    if use:
+        try:
+            lu.store.write(lba * bs, data[:use] if use != have else data)
+            if fua or not lu.mode.wce:
+                lu.store.flush()
+        except StoreError:
+            raise CheckCondition(SenseKey.MEDIUM_ERROR, WRITE_ERROR, info=lba) from None
+
+
+# --- READ ------------------------------------------------------------------------------
+
+@COMMANDS.command(0x08, "READ(6)", _usage(0x08, 0x1F, 0xFF, 0xFF, 0xFF, CONTROL), Direction.IN,
+                  access=Access.READ)
+def read6(lu, task) -> None:
+    cdb = task.cdb
+    _check_medium(lu)
+    lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
+    _read(lu, task, lba, cdb[4] or 256)  # 0 means 256 blocks (SBC-4 5.13)
+
+
+@COMMANDS.command(0x28, "READ(10)", _usage(0x28, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
+                                           CONTROL), Direction.IN, access=Access.READ)
+def read10(lu, task) -> None:
+    flags, lba, count = _RW10.unpack_from(task.cdb)
+    if flags & 0xE0:
+        raise invalid_field_in_cdb(1, bit=7)
+    _check_medium(lu)
+    _read(lu, task, lba, count)
+
+
+@COMMANDS.command(0xA8, "READ(12)", _usage(0xA8, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                           0xFF, 0x1F, CONTROL), Direction.IN, access=Access.READ)
+def read12(lu, task) -> None:
+    flags, lba, count = _RW12.unpack_from(task.cdb)
+    _no_protection(flags)
+    _check_medium(lu)
+    _read(lu, task, lba, count)
+
+
+@COMMANDS.command(0x88, "READ(16)", _usage(0x88, 0xFA, *[0xFF] * 12, 0x1F, CONTROL), Direction.IN,
+                  access=Access.READ)
+def read16(lu, task) -> None:
+    flags, lba, count = _RW16.unpack_from(task.cdb)
+    _no_protection(flags)
+    _check_medium(lu)
+    _read(lu, task, lba, count)
+
+
+# --- WRITE -----------------------------------------------------------------------------
+
+@COMMANDS.command(0x0A, "WRITE(6)", _usage(0x0A, 0x1F, 0xFF, 0xFF, 0xFF, CONTROL), Direction.OUT,
+                  access=Access.WRITE)
+def write6(lu, task) -> None:
+    cdb = task.cdb
+    _check_medium(lu)
+    lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
+    _write(lu, task, lba, cdb[4] or 256, False)
+
+
+@COMMANDS.command(0x2A, "WRITE(10)", _usage(0x2A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
+                                            CONTROL), Direction.OUT, access=Access.WRITE)
+def write10(lu, task) -> None:
+    flags, lba, count = _RW10.unpack_from(task.cdb)
+    if flags & 0xE0:
+        raise invalid_field_in_cdb(1, bit=7)
+    _check_medium(lu)
+    _write(lu, task, lba, count, flags & 0x08)
+
+
+@COMMANDS.command(0xAA, "WRITE(12)", _usage(0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                            0xFF, 0x1F, CONTROL), Direction.OUT,
+                  access=Access.WRITE)
+def write12(lu, task) -> None:
+    flags, lba, count = _RW12.unpack_from(task.cdb)
+    _no_protection(flags)
+    _check_medium(lu)
+    _write(lu, task, lba, count, flags & 0x08)
+
+
+@COMMANDS.command(0x8A, "WRITE(16)", _usage(0x8A, 0xFA, *[0xFF] * 12, 0x1F, CONTROL),
+                  Direction.OUT, access=Access.WRITE)
+def write16(lu, task) -> None:
+    flags, lba, count = _RW16.unpack_from(task.cdb)
+    _no_protection(flags)
+    _check_medium(lu)
+    _write(lu, task, lba, count, flags & 0x08)
+
+
+# --- VERIFY, WRITE AND VERIFY, ORWRITE ---------------------------------------------------
+
+def _compare(lu, task, lba: int, count: int, bytchk: int) -> None:
+    """Compare the Data-Out buffer with the medium (SBC-4 5.33, BYTCHK 01b and 11b)."""
+    bs = lu.block_size
+    data = bytes(task.data_out or b"")
+    want = count * bs if bytchk == 1 else bs
+    task.out_length = want
+    if len(data) < want:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR)
+    medium = bytes(lu.store.read(lba * bs, count * bs))
+    expected = data[:want] if bytchk == 1 else data[:bs] * count
+    if medium != expected:
+        first = next(i for i in range(len(medium)) if medium[i] != expected[i])
+        raise CheckCondition(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY, info=first)
+
+
+def _verify(lu, task, flags: int, lba: int, count: int) -> None:
+    _no_protection(flags)
+    bytchk = (flags >> 1) & 0x03
+    if bytchk == 2:
+        raise invalid_field_in_cdb(1, bit=2)
+    _check_medium(lu)
+    _check_range(lu, lba, count)
+    if count > lu.max_transfer_blocks:
+        raise invalid_field_in_cdb(len(task.cdb) - 3)
+    if bytchk and count:
+        _compare(lu, task, lba, count, bytchk)
+    else:
+        task.out_length = 0
+
+
+@COMMANDS.command(0x2F, "VERIFY(10)", _usage(0x2F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
+                                             CONTROL), Direction.OUT, access=Access.READ)
+def verify10(lu, task) -> None:
+    flags, lba, count = _RW10.unpack_from(task.cdb)
+    _verify(lu, task, flags, lba, count)
+
+
+@COMMANDS.command(0xAF, "VERIFY(12)", _usage(0xAF, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                             0xFF, 0x1F, CONTROL), Direction.OUT,
+                  access=Access.READ)
+def verify12(lu, task) -> None:
+    flags, lba, count = _RW12.unpack_from(task.cdb)
+    _verify(lu, task, flags, lba, count)
+
+
+@COMMANDS.command(0x8F, "VERIFY(16)", _usage(0x8F, 0xF6, *[0xFF] * 12, 0x1F, CONTROL),
+                  Direction.OUT, access=Access.READ)
+def verify16(lu, task) -> None:
+    flags, lba, count = _RW16.unpack_from(task.cdb)
+    _verify(lu, task, flags, lba, count)
+
+
+def _write_and_verify(lu, task, flags: int, lba: int, count: int) -> None:
+    """SBC-4 5.36: write, then verify; BYTCHK 00b/01b (a write that landed compares equal)."""
+    _no_protection(flags)
+    if flags & 0x04:  # BYTCHK 1xb is reserved
+        raise invalid_field_in_cdb(1, bit=2)
+    _check_medium(lu)
+    _write(lu, task, lba, count, True)
+
+
+@COMMANDS.command(0x2E, "WRITE AND VERIFY(10)", _usage(0x2E, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F,
+                                                       0xFF, 0xFF, CONTROL), Direction.OUT,
+                  access=Access.WRITE)
+def write_and_verify10(lu, task) -> None:
+    flags, lba, count = _RW10.unpack_from(task.cdb)
+    _write_and_verify(lu, task, flags, lba, count)
+
+
+@COMMANDS.command(0xAE, "WRITE AND VERIFY(12)", _usage(0xAE, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                                       0xFF, 0xFF, 0xFF, 0x1F, CONTROL),
+                  Direction.OUT, access=Access.WRITE)
+def write_and_verify12(lu, task) -> None:
+    flags, lba, count = _RW12.unpack_from(task.cdb)
+    _write_and_verify(lu, task, flags, lba, count)
+
+
+@COMMANDS.command(0x8E, "WRITE AND VERIFY(16)", _usage(0x8E, 0xF2, *[0xFF] * 12, 0x1F, CONTROL),
+                  Direction.OUT, access=Access.WRITE)
+def write_and_verify16(lu, task) -> None:
+    flags, lba, count = _RW16.unpack_from(task.cdb)
+    _write_and_verify(lu, task, flags, lba, count)
+
+
+@COMMANDS.command(0x8B, "ORWRITE(16)", _usage(0x8B, 0xF8, *[0xFF] * 12, 0x1F, CONTROL),
+                  Direction.OUT, access=Access.WRITE)
+def orwrite16(lu, task) -> None:
+    """SBC-4 5.9: OR the Data-Out into the medium (no XDREAD/XPWRITE mode)."""
+    flags, lba, count = _RW16.unpack_from(task.cdb)
+    _no_protection(flags)
+    _check_medium(lu)
+    _check_writable(lu)
+    _check_range(lu, lba, count)
+    if count > lu.max_transfer_blocks:
+        raise invalid_field_in_cdb(10)
+    bs = lu.block_size
+    n = count * bs
+    task.out_length = n
+    data = bytes(task.data_out or b"")
+    n = min(n, len(data) - len(data) % bs)
+    if n:
+        old = int.from_bytes(lu.store.read(lba * bs, n), "big")
+        lu.store.write(lba * bs, (old | int.from_bytes(data[:n], "big")).to_bytes(n, "big"))
+        if flags & 0x08 or not lu.mode.wce:
+            lu.store.flush()
+
+
+# --- cache, prefetch ----------------------------------------------------------------------
+
+def _sync(lu, task, lba: int, count: int) -> None:
+    _check_medium(lu)
+    _check_range(lu, lba, count)
+    lu.store.flush()
+
+
+@COMMANDS.command(0x35, "SYNCHRONIZE CACHE(10)", _usage(0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F,
+                                                        0xFF, 0xFF, CONTROL),
+                  access=Access.WRITE)
+def synchronize_cache10(lu, task) -> None:
+    _, lba, count = _RW10.unpack_from(task.cdb)
+    _sync(lu, task, lba, count)
+
+
+@COMMANDS.command(0x91, "SYNCHRONIZE CACHE(16)", _usage(0x91, 0x02, *[0xFF] * 12, 0x1F, CONTROL),
+                  access=Access.WRITE)
+def synchronize_cache16(lu, task) -> None:
+    _, lba, count = _RW16.unpack_from(task.cdb)
+    _sync(lu, task, lba, count)
+
+
+def _prefetch(lu, task, lba: int, count: int) -> None:
+    """SBC-4 5.11/5.12: everything fits in the cache: CONDITION MET."""
+    _check_medium(lu)
+    _check_range(lu, lba, count)
+    task.status = Status.CONDITION_MET
+
+
+@COMMANDS.command(0x34, "PRE-FETCH(10)", _usage(0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF,
+                                                0xFF, CONTROL), access=Access.READ)
+def prefetch10(lu, task) -> None:
+    _, lba, count = _RW10.unpack_from(task.cdb)
+    _prefetch(lu, task, lba, count)
+
+
+@COMMANDS.command(0x90, "PRE-FETCH(16)", _usage(0x90, 0x02, *[0xFF] * 12, 0x1F, CONTROL),
+                  access=Access.READ)
+def prefetch16(lu, task) -> None:
+    _, lba, count = _RW16.unpack_from(task.cdb)
+    _prefetch(lu, task, lba, count)
+
+
+# --- WRITE SAME, UNMAP, GET LBA STATUS ------------------------------------------------------
+
+def _write_same(lu, task, flags: int, lba: int, count: int, ndob: bool) -> None:
+    """SBC-4 5.50/5.51."""
+    _no_protection(flags)
+    unmap = bool(flags & 0x08)
+    anchor = bool(flags & 0x10)
+    if anchor or (unmap and not lu.thin):
+        # ANCHOR is not supported (ANC_SUP=0); UNMAP needs thin provisioning (LBPWS).
+        raise invalid_field_in_cdb(1, bit=4 if anchor else 3)
+    if flags & 0x06:  # PBDATA / LBDATA are not supported
+        raise invalid_field_in_cdb(1, bit=2 if flags & 0x04 else 1)
+    _check_medium(lu)
+    _check_writable(lu)
+    bs = lu.block_size
+    if count == 0:  # WSNZ=0: to the end of the medium
+        count = lu.num_blocks - lba if lba < lu.num_blocks else 0
+        if lba >= lu.num_blocks:
+            raise lba_out_of_range()
+    _check_range(lu, lba, count)
+    if count > vpd_sbc.max_write_same_blocks(lu):
+        raise invalid_field_in_cdb(7 if len(task.cdb) == 10 else 10)
+    if ndob:
+        block = bytes(bs)
+        task.out_length = 0
+    else:
+        task.out_length = bs
+        data = task.data_out
+        if data is None or len(data) < bs:
+            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR)
+        block = bytes(data[:bs])
+    if unmap and not any(block):
+        lu.store.discard(lba * bs, count * bs)
+        return
+    chunk_blocks = max(1, (1 << 20) // bs)
+    pattern = block * min(count, chunk_blocks)
+    view = memoryview(pattern)
+    done = 0
+    while done < count:
+        n = min(chunk_blocks, count - done)
+        lu.store.write((lba + done) * bs, view[:n * bs])
+        done += n
+    if not lu.mode.wce:
+        lu.store.flush()
+
+
+@COMMANDS.command(0x41, "WRITE SAME(10)", _usage(0x41, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF,
+                                                 0xFF, CONTROL), Direction.OUT,
+                  access=Access.WRITE)
+def write_same10(lu, task) -> None:
+    flags, lba, count = _WS10.unpack_from(task.cdb)
+    _write_same(lu, task, flags, lba, count, False)
+
+
+@COMMANDS.command(0x93, "WRITE SAME(16)", _usage(0x93, 0xF9, *[0xFF] * 12, 0x1F, CONTROL),
+                  Direction.OUT, access=Access.WRITE)
+def write_same16(lu, task) -> None:
+    flags, lba, count = _RW16.unpack_from(task.cdb)
+    _write_same(lu, task, flags & 0xFE, lba, count, bool(flags & 0x01))
+
+
+@COMMANDS.command(0x42, "UNMAP", _usage(0x42, 0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, CONTROL),
+                  Direction.OUT, access=Access.WRITE)
+def unmap(lu, task) -> None:
+    """SBC-4 5.30: deallocate the ranges of the parameter list (thin LUs only)."""
+    cdb = task.cdb
+    if not lu.thin:
+        raise invalid_field_in_cdb(0)
+    if cdb[1] & 0x01:  # ANCHOR
+        raise invalid_field_in_cdb(1, bit=0)
+    _check_medium(lu)
+    _check_writable(lu)
+    length = cdb[7] << 8 | cdb[8]
+    data = bytes(task.data_out or b"")[:length]
+    task.out_length = length
+    if length == 0:
+        return
+    if length < 8 or len(data) < 8:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR)
+    desc_len = data[2] << 8 | data[3]
+    if desc_len % 16 or 8 + desc_len > len(data):
+        raise invalid_field_in_parameter_list(2)
+    ranges = []
+    limit = vpd_sbc.MAX_UNMAP_DESCRIPTORS
+    if desc_len // 16 > limit:
+        raise invalid_field_in_parameter_list(2)
+    for off in range(8, 8 + desc_len, 16):
+        lba = _U64.unpack_from(data, off)[0]
+        count = _U32.unpack_from(data, off + 8)[0]
+        if lba + count > lu.num_blocks:
+            raise lba_out_of_range()
+        if count > vpd_sbc.max_unmap_blocks(lu):
+            raise invalid_field_in_parameter_list(off + 8)
+        ranges.append((lba, count))
+    bs = lu.block_size
+    for lba, count in ranges:
+        if count:
+            lu.store.discard(lba * bs, count * bs)
+
+
+@COMMANDS.command(0x9E, "GET LBA STATUS", _usage(0x9E, 0x12, *[0xFF] * 12, 0, CONTROL),
+                  Direction.IN, service_action=0x12, access=Access.READ)
+def get_lba_status(lu, task) -> None:
+    """SBC-4 5.8: provisioning status of the LBAs from STARTING LBA on."""
+    cdb = task.cdb
+    lba = _U64.unpack_from(cdb, 2)[0]
+    alloc = _U32.unpack_from(cdb, 10)[0]
+    _check_medium(lu)
+    if lba >= lu.num_blocks:
+        raise lba_out_of_range()
+    if alloc == 0:
+        task.data_in = b""
+        return
+    bs = lu.block_size
+    room = max(1, (min(alloc, 8 + 16 * 64) - 8) // 16)
+    span = min(lu.num_blocks - lba, 0xFFFFFFFF)
+    descs = []
+    for offset, length, mapped in lu.store.extents(lba * bs, span * bs):
+        first = offset // bs
+        n = -(-(offset + length) // bs) - first
+        descs.append(_LBA_STATUS.pack(first, n, 0 if mapped else 1))
+        if len(descs) == room:
+            break
+    body = b"".join(descs)
+    task.data_in = (_U32.pack(len(body) + 4) + bytes(4) + body)[:alloc]
+
+
+# --- capacity --------------------------------------------------------------------------------
+
+@COMMANDS.command(0x25, "READ CAPACITY(10)", _usage(0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01,
+                                                    CONTROL), Direction.IN,
+                  access=Access.ALLOWED)
+def read_capacity10(lu, task) -> None:
+    """SBC-4 5.15: the last LBA (FFFFFFFFh when it does not fit) and the block length."""
+    cdb = task.cdb
+    if not cdb[8] & 0x01 and any(cdb[2:6]):  # LBA with PMI=0 (SBC-3 5.15)
+        raise invalid_field_in_cdb(2)
+    _check_medium(lu)
+    last = lu.num_blocks - 1
+    task.data_in = _RC10.pack(min(last, 0xFFFFFFFF), lu.block_size)
+
+
+@COMMANDS.command(0x9E, "READ CAPACITY(16)", _usage(0x9E, 0x10, *[0xFF] * 8, 0xFF, 0xFF, 0xFF,
+                                                    0xFF, 0x01, CONTROL),
+                  Direction.IN, service_action=0x10, access=Access.ALLOWED)
+def read_capacity16(lu, task) -> None:
+    """SBC-4 5.16: capacity, block length, and LBPME/LBPRZ for thin LUs."""
+    cdb = task.cdb
+    alloc = _U32.unpack_from(cdb, 10)[0]
+    _check_medium(lu)
+    lbp = 0xC0 if lu.thin else 0  # LBPME, LBPRZ (deallocated blocks read as zeros)
+    data = struct.pack(">QIBBBB16x", lu.num_blocks - 1, lu.block_size, 0, 0, lbp, 0)
+    task.data_in = data[:alloc]
+
+
+# --- START STOP UNIT ---------------------------------------------------------------------------
+
+@COMMANDS.command(0x1B, "START STOP UNIT", _usage(0x1B, 0x01, 0, 0x0F, 0xF7, CONTROL),
+                  access=Access.EXCLUSIVE)
+def start_stop_unit(lu, task) -> None:
+    """SBC-4 5.25: power conditions are accepted and have no effect; LOEJ loads or ejects
+    the medium of a removable LU and is ignored on a fixed one."""
+    cdb = task.cdb
+    power = cdb[4] >> 4
+    if power not in (0x0, 0x1, 0x2, 0x3, 0x5, 0x7, 0xA, 0xB):
+        raise invalid_field_in_cdb(4, bit=7)
+    if power or not cdb[4] & 0x02:
+        return
+    if lu.removable:
+        lu.medium_present = bool(cdb[4] & 0x01)
+
+
+# --- COMPARE AND WRITE -----------------------------------------------------------------------
+
+@COMMANDS.command(0x89, "COMPARE AND WRITE", _usage(0x89, 0xF8, *[0xFF] * 8, 0, 0, 0, 0xFF, 0x1F,
+                                                    CONTROL), Direction.OUT,
+                  access=Access.WRITE)
+def compare_and_write(lu, task) -> None:
+    """SBC-4 5.3: compare the first half of the Data-Out with the medium; if equal, write
+    the second half. Execution is one synchronous step, so it is atomic against every
+    other command on the LU."""
+    flags, lba, count = _CAW.unpack_from(task.cdb)
+    _no_protection(flags)
+    _check_medium(lu)
+    _check_writable(lu)
+    if count > vpd_sbc.MAX_COMPARE_AND_WRITE:
+        raise invalid_field_in_cdb(13)
+    _check_range(lu, lba, count)
+    bs = lu.block_size
+    n = count * bs
+    task.out_length = 2 * n
+    if count == 0:
+        return
+    data = task.data_out
+    if data is None or len(data) < 2 * n:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR)
+    medium = bytes(lu.store.read(lba * bs, n))
+    verify = bytes(data[:n])
+    if medium != verify:
+        first = next(i for i in range(n) if medium[i] != verify[i])
+        raise CheckCondition(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY, info=first)
+    lu.store.write(lba * bs, data[n:2 * n])
+    if flags & 0x08 or not lu.mode.wce:
+        lu.store.flush()
+

@@ -1,0 +1,72 @@
+"""The SBC-4 VPD pages: block limits (B0h), block device characteristics (B1h) and logical
+block provisioning (B2h), each returned whole, header included (SBC-4 6.6).
+
+Rules:
+- What the pages promise is what sbc.py enforces: MAXIMUM TRANSFER LENGTH
+  (lu.max_transfer_blocks), MAXIMUM WRITE SAME LENGTH, MAXIMUM COMPARE AND WRITE LENGTH,
+  the unmap limits (only on thin LUs), WSNZ=0 (a WRITE SAME of 0 blocks runs to the end).
+- Provisioning: a thin LU reports LBPU, LBPWS, LBPWS10 and LBPRZ with provisioning type
+  thin (010b); a fully provisioned LU reports none of them (type 000b), and its WRITE SAME
+  refuses the UNMAP bit, as libiscsi's WriteSame*.UnmapVPD tests check.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAX_TRANSFER_BYTES = 8 << 20  # per command; the block limits page says it in blocks
+MAX_WRITE_SAME_BYTES = 256 << 20
+MAX_COMPARE_AND_WRITE = 255  # blocks
+MAX_UNMAP_DESCRIPTORS = 256
+MAX_UNMAP_BYTES = 1 << 30
+
+
+def max_transfer_blocks(lu) -> int:
+    return MAX_TRANSFER_BYTES // lu.block_size
+
+
+def max_write_same_blocks(lu) -> int:
+    return MAX_WRITE_SAME_BYTES // lu.block_size
+
+
+def max_unmap_blocks(lu) -> int:
+    return MAX_UNMAP_BYTES // lu.block_size
+
+
+def block_limits(lu) -> bytes:
+    """Block Limits VPD page, B0h (SBC-4 6.6.4), 64 bytes."""
+    unmap_lba = max_unmap_blocks(lu) if lu.thin else 0
+    unmap_desc = MAX_UNMAP_DESCRIPTORS if lu.thin else 0
+    granularity = max(1, 4096 // lu.block_size)
+    return struct.pack(
+        ">BBHBBHIIIIIIIQIIIII",
+        0x00, 0xB0, 0x3C,
+        0x00,  # WSNZ = 0
+        MAX_COMPARE_AND_WRITE,
+        granularity,  # OPTIMAL TRANSFER LENGTH GRANULARITY
+        max_transfer_blocks(lu),  # MAXIMUM TRANSFER LENGTH
+        (1 << 20) // lu.block_size,  # OPTIMAL TRANSFER LENGTH
+        0,  # MAXIMUM PREFETCH LENGTH
+        unmap_lba,  # MAXIMUM UNMAP LBA COUNT
+        unmap_desc,  # MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
+        granularity if lu.thin else 0,  # OPTIMAL UNMAP GRANULARITY
+        0,  # UGAVALID / UNMAP GRANULARITY ALIGNMENT
+        max_write_same_blocks(lu),  # MAXIMUM WRITE SAME LENGTH
+        0, 0, 0, 0, 0,  # atomic transfer limits: none
+    )
+
+
+def block_device_characteristics(lu) -> bytes:
+    """Block Device Characteristics VPD page, B1h (SBC-4 6.6.2): a non-rotating medium."""
+    rate = getattr(lu, "rotation_rate", 1)  # 1 = non-rotating (solid state)
+    return struct.pack(">BBHHBB56x", 0x00, 0xB1, 0x3C, rate, 0, 0)
+
+
+def logical_block_provisioning(lu) -> bytes:
+    """Logical Block Provisioning VPD page, B2h (SBC-4 6.6.6)."""
+    if lu.thin:
+        flags = 0x80 | 0x40 | 0x20 | 0x04  # LBPU, LBPWS, LBPWS10, LBPRZ
+        ptype = 0x02  # thin provisioned
+    else:
+        flags, ptype = 0, 0
+    return struct.pack(">BBHBBBB", 0x00, 0xB2, 0x04, 0, flags, ptype, 0)
