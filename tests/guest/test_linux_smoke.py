@@ -65,7 +65,7 @@ path = "{backing}"
 vendor = "{VENDOR}"
 product = "{PRODUCT}"
 """)
-    with OurTarget(config=cfg, workdir=tmp_path) as t:
+    with OurTarget(config=cfg, workdir=tmp_path, iqn=IQN) as t:
         yield t
 
 
