@@ -61,6 +61,9 @@ from target.iscsi.pdu import (
 from target.iscsi.session import Session, SessionParams
 from target.scsi.sense import (
     COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
+    Asc,
+    CheckCondition,
+    SenseKey,
 )
 from target.scsi.task import Nexus, ScsiTask, Status, decode_lun
 
@@ -69,6 +72,10 @@ log = logging.getLogger(__name__)
 LOGIN_MAX_RECV = 8192  # MaxRecvDataSegmentLength before it is negotiated (13.12)
 MAX_EDTL = 64 << 20  # largest write buffer we allocate for one command
 _SENSE_LEN = struct.Struct(">H")
+# ABORTED COMMAND additional sense codes for iSCSI data errors (RFC 7143 11.4.7.2).
+DATA_PHASE_ERROR = Asc(0x4B, 0x00)
+INVALID_TARGET_PORT_TRANSFER_TAG = Asc(0x4B, 0x01)
+DATA_OFFSET_ERROR = Asc(0x4B, 0x05)
 # Eight-byte LUN fields of LUNs 0..255 in peripheral device addressing (SAM-5 4.6.6).
 _LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
@@ -507,26 +514,47 @@ class Connection:
         end = offset + bhs.dsl
         if bhs.ttt == RESERVED_TAG:
             if bhs.datasn != cmd.unsol_datasn:
-                raise ProtocolError(f"unsolicited Data-Out DataSN {bhs.datasn}, expected "
-                                    f"{cmd.unsol_datasn}", header=bhs.raw)
+                return self._fail_data(cmd, bhs, DATA_PHASE_ERROR, RejectReason.PROTOCOL_ERROR,
+                                       f"unsolicited DataSN {bhs.datasn}, expected "
+                                       f"{cmd.unsol_datasn}")
             if offset != cmd.unsol_next or end > cmd.unsol_end:
-                raise ProtocolError(
-                    f"unsolicited Data-Out at {offset}+{bhs.dsl} outside the first burst "
-                    f"[{cmd.unsol_next}, {cmd.unsol_end})", RejectReason.INVALID_PDU_FIELD,
-                    bhs.raw)
+                return self._fail_data(cmd, bhs, DATA_OFFSET_ERROR,
+                                       RejectReason.INVALID_PDU_FIELD,
+                                       f"unsolicited data at {offset}+{bhs.dsl} outside "
+                                       f"[{cmd.unsol_next}, {cmd.unsol_end})")
         else:
             r2t = self._r2ts.get(bhs.ttt)
             if r2t is None or r2t.cmd is not cmd:
-                raise ProtocolError(f"Data-Out with unknown Target Transfer Tag {bhs.ttt:#x}",
-                                    RejectReason.INVALID_PDU_FIELD, bhs.raw)
+                return self._fail_data(cmd, bhs, INVALID_TARGET_PORT_TRANSFER_TAG,
+                                       RejectReason.INVALID_PDU_FIELD,
+                                       f"unknown Target Transfer Tag {bhs.ttt:#x}")
             if bhs.datasn != r2t.datasn:
-                raise ProtocolError(f"Data-Out DataSN {bhs.datasn}, expected {r2t.datasn}",
-                                    header=bhs.raw)
+                return self._fail_data(cmd, bhs, DATA_PHASE_ERROR, RejectReason.PROTOCOL_ERROR,
+                                       f"DataSN {bhs.datasn}, expected {r2t.datasn}")
             if offset != r2t.next_offset or end > r2t.end:
-                raise ProtocolError(
-                    f"Data-Out at {offset}+{bhs.dsl} outside R2T [{r2t.next_offset}, "
-                    f"{r2t.end})", RejectReason.INVALID_PDU_FIELD, bhs.raw)
+                return self._fail_data(cmd, bhs, DATA_OFFSET_ERROR,
+                                       RejectReason.INVALID_PDU_FIELD,
+                                       f"data at {offset}+{bhs.dsl} outside R2T "
+                                       f"[{r2t.next_offset}, {r2t.end})")
         return cmd.view[offset:end]
+
+    def _fail_data(self, cmd: Command, bhs: Bhs, code: Asc, reason: int, what: str) -> None:
+        """A Data-Out out of sequence or out of range: Reject it (11.17) and end its command
+        with CHECK CONDITION, ABORTED COMMAND (11.4.7.2); the session goes on. The rest of
+        the command's data, if any arrives, is discarded as data for no task."""
+        log.warning("%s: Data-Out for ITT %#x: %s; command aborted", self.peer, cmd.itt, what)
+        self._reject(bhs, reason)
+        self._forget(cmd)
+        task = cmd.task
+        lu = self.session.device.luns.get(task.lun)
+        task.status = Status.CHECK_CONDITION
+        task.sense = CheckCondition(SenseKey.ABORTED_COMMAND, code).sense(
+            bool(lu and lu.mode.d_sense))
+        task.data_in = None
+        task.out_length = None
+        self.complete(task)
+        cmd.aborted = True
+        return None
 
     def _data_out(self, bhs: Bhs) -> None:
         cmd = self._cmds.get(bhs.itt)

@@ -14,6 +14,8 @@ Rules:
 - task.data_out is what the initiator sent (iSCSI EDTL); a write uses at most the whole
   blocks it has and records in task.out_length what the CDB asked for, so the transport
   reports the residual (RFC 7143 11.4.5.1; libiscsi's *Residuals tests).
+- COMPARE AND WRITE takes exactly 2 x NUMBER OF LOGICAL BLOCKS of Data-Out (verify
+  instance, then write instance); any other length is INVALID FIELD IN CDB.
 - VERIFY/COMPARE AND WRITE miscompares report MISCOMPARE / MISCOMPARE DURING VERIFY
   OPERATION with the offset of the first differing byte in INFORMATION (SBC-4 5.3, 5.34).
 - Store failures (StoreError) become MEDIUM ERROR: UNRECOVERED READ ERROR or WRITE ERROR.
@@ -542,11 +544,13 @@ def compare_and_write(lu, task) -> None:
     bs = lu.block_size
     n = count * bs
     task.out_length = 2 * n
+    data = task.data_out
+    if (len(data) if data is not None else 0) != 2 * n:
+        # The Data-Out must be exactly the verify and the write instance of the blocks;
+        # anything else cannot be executed atomically as asked.
+        raise invalid_field_in_cdb(13)
     if count == 0:
         return
-    data = task.data_out
-    if data is None or len(data) < 2 * n:
-        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR)
     medium = bytes(lu.store.read(lba * bs, n))
     verify = bytes(data[:n])
     if medium != verify:

@@ -99,8 +99,8 @@ def test_unknown_opcode_rejected_session_continues(target):
     assert rogue.nop(b"still here") == b"still here"
 
 
-def test_data_out_with_unknown_ttt_closes(target):
-    """11.7.2/11.8: Data-Out must answer an R2T that exists; at ERL 0 the connection ends."""
+def test_data_out_for_unknown_task_is_discarded(target):
+    """11.5.1: Data-Out for a task the target does not have (e.g. aborted) is discarded."""
     good = healthy(target)
     rogue = misbehaving(target, 0x400000000004)
     rogue.send_pdu(pdu.pack(Op.DATA_OUT, 0x80, 0, 0, 512, bytes(8), 3, 0x5555, 0,

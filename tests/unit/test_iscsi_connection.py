@@ -261,27 +261,41 @@ def test_immediate_command_bypasses_ordering():
     assert resp.itt == 5 and h.session.exp_cmdsn == 1
 
 
-def test_bad_datasn_rejects_and_closes():
-    """7.1.4.1 / 11.7.2 at ERL 0: a DataSN out of sequence ends the connection."""
+def sense_of(data: bytes) -> tuple[int, int, int]:
+    sense = data[2:2 + struct.unpack(">H", data[:2])[0]]
+    return sense[2] & 0x0F, sense[12], sense[13]
+
+
+def test_bad_datasn_rejects_the_pdu_and_aborts_the_command():
+    """11.7.2 / 11.17 / 11.4.7.2: a DataSN out of sequence is Rejected and its command ends
+    in CHECK CONDITION, ABORTED COMMAND (4Bh/00h DATA PHASE ERROR); the session goes on and
+    late data for the aborted command is discarded."""
     h = Harness(immediate_data=False, initial_r2t=True)
     h.feed(h.command(write10(0, 2), 1024, write=True))
     (r2t, _), = h.pdus()
     h.feed(h.data_out(1, r2t.w20, 27, 0, b"x" * 512, final=False))
-    (rej, data), = h.pdus()
+    (rej, data), (resp, sense) = h.pdus()
     assert rej.opcode == Op.REJECT and rej.b2 == pdu.RejectReason.PROTOCOL_ERROR
     assert Bhs(data).opcode == Op.DATA_OUT
-    assert h.conn.want_close
+    assert resp.opcode == Op.SCSI_RESPONSE and resp.itt == 1 and resp.b3 == 0x02
+    assert sense_of(sense) == (0x0B, 0x4B, 0x00)
+    h.feed(h.data_out(1, r2t.w20, 1, 512, b"y" * 512))
+    assert h.pdus() == [] and not h.conn.want_close
+    h.feed(h.command(bytes(6), 0))
+    assert h.pdus()[0][0].b3 == 0
 
 
 def test_data_beyond_r2t_is_rejected():
-    """11.8.3: Data-Out must stay inside the R2T's range."""
+    """11.8.3: Data-Out must stay inside the R2T's range: Reject, and the command ends with
+    ABORTED COMMAND / DATA OFFSET ERROR (4Bh/05h, 11.4.7.2)."""
     h = Harness(immediate_data=False, initial_r2t=True)
     h.feed(h.command(write10(0, 1), 512, write=True))
     (r2t, _), = h.pdus()
     h.feed(h.data_out(1, r2t.w20, 0, 0, b"x" * 1024))
-    (rej, _), = h.pdus()
+    (rej, _), (resp, sense) = h.pdus()
     assert rej.opcode == Op.REJECT and rej.b2 == pdu.RejectReason.INVALID_PDU_FIELD
-    assert h.conn.want_close
+    assert sense_of(sense) == (0x0B, 0x4B, 0x05)
+    assert not h.conn.want_close
 
 
 def test_unknown_opcode_is_rejected_and_the_connection_goes_on():
