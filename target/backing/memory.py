@@ -51,5 +51,10 @@ class MemoryStore(Store):
             self._view[start:end] = bytes(end - start)
 
     def close(self) -> None:
-        self._view.release()
-        self._map.close()
+        try:
+            self._view.release()
+            self._map.close()
+        except BufferError:
+            # A slice is still referenced (data of a read being sent on a connection that
+            # is going away); the mapping is freed with the last reference.
+            pass

@@ -88,5 +88,12 @@ class ScsiDevice:
             lu.reset(code)
 
     def close(self) -> None:
+        """Flush and close every LU's store; one failing store does not stop the others."""
+        errors = []
         for lu in self.luns.values():
-            lu.close()
+            try:
+                lu.close()
+            except Exception as exc:  # reported after the others are closed
+                errors.append(f"LUN {lu.lun}: {exc}")
+        if errors:
+            raise OSError(f"closing target {self.name}: " + "; ".join(errors))

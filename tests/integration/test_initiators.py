@@ -155,14 +155,25 @@ def test_unknown_target_is_refused(target):
                      re.I), proc.stderr
 
 
-def test_sigint_shuts_down_cleanly(tmp_path, backing):
-    """Ctrl-C: sessions dropped, stores flushed, exit status 0, port released."""
-    with OurTarget(["--backing", str(backing)], workdir=tmp_path) as t:
+@pytest.mark.parametrize("store", ["file", "memory"])
+def test_sigint_shuts_down_cleanly(tmp_path, backing, store):
+    """Ctrl-C: sessions asked to log out or dropped, stores flushed and closed, exit status
+    0 and no traceback, with a session still logged in and reading when it comes."""
+    args = ["--backing", str(backing)] if store == "file" else ["--size", "64M"]
+    with OurTarget(args, workdir=tmp_path) as t:
         run("qemu-io", "-f", "raw", "-c", "write -P 0x77 0 64k", t.url)
+        ini = Initiator("127.0.0.1", t.port, t.iqn, initiator_name=INITIATOR)
+        ini.login()
+        while ini.command(bytes(6)).status != 0:
+            pass
+        assert ini.command(struct.pack(">BBIBHB", 0x28, 0, 0, 0, 128, 0), read=65536).status == 0
         pid = t.pid
         t.stop()
+        ini.close()
         assert t.proc.returncode == 0
+        assert "Traceback" not in t.log_path.read_text()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    with open(backing, "rb") as f:
-        assert f.read(65536) == b"\x77" * 65536
+    if store == "file":
+        with open(backing, "rb") as f:
+            assert f.read(65536) == b"\x77" * 65536
