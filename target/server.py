@@ -7,6 +7,8 @@ Rules:
 - Sending: the Connection's output buffers go out with socket.sendmsg() as they are
   (header bytes and memoryviews of read data, never joined); what the kernel does not
   take waits in a queue and the connection stops reading past a high-water mark.
+- Every CAPACITY_POLL seconds the stores' sizes are looked at again, so a grown image
+  file raises CAPACITY DATA HAS CHANGED for every nexus (the shell owns the clock).
 - Tasks the connection makes ready are executed at once against the SCSI device (the
   task set and its elevator slot in here later) and completed on the same connection.
 - uvloop is used when it is installed.
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 HIGH_WATER = 8 << 20  # stop reading from a peer that does not take its responses
 RECV_ROUNDS = 16  # recv_into() calls per readable event before yielding to the loop
+CAPACITY_POLL = 2.0  # seconds between looks at the stores' sizes
 
 
 class Link:
@@ -199,6 +202,7 @@ class Server:
         self.portal.addresses = [_address(h, p) for h, p in self.bound]
         if self.nop_interval > 0:
             self.loop.call_later(self.nop_interval, self._keepalive)
+        self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
         if self.on_listening:
             self.on_listening(self.bound)
         return self.bound
@@ -229,6 +233,14 @@ class Server:
                 link._flush()
         if self.listeners:
             self.loop.call_later(self.nop_interval, self._keepalive)
+
+    def _watch_capacity(self) -> None:
+        """Notice stores that changed size, so every nexus gets the unit attention."""
+        for entry in self.portal.targets.values():
+            for lu in entry.device.luns.values():
+                lu.refresh_capacity()
+        if self.listeners:
+            self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
 
     async def serve_forever(self) -> None:
         self._stop = asyncio.Event()

@@ -49,5 +49,9 @@ class Store(ABC):
         """(offset, length, mapped) runs covering the range; default: all mapped."""
         return [(offset, length, True)]
 
+    def refresh_size(self) -> bool:
+        """Look at the medium's size again; True when it changed (a grown image file)."""
+        return False
+
     def close(self) -> None:  # noqa: B027
         """Flush and release the store."""

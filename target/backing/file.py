@@ -83,6 +83,21 @@ class FileStore(Store):
         kind = "block device" if self.block_device else "file"
         self.description = f"{kind} {self.path}"
 
+    def _current_size(self) -> int:
+        if self.block_device:
+            return struct.unpack("Q", fcntl.ioctl(self.fd, BLKGETSIZE64, b"\0" * 8))[0]
+        return os.fstat(self.fd).st_size
+
+    def refresh_size(self) -> bool:
+        try:
+            size = self._current_size()
+        except OSError:
+            return False
+        if size == self.size or size == 0:
+            return False
+        self.size = size
+        return True
+
     def read(self, offset: int, length: int) -> memoryview:
         buf = bytearray(length)
         view = memoryview(buf)

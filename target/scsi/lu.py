@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from target.scsi import reservations, vpd_sbc
 from target.scsi.modepages import ModePages
 from target.scsi.sense import (
+    CAPACITY_DATA_HAS_CHANGED,
     POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED,
     Asc,
     CheckCondition,
@@ -157,6 +158,14 @@ class LogicalUnit:
         """The I_T nexus ended (logout, connection lost): SPC-2 reservations go with it."""
         self.reservations.nexus_lost(nexus)
         self.ua.forget(nexus)
+
+    def refresh_capacity(self, nexus: Nexus | None = None) -> bool:
+        """The store changed size (an image file grown or cut behind our back): every
+        nexus but `nexus` gets CAPACITY DATA HAS CHANGED, 2Ah/09h (SBC-4 4.9)."""
+        if not self.store.refresh_size():
+            return False
+        self.ua.establish(CAPACITY_DATA_HAS_CHANGED, exclude=nexus)
+        return True
 
     def reset(self, code: Asc) -> None:
         """LOGICAL UNIT RESET or a target reset (SAM-5 6.6): UA to every nexus."""

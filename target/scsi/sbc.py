@@ -491,6 +491,7 @@ def read_capacity10(lu, task) -> None:
     if not cdb[8] & 0x01 and any(cdb[2:6]):  # LBA with PMI=0 (SBC-3 5.15)
         raise invalid_field_in_cdb(2)
     _check_medium(lu)
+    lu.refresh_capacity(task.nexus)
     last = lu.num_blocks - 1
     task.data_in = _RC10.pack(min(last, 0xFFFFFFFF), lu.block_size)
 
@@ -503,6 +504,7 @@ def read_capacity16(lu, task) -> None:
     cdb = task.cdb
     alloc = _U32.unpack_from(cdb, 10)[0]
     _check_medium(lu)
+    lu.refresh_capacity(task.nexus)
     lbp = 0xC0 if lu.thin else 0  # LBPME, LBPRZ (deallocated blocks read as zeros)
     data = struct.pack(">QIBBBB16x", lu.num_blocks - 1, lu.block_size, 0, 0, lbp, 0)
     task.data_in = data[:alloc]

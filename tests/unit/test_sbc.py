@@ -243,3 +243,21 @@ def test_file_store_is_sparse_and_punches_holes(tmp_path):
     runs = store.extents(0, 1 << 20)
     assert (4096, 65536, False) in runs and runs[0] == (0, 4096, True)
     store.close()
+
+
+def test_grown_image_raises_capacity_changed(tmp_path):
+    """SBC-4 4.9 / SPC-4 5.14: when the medium's capacity changes, the nexus that reads the
+    new capacity sees it, every other nexus gets UNIT ATTENTION, CAPACITY DATA HAS CHANGED
+    (2Ah/09h) on its next command."""
+    path = tmp_path / "grow.img"
+    lu = lu_over(FileStore(path, size=1 << 20, create=True))
+    other = Nexus("iqn.2026-11.local.test:j,i,0x400000000002", NEXUS.target_port)
+    lu.ua._pending[other] = []
+    with open(path, "r+b") as f:
+        f.truncate(2 << 20)
+    rc10 = bytes(run(lu, bytes([0x25]) + bytes(9)).data_in)
+    assert struct.unpack(">II", rc10) == ((2 << 20) // 512 - 1, 512)
+    task = ScsiTask(other, 0, read10(0, 1))
+    lu.execute(task)
+    assert sense(task) == (0x06, 0x2A, 0x09)
+    assert run(lu, read10(0, 1)).status == Status.GOOD  # the reader itself got no UA
