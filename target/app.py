@@ -44,7 +44,9 @@ def open_store(lun: LunConfig, where: str) -> Store:
     try:
         return FileStore(lun.path, size=lun.size, create=lun.size is not None,
                          read_only=lun.read_only)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+    except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 

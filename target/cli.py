@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def effective_config(args: argparse.Namespace) -> Config:
-    cfg = cfgmod.load(args.config) if args.config else Config()
+    cfg = cfgmod.load(args.config) if args.config else Config(source="command line")
     if args.portal:
         for p in args.portal:
             cfgmod.parse_listen(p, f"--portal {p}")
@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scsi-target: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"scsi-target: {exc}", file=sys.stderr)
+        what = exc.strerror or str(exc)
+        if exc.filename:
+            what = f"{exc.filename}: {what}"
+        print(f"scsi-target: {what}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
