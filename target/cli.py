@@ -5,6 +5,8 @@
                       [--read-only] [--port-file FILE] [--log-file FILE] [-v]
     scsi-target config check FILE
     scsi-target config show [FILE]
+    scsi-target image build linux [--force]
+    scsi-target image list
 
 Rules:
 - Without --config, `serve` serves the embedded default (target/config.py). Options
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-file", type=Path, help="write the log here instead of stderr")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the banner")
+
+    im = sub.add_parser("image", help="build or list guest images (XDG cache)")
+    isub = im.add_subparsers(dest="action", required=True)
+    ib = isub.add_parser("build", help="build a guest image (nothing to do when cached)")
+    ib.add_argument("guest", choices=("linux",))
+    ib.add_argument("--force", action="store_true", help="rebuild even when cached")
+    isub.add_parser("list", help="list the cached images")
 
     c = sub.add_parser("config", help="check or show a config")
     csub = c.add_subparsers(dest="action", required=True)
@@ -169,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "config":
             return config_command(args)
+        if args.command == "image":
+            from images import linux
+
+            return linux.main([args.action] + (["--force"] if getattr(args, "force", False)
+                                               else []))
     except ConfigError as exc:
         print(f"scsi-target: {exc}", file=sys.stderr)
         return 2
