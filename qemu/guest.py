@@ -8,7 +8,9 @@
 #   Acceleration is KVM only where /dev/kvm works with real vmx/svm, else TCG.
 # - Disks are `-drive if=none` backends (an iscsi:// URL or a file) attached to one SCSI
 #   HBA; `scsi-block` passes the guest's own CDBs to the target, `scsi-hd` makes QEMU
-#   answer them. The initramfs loads the HBA's driver through `st_modules=`.
+#   answer them. The initramfs loads the HBA's driver through `st_modules=` (or the
+#   module groups the config names). hba=None: no HBA and no drives (a guest that brings
+#   its own initiator; qemu.spec builds such configs).
 # - No network unless the caller adds one (`-nic none`); nothing leaves the host.
 # - The console is the guest's ttyS0 on QEMU's stdio, in a pty owned by pexpect; every
 #   byte it prints goes to the log file. A command's output is framed by markers the
@@ -60,7 +62,8 @@ class Drive:
 class GuestConfig:
     image: LinuxImage
     drives: tuple[Drive, ...] = ()
-    hba: str = "virtio-scsi-pci"
+    hba: str | None = "virtio-scsi-pci"  # None: no SCSI HBA (e.g. the guest's own initiator)
+    modules: tuple[str, ...] = ()  # initramfs module groups; () = the HBA's group
     memory_mib: int = 512
     cpus: int = 1
     pvh: bool = True             # vmlinux through PVH (+qboot); False: bzImage + BIOS
@@ -84,8 +87,15 @@ def kvm_usable() -> bool:
     return bool(re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M))
 
 
+def module_groups(cfg: GuestConfig) -> tuple[str, ...]:
+    """The initramfs module groups /init loads (beside "base"): cfg.modules or the HBA's."""
+    if cfg.modules:
+        return cfg.modules
+    return (HBA_MODULE_GROUPS[cfg.hba],) if cfg.hba else ()
+
+
 def kernel_cmdline(cfg: GuestConfig) -> str:
-    parts = ["console=ttyS0", "panic=-1", f"st_modules={HBA_MODULE_GROUPS[cfg.hba]}"]
+    parts = ["console=ttyS0", "panic=-1", f"st_modules={','.join(module_groups(cfg))}"]
     if cfg.quiet:
         parts.append("quiet")
     return " ".join([*parts, *cfg.append])
@@ -93,7 +103,7 @@ def kernel_cmdline(cfg: GuestConfig) -> str:
 
 def qemu_argv(cfg: GuestConfig) -> list[str]:
     """The full QEMU command line for cfg."""
-    if cfg.hba not in HBA_MODULE_GROUPS:
+    if cfg.hba is not None and cfg.hba not in HBA_MODULE_GROUPS:
         raise GuestError(f"unknown HBA {cfg.hba!r}; known: {', '.join(HBA_MODULE_GROUPS)}")
     binary = qemu_binary()
     if binary is None:
@@ -110,7 +120,10 @@ def qemu_argv(cfg: GuestConfig) -> list[str]:
     else:
         argv += ["-kernel", str(cfg.image.bzimage)]
     argv += ["-initrd", str(cfg.image.initrd), "-append", kernel_cmdline(cfg)]
-    argv += ["-device", f"{cfg.hba},id=hba"]
+    if cfg.hba is not None:
+        argv += ["-device", f"{cfg.hba},id=hba"]
+    elif cfg.drives:
+        raise GuestError("drives need an HBA")
     for i, drive in enumerate(cfg.drives):
         file = drive.url.replace(",", ",,")  # QEMU option syntax escapes commas by doubling
         argv += ["-drive", f"if=none,id=d{i},file={file},format={drive.fmt},"
