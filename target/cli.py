@@ -3,6 +3,8 @@
     scsi-target serve [--config FILE] [--portal HOST:PORT ...] [--target-iqn IQN]
                       [--size SIZE] [--block-size 512|4096] [--backing PATH]
                       [--read-only] [--port-file FILE] [--log-file FILE] [-v]
+                      [--trace FILE] [--trace-live]
+    scsi-target trace FILE
     scsi-target config check FILE
     scsi-target config show [FILE]
     scsi-target image build linux [--force]
@@ -49,8 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--read-only", action="store_true", help="make the (first) LUN read-only")
     s.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     s.add_argument("--log-file", type=Path, help="write the log here instead of stderr")
+    s.add_argument("--trace", type=Path, metavar="FILE",
+                   help="record every command, decoded, as JSON lines in FILE")
+    s.add_argument("--trace-live", action="store_true",
+                   help="print one line per command as it completes")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the banner")
+
+    tr = sub.add_parser("trace", help="summarise a CDB trace per opcode")
+    tr.add_argument("file", type=Path)
 
     im = sub.add_parser("image", help="build or list guest images (XDG cache)")
     isub = im.add_subparsers(dest="action", required=True)
@@ -143,11 +152,23 @@ def serve(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(banner(application, bound), flush=True)
 
-    server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval)
+    tracer = None
+    if args.trace or args.trace_live:
+        from target.trace import Tracer
+
+        try:
+            tracer = Tracer(args.trace, sys.stdout if args.trace_live else None)
+        except OSError as exc:
+            application.close()
+            raise OSError(exc.errno, f"cannot write the trace {args.trace}: "
+                          f"{exc.strerror}") from None
+    server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval, tracer)
     try:
         srvmod.run(server, on_stop=application.close)
     finally:
         application.close()
+        if tracer is not None:
+            tracer.close()
     return 0
 
 
@@ -178,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "config":
             return config_command(args)
+        if args.command == "trace":
+            from target.trace import TraceError, summarize
+
+            try:
+                print(summarize(args.file))
+            except TraceError as exc:
+                print(f"scsi-target: {exc}", file=sys.stderr)
+                return 2
+            return 0
         if args.command == "image":
             from images import linux
 

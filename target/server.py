@@ -9,6 +9,8 @@ Rules:
   take waits in a queue and the connection stops reading past a high-water mark.
 - Every CAPACITY_POLL seconds the stores' sizes are looked at again, so a grown image
   file raises CAPACITY DATA HAS CHANGED for every nexus (the shell owns the clock).
+- With a tracer (--trace, --trace-live) each command is timed and recorded after it
+  completes; without one the task loop has no trace code in it at all.
 - Tasks the connection makes ready are executed at once against the SCSI device (the
   task set and its elevator slot in here later) and completed on the same connection.
 - uvloop is used when it is installed.
@@ -26,11 +28,13 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 
 from target.iscsi.connection import Connection, Phase
 from target.iscsi.portal import Portal
+from target.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +99,20 @@ class Link:
         conn = self.conn
         ready = conn.ready
         device = conn.session.device if conn.session is not None else None
+        tracer = self.server.tracer
+        if tracer is None:
+            while ready:
+                task = ready.popleft()
+                device.execute(task)
+                conn.complete(task)
+            return
+        clock = time.perf_counter_ns
         while ready:
             task = ready.popleft()
+            start = clock()
             device.execute(task)
             conn.complete(task)
+            tracer.record(conn.peer, task, start, clock())
 
     def _notified(self) -> None:
         """The connection changed state outside a receive (abort from another session)."""
@@ -169,8 +183,9 @@ class Server:
 
     def __init__(self, portal: Portal, listen: list[tuple[str, int]],
                  on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
-                 nop_interval: float = 0.0) -> None:
+                 nop_interval: float = 0.0, tracer: Tracer | None = None) -> None:
         self.portal = portal
+        self.tracer = tracer  # None: tracing off, and nothing on the hot path
         self.listen = listen
         self.on_listening = on_listening
         self.nop_interval = nop_interval  # NOP-In keepalive period; 0 disables it
