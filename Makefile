@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh Debian 12 machine (as root, or with sudo):
 #   make run    install what the server needs and serve the embedded default target
 #   make test   install what the tests need (Debian packages, venv) and run them all
+#   make demo   boot a Linux guest on the default target and show the CDBs it sends
 # The Python environment lives in .venv at the repository root.
 
 PYTHON ?= python3
@@ -20,12 +21,15 @@ DEB_TEST := qemu-system-x86 qemu-block-extra qemu-utils libiscsi-bin tgt sg3-uti
 run: venv
 	$(VENV)/bin/scsi-target serve
 
+demo: deps-test venv
+	$(PY) tools/demo
+
 test: deps-test venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke tools/demo
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke tools/demo
 
 venv: $(VENV)/.installed
 

@@ -198,7 +198,7 @@ def render(rec: dict) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(rec["t"])) + f".{int(rec['t'] % 1 * 1e6):06d}"
     who = rec.get("initiator", "")
     who = who.rsplit(":", 1)[-1] if ":" in who else who
-    parts = [when, who[-24:], f"LUN{rec['lun']}", rec["op"]]
+    parts = [when, who if len(who) <= 32 else "..." + who[-29:], f"LUN{rec['lun']}", rec["op"]]
     if "lba" in rec:
         parts.append(f"lba={rec['lba']} blocks={rec['blocks']}")
     parts.extend(rec.get("flags", []))
@@ -255,17 +255,18 @@ def summarize(path: Path | str) -> str:
         last = t if last is None else max(last, t)
     if not per_op:
         return f"{path}: no commands"
-    rows = [f"{'command':<24} {'count':>7} {'blocks':>9} {'MiB in':>8} {'MiB out':>8} "
+    w = max(24, *(len(op) for op in per_op))
+    rows = [f"{'command':<{w}} {'count':>7} {'blocks':>9} {'MiB in':>8} {'MiB out':>8} "
             f"{'mean us':>8} {'p50':>7} {'p99':>7} {'max':>8}  status"]
     for op, s in sorted(per_op.items(), key=lambda kv: -kv[1]["n"]):
         us = sorted(s["us"])
         status = ", ".join(f"{k} {v}" for k, v in s["status"].most_common())
-        rows.append(f"{op:<24} {s['n']:>7} {s['blocks']:>9} {s['in'] / 2**20:>8.2f} "
+        rows.append(f"{op:<{w}} {s['n']:>7} {s['blocks']:>9} {s['in'] / 2**20:>8.2f} "
                     f"{s['out'] / 2**20:>8.2f} {sum(us) / len(us):>8.0f} "
                     f"{_percentile(us, 0.5):>7.0f} {_percentile(us, 0.99):>7.0f} "
                     f"{us[-1]:>8.0f}  {status}")
         for sense, count in s["sense"].most_common(3):
-            rows.append(f"{'':<24} {count:>7}  {sense}")
+            rows.append(f"{'':<{w}} {count:>7}  {sense}")
     total = sum(s["n"] for s in per_op.values())
     rows.append(f"{total} commands over {(last - first):.1f} s")
     return "\n".join(rows)
