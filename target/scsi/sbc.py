@@ -67,6 +67,16 @@ def _usage(*b: int) -> list[int]:
 
 # --- common checks ---------------------------------------------------------------------
 
+# Byte offset of the TRANSFER LENGTH field by CDB size (SBC-4 5.13-5.16, 5.40-5.43).
+_LENGTH_FIELD = {6: 4, 10: 7, 12: 6, 16: 10}
+
+
+def _too_long(task) -> CheckCondition:
+    """A transfer over MAXIMUM TRANSFER LENGTH (block limits VPD): INVALID FIELD IN CDB
+    pointing at the TRANSFER LENGTH field."""
+    return invalid_field_in_cdb(_LENGTH_FIELD.get(len(task.cdb), 0))
+
+
 def _check_range(lu, lba: int, count: int) -> None:
     if lba + count > lu.num_blocks:
         raise lba_out_of_range()
@@ -91,7 +101,7 @@ def _read(lu, task, lba: int, count: int) -> None:
     if lba + count > lu.num_blocks:
         raise lba_out_of_range()
     if count > lu.max_transfer_blocks:
-        raise invalid_field_in_cdb(7 if len(task.cdb) == 10 else 6)
+        raise _too_long(task)
     bs = lu.block_size
     try:
         task.data_in = lu.store.read(lba * bs, count * bs)
@@ -105,7 +115,7 @@ def _write(lu, task, lba: int, count: int, fua: bool) -> None:
     if lba + count > lu.num_blocks:
         raise lba_out_of_range()
     if count > lu.max_transfer_blocks:
-        raise invalid_field_in_cdb(7 if len(task.cdb) == 10 else 6)
+        raise _too_long(task)
     bs = lu.block_size
     need = count * bs
     task.out_length = need
@@ -225,7 +235,7 @@ def _verify(lu, task, flags: int, lba: int, count: int) -> None:
     _check_medium(lu)
     _check_range(lu, lba, count)
     if count > lu.max_transfer_blocks:
-        raise invalid_field_in_cdb(len(task.cdb) - 3)
+        raise _too_long(task)
     if bytchk and count:
         _compare(lu, task, lba, count, bytchk)
     else:
@@ -296,7 +306,7 @@ def orwrite16(lu, task) -> None:
     _check_writable(lu)
     _check_range(lu, lba, count)
     if count > lu.max_transfer_blocks:
-        raise invalid_field_in_cdb(10)
+        raise _too_long(task)
     bs = lu.block_size
     n = count * bs
     task.out_length = n

@@ -261,3 +261,17 @@ def test_grown_image_raises_capacity_changed(tmp_path):
     lu.execute(task)
     assert sense(task) == (0x06, 0x2A, 0x09)
     assert run(lu, read10(0, 1)).status == Status.GOOD  # the reader itself got no UA
+
+
+@pytest.mark.parametrize("cdb,field", [
+    (read10(0, 0xFFFF), 7),
+    (struct.pack(">BBIIBB", 0xA8, 0, 0, 0x100000, 0, 0), 6),
+    (read16(0, 0x100000), 10),
+])
+def test_transfer_over_maximum_points_at_transfer_length(cdb, field):
+    """SBC-4 6.6.4: a transfer over MAXIMUM TRANSFER LENGTH is INVALID FIELD IN CDB, the
+    field pointer (SPC-4 4.5.2.4.2) at the TRANSFER LENGTH field of that CDB size."""
+    lu = lu_over(MemoryStore(1 << 30))
+    task = run(lu, cdb)
+    assert sense(task) == (0x05, 0x24, 0x00)
+    assert struct.unpack(">H", task.sense[16:18])[0] == field
