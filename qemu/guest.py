@@ -15,6 +15,9 @@
 # - The console is the guest's ttyS0 on QEMU's stdio, in a pty owned by pexpect; every
 #   byte it prints goes to the log file. A command's output is framed by markers the
 #   command line itself does not contain, and its exit status is reported with it.
+# - Every QEMU has a QMP socket (qemu.monitor, qemu.qmp from PyPI), connected before the
+#   boot is awaited: Guest.monitor answers query-status/query-block, injects NMIs and
+#   reports events (GUEST_PANICKED, SHUTDOWN). The QEMU version goes into the log.
 # - QEMU is killed by its PID whenever the guest is left any other way than poweroff.
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 import pexpect
 
 from images.linux import LinuxImage
+from qemu.monitor import Monitor, MonitorError
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 
@@ -133,13 +137,21 @@ def qemu_argv(cfg: GuestConfig) -> list[str]:
     return [*argv, *cfg.extra_args]
 
 
-class Guest:
-    """One QEMU process and its console. Use as a context manager: QEMU never outlives it."""
+class Machine:
+    """One process (QEMU) and its serial console, driven with pexpect; any guest OS.
 
-    def __init__(self, cfg: GuestConfig, log_path: Path) -> None:
-        self.cfg = cfg
+    argv is run as is, plus the QMP socket arguments when qmp=True. `prompt` is the shell
+    prompt (a string or a compiled regex) run() waits for after each command. A context
+    manager: the process never outlives it.
+    """
+
+    def __init__(self, argv: list[str], prompt: str | re.Pattern[str], log_path: Path,
+                 qmp: bool = True) -> None:
+        self.prompt = prompt
         self.log_path = log_path
-        self.argv = qemu_argv(cfg)
+        self.qmp = qmp
+        self.monitor = Monitor(None if qmp else Path("/nonexistent/qmp.sock"))
+        self.argv = [*argv, *self.monitor.argv()] if qmp else list(argv)
         self._child: pexpect.spawn | None = None
         self._log = None
         self._seq = 0
@@ -148,26 +160,45 @@ class Guest:
     def pid(self) -> int | None:
         return self._child.pid if self._child else None
 
-    def __enter__(self) -> Guest:
+    def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
 
-    def start(self, timeout: float = 120.0) -> float:
-        """Start QEMU and wait for the shell prompt; returns the seconds it took."""
+    def spawn(self, timeout: float = 120.0) -> None:
+        """Start the process (log open, QMP connected); do not wait for anything else."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # The log outlives this call: kill() and poweroff() close it.
         self._log = open(self.log_path, "w", encoding="utf-8",  # noqa: SIM115
                          errors="replace")
         self._log.write("# " + " ".join(self.argv) + "\n")
         self._log.flush()
-        t0 = time.monotonic()
         self._child = pexpect.spawn(self.argv[0], self.argv[1:], encoding="utf-8",
                                     codec_errors="replace", timeout=timeout, echo=False)
         self._child.logfile_read = self._log
-        self._expect(self.cfg.image.prompt, timeout, "the shell prompt")
+        if not self.qmp:
+            return
+        child = self._child
+        try:
+            self.monitor.connect(alive=child.isalive)
+            self._log.write(f"\n# QMP: QEMU {self.monitor.version()}\n")
+        except MonitorError as exc:
+            raise GuestError(f"{exc}{self._tail()}") from None
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start QEMU and wait for the shell prompt; returns the seconds it took."""
+        t0 = time.monotonic()
+        self.spawn(timeout)
+        self.expect(self.prompt, timeout, "the shell prompt")
         return time.monotonic() - t0
+
+    def expect(self, pattern: object, timeout: float, what: str) -> int:
+        """Wait for pattern (or a list of them) on the console; returns the index matched."""
+        return self._expect(pattern, timeout, what)
+
+    def sendline(self, line: str) -> None:
+        self._require().sendline(line)
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a shell command in the guest; returns (exit status, output)."""
@@ -179,7 +210,7 @@ class Guest:
         self._expect(re.compile(rf"ST{n}E(\d+)\r*\n"), timeout, f"the end of {command!r}")
         status = int(child.match.group(1))
         output = _ANSI.sub("", child.before).replace("\r", "")
-        self._expect(self.cfg.image.prompt, timeout, "the shell prompt")
+        self._expect(self.prompt, timeout, "the shell prompt")
         return status, output
 
     def check(self, command: str, timeout: float = 60.0) -> str:
@@ -189,12 +220,13 @@ class Guest:
             raise GuestError(f"guest command {command!r} exited {status}: {output.strip()}")
         return output
 
-    def poweroff(self, timeout: float = 30.0) -> int:
-        """`poweroff -f` and wait for QEMU to exit; returns its exit status."""
+    def poweroff(self, timeout: float = 30.0, command: str = "poweroff -f") -> int:
+        """Send the power-off command and wait for QEMU to exit; returns its exit status."""
         child = self._require()
-        child.sendline("poweroff -f")
+        child.sendline(command)
         self._expect(pexpect.EOF, timeout, "QEMU to exit after poweroff")
         child.close()
+        self.monitor.close()
         status = child.exitstatus if child.exitstatus is not None else -(child.signalstatus
                                                                           or 0)
         self._close_log()
@@ -209,6 +241,7 @@ class Guest:
             except ProcessLookupError:
                 pass
             child.close(force=True)
+        self.monitor.close()
         self._close_log()
 
     def _require(self) -> pexpect.spawn:
@@ -216,12 +249,12 @@ class Guest:
             raise GuestError(f"the guest is not running (log: {self.log_path})")
         return self._child
 
-    def _expect(self, pattern: object, timeout: float, what: str) -> None:
+    def _expect(self, pattern: object, timeout: float, what: str) -> int:
         child = self._child
         if child is None:
             raise GuestError("the guest was not started")
         try:
-            child.expect(pattern, timeout=timeout)
+            return child.expect(pattern, timeout=timeout)
         except pexpect.TIMEOUT:
             raise GuestError(f"timed out after {timeout:.0f} s waiting for {what}"
                              f"{self._tail()}") from None
@@ -239,3 +272,11 @@ class Guest:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class Guest(Machine):
+    """The Linux test guest of a GuestConfig (images.linux), with its QMP socket."""
+
+    def __init__(self, cfg: GuestConfig, log_path: Path) -> None:
+        self.cfg = cfg
+        super().__init__(qemu_argv(cfg), cfg.image.prompt, log_path)

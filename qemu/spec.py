@@ -157,6 +157,11 @@ class AttachedGuest:
     def pid(self) -> int | None:
         return self.guest.pid
 
+    @property
+    def monitor(self):
+        """The guest's QMP monitor (qemu.monitor.Monitor)."""
+        return self.guest.monitor
+
     def __enter__(self) -> AttachedGuest:
         return self
 

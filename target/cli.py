@@ -8,6 +8,8 @@
     scsi-target config check FILE
     scsi-target config show [FILE]
     scsi-target image build linux [--force]
+    scsi-target image build illumos [--release NAME | --from PATH | --url URL] [--sha256 HEX]
+    scsi-target image releases
     scsi-target image list
 
 Rules:
@@ -64,9 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     im = sub.add_parser("image", help="build or list guest images (XDG cache)")
     isub = im.add_subparsers(dest="action", required=True)
     ib = isub.add_parser("build", help="build a guest image (nothing to do when cached)")
-    ib.add_argument("guest", choices=("linux",))
-    ib.add_argument("--force", action="store_true", help="rebuild even when cached")
+    ib.add_argument("guest", choices=("linux", "illumos"))
+    ib.add_argument("--force", action="store_true", help="rebuild (refetch) even when cached")
+    ill = ib.add_argument_group("illumos (an OS image fetched and verified, not built)")
+    ill.add_argument("--release", help="a named release (`image releases`)")
+    ill.add_argument("--from", dest="from_path", type=Path, help="a local disk image")
+    ill.add_argument("--url", help="any image URL (with --sha256)")
+    ill.add_argument("--sha256", help="the SHA-256 the image must have")
+    ill.add_argument("--name", help="the name to cache it under")
+    ill.add_argument("--user", help="console login user (default root)")
+    ill.add_argument("--password", help="console login password (default none)")
     isub.add_parser("list", help="list the cached images")
+    isub.add_parser("releases", help="list the named illumos releases")
 
     c = sub.add_parser("config", help="check or show a config")
     csub = c.add_subparsers(dest="action", required=True)
@@ -192,6 +203,32 @@ def config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def image_command(args: argparse.Namespace) -> int:
+    from images import illumos, linux
+
+    force = ["--force"] if getattr(args, "force", False) else []
+    if args.action == "releases":
+        return illumos.main(["releases"])
+    if args.action == "list":
+        return linux.main(["list"]) | illumos.main(["list"])
+    if args.guest == "linux":
+        extra = [o for o in ("release", "from_path", "url", "sha256", "name", "user",
+                             "password") if getattr(args, o) is not None]
+        if extra:
+            print(f"scsi-target: {', '.join('--' + o.replace('_path', '') for o in extra)}: "
+                  "only for illumos (the Linux image is built from Debian packages)",
+                  file=sys.stderr)
+            return 2
+        return linux.main(["build", *force])
+    opts = [*force]
+    for opt in ("release", "url", "sha256", "name", "user", "password"):
+        if getattr(args, opt) is not None:
+            opts += [f"--{opt}", getattr(args, opt)]
+    if args.from_path is not None:
+        opts += ["--from", str(args.from_path)]
+    return illumos.main(["build", *opts])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -209,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return 0
         if args.command == "image":
-            from images import linux
-
-            return linux.main([args.action] + (["--force"] if getattr(args, "force", False)
-                                               else []))
+            return image_command(args)
     except ConfigError as exc:
         print(f"scsi-target: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,10 @@ Rules:
   scsi-hd, or the guest's own initiator) and returns the qemu.spec.AttachedGuest, its
   disk present. QEMU is killed by PID at teardown; console logs stay in tmp_path.
   Without qemu-system-x86_64 the test is skipped; without tgtd a tgtd target is skipped.
+- `illumos_guest(target, hba=..., lun=0)` boots the illumos image (images.illumos.find():
+  $SCSI_TARGET_ILLUMOS_IMAGE or the cached one) with the LUN on the HBA (scsi-block), logs
+  in on the console and returns the qemu.illumos.IllumosGuest. Without an image the test
+  is skipped with images.illumos.MISSING_HINT (how to provide one).
 - Boot and login times go to the test's user_properties and a "guest timings" summary
   at the end of the run; nothing here asserts on time.
 """
@@ -228,6 +232,52 @@ def guest(request: pytest.FixtureRequest, tmp_path: Path, linux_image,
             props.append((f"{target.kind} {attach.label} login_s", round(vm.login_seconds, 2)))
         print(f"guest {attach.label} on {target.kind}: boot {vm.boot_seconds:.2f} s, "
               f"login {vm.login_seconds:.2f} s, disk {vm.disk_seconds:.2f} s (log {log})")
+        return vm
+
+    yield boot
+    for vm in reversed(started):
+        vm.kill()
+
+
+@pytest.fixture(scope="session")
+def illumos_image():
+    """The illumos guest image, or a skip that says how to provide one."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("needs qemu-system-x86_64: `make test` installs qemu-system-x86")
+    from images import ImageError, illumos
+
+    try:
+        image = illumos.find()
+    except ImageError as exc:
+        pytest.skip(f"illumos image: {exc}")
+    if image is None:
+        pytest.skip(illumos.MISSING_HINT)
+    return image
+
+
+@pytest.fixture
+def illumos_guest(request: pytest.FixtureRequest, tmp_path: Path, illumos_image,
+                  scsi_target) -> Iterator[Callable[..., object]]:
+    """Factory: illumos_guest(target, hba="virtio-scsi-pci", lun=0) -> a logged-in
+    qemu.illumos.IllumosGuest with the LUN attached through scsi-block."""
+    from qemu.guest import Drive
+    from qemu.illumos import IllumosConfig, IllumosGuest
+
+    started: list[IllumosGuest] = []
+
+    def boot(target: RunningTarget, hba: str = "virtio-scsi-pci", lun: int = 0,
+             **config: object) -> IllumosGuest:
+        n = len(started)
+        cfg = IllumosConfig(image=illumos_image, workdir=tmp_path / f"illumos-{n}",
+                            drives=(Drive(target.url(lun)),), hba=hba,
+                            **config)  # type: ignore[arg-type]
+        vm = IllumosGuest(cfg, tmp_path / f"console-illumos-{n}-{hba}.log")
+        started.append(vm)
+        seconds = vm.start()
+        request.node.user_properties.append((f"{target.kind} illumos {hba} boot_s",
+                                             round(seconds, 2)))
+        print(f"illumos guest {hba} on {target.kind}: boot+login {seconds:.1f} s "
+              f"(log {vm.log_path})")
         return vm
 
     yield boot

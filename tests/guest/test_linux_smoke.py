@@ -24,10 +24,15 @@ LUN = Lun(size=64 << 20, vendor="STSMOKE", product="GUEST-DISK")
 
 
 def smoke(target, vm) -> None:
-    """INQUIRY vendor and product (SPC-4 6.6.2 standard INQUIRY data) and the size from
-    READ CAPACITY (SBC-4 5.16) as the guest sees them; 1 MiB written at LBA 2048 with
-    O_DIRECT reads back equal and is at byte 2048 * 512 of the backing file: a WRITE lands
-    at the LBA it addresses (SBC-4 5.32)."""
+    """QMP (the harness's control channel) reports the guest running with exactly the
+    target's LUN open as an iscsi backend. INQUIRY vendor and product (SPC-4 6.6.2
+    standard INQUIRY data) and the size from READ CAPACITY (SBC-4 5.16) as the guest sees
+    them; 1 MiB written at LBA 2048 with O_DIRECT reads back equal and is at byte
+    2048 * 512 of the backing file: a WRITE lands at the LBA it addresses (SBC-4 5.32)."""
+    assert vm.monitor.status() == "running"
+    address = target.address()
+    assert [(b["portal"], b["target"], b["lun"]) for b in vm.monitor.iscsi_backends()] == [
+        (f"{address.host}:{address.port}", address.iqn, str(address.lun))]
     assert vm.sysfs("device/vendor") == LUN.vendor
     assert vm.sysfs("device/model") == LUN.product
     assert int(vm.sysfs("size")) * 512 == LUN.size
