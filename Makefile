@@ -25,18 +25,18 @@ demo: deps-test venv
 	$(PY) tools/demo
 
 test: deps-test venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke tools/demo
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/guest-smoke tools/demo
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/guest-smoke tools/demo
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/guest-smoke tools/demo
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml | deps-venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,fast]'
+	$(PY) -m pip install -q -e '.[test,fast,tools]'
 	touch $@
 
 # Install the named Debian packages that are missing (nothing when all are present).

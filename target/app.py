@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 
 from target.backing.base import Store
 from target.backing.memory import MemoryStore
-from target.config import Config, ConfigError, LunConfig, TargetConfig
+from target.config import Config, ConfigError, LunConfig, SchedulerConfig, TargetConfig
 from target.iscsi.portal import Portal, TargetEntry
 from target.iscsi.session import SessionRegistry
 from target.scsi.device import ScsiDevice
 from target.scsi.disk import DISK_COMMANDS
+from target.scsi.elevator import DiskModel
 from target.scsi.lu import LogicalUnit
 from target.scsi.task import Identity
+from target.scsi.taskset import TaskSet
 
 
 @dataclass
@@ -50,6 +52,20 @@ def open_store(lun: LunConfig, where: str) -> Store:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def build_taskset(lu: LogicalUnit, s: SchedulerConfig) -> TaskSet:
+    """The LU's task set as its [scheduler] table says (target.scsi.taskset)."""
+    model = None
+    if s.disk is not None:
+        d = s.disk
+        model = DiskModel(capacity_blocks=lu.num_blocks, block_size=lu.block_size, rpm=d.rpm,
+                          track_to_track_ms=d.track_to_track_ms,
+                          average_seek_ms=d.average_seek_ms, full_stroke_ms=d.full_stroke_ms,
+                          media_mb_s=d.media_mb_s)
+    return TaskSet(lu, policy=s.elevator, depth=s.dispatch_depth, queue_limit=s.queue_depth,
+                   max_passes=s.max_passes or None, deadline=(s.deadline_ms / 1000) or None,
+                   blocks_per_cylinder=s.cylinder_blocks or None, model=model)
+
+
 def build_device(t: TargetConfig, source: str) -> ScsiDevice:
     device = ScsiDevice(t.iqn)
     for lun in t.luns:
@@ -64,6 +80,7 @@ def build_device(t: TargetConfig, source: str) -> ScsiDevice:
         except ValueError as exc:
             store.close()
             raise ConfigError(f"{where}: {exc}") from None
+        lu.taskset = build_taskset(lu, lun.scheduler)
         device.add(lu)
     return device
 

@@ -4,6 +4,9 @@
                       [--size SIZE] [--block-size 512|4096] [--backing PATH]
                       [--read-only] [--port-file FILE] [--log-file FILE] [-v]
                       [--trace FILE] [--trace-live]
+                  [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
+                  [--rotational] [--rpm N] [--seek-ms MS]
+    scsi-target status [--control SOCKET] [--json]
     scsi-target trace FILE
     scsi-target config check FILE
     scsi-target config show [FILE]
@@ -57,8 +60,29 @@ def _parser() -> argparse.ArgumentParser:
                    help="record every command, decoded, as JSON lines in FILE")
     s.add_argument("--trace-live", action="store_true",
                    help="print one line per command as it completes")
+    sc = s.add_argument_group("task set of the (first) LUN (config: [target.lun.scheduler])")
+    sc.add_argument("--elevator", choices=("disksort", "fifo"),
+                    help="order of queued SIMPLE tasks (default disksort)")
+    sc.add_argument("--dispatch-depth", type=int, metavar="N",
+                    help="tasks running at once (default 64; 1 = a single actuator)")
+    sc.add_argument("--queue-depth", type=int, metavar="N",
+                    help="tasks in the task set before TASK SET FULL (default 512)")
+    sc.add_argument("--rotational", action="store_true",
+                    help="delay completions as a 7200 rpm disk that seeks would")
+    sc.add_argument("--rpm", type=int, help="rotational model: spindle speed (implies "
+                    "--rotational)")
+    sc.add_argument("--seek-ms", type=float, metavar="MS",
+                    help="rotational model: average seek (implies --rotational)")
+    s.add_argument("--control", type=Path, metavar="SOCKET",
+                   help="control socket for `scsi-target status` (default: "
+                        "$XDG_RUNTIME_DIR/scsi-target/PID.sock)")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the banner")
+
+    st = sub.add_parser("status", help="show a running target's LUNs, task sets and sessions")
+    st.add_argument("--control", type=Path, metavar="SOCKET",
+                    help="the target's control socket (default: the only one running)")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
 
     tr = sub.add_parser("trace", help="summarise a CDB trace per opcode")
     tr.add_argument("file", type=Path)
@@ -113,6 +137,27 @@ def effective_config(args: argparse.Namespace) -> Config:
                           f"{lun.block_size}-byte blocks")
     if args.read_only:
         lun.read_only = True
+    sched = lun.scheduler
+    if args.elevator:
+        sched.elevator = args.elevator
+    for opt, attr in (("dispatch_depth", "dispatch_depth"), ("queue_depth", "queue_depth")):
+        value = getattr(args, opt)
+        if value is not None:
+            if value < 1:
+                raise ConfigError(f"--{opt.replace('_', '-')}: expected at least 1, not {value}")
+            setattr(sched, attr, value)
+    if args.rotational or args.rpm is not None or args.seek_ms is not None:
+        disk = sched.disk or cfgmod.DiskModelConfig()
+        if args.rpm is not None:
+            if args.rpm < 1:
+                raise ConfigError(f"--rpm: expected a positive integer, not {args.rpm}")
+            disk.rpm = args.rpm
+        if args.seek_ms is not None:
+            if args.seek_ms < disk.track_to_track_ms:
+                raise ConfigError(f"--seek-ms: expected at least the track-to-track time "
+                                  f"{disk.track_to_track_ms} ms, not {args.seek_ms}")
+            disk.average_seek_ms = args.seek_ms
+        sched.disk = disk
     return cfg
 
 
@@ -173,7 +218,11 @@ def serve(args: argparse.Namespace) -> int:
             application.close()
             raise OSError(exc.errno, f"cannot write the trace {args.trace}: "
                           f"{exc.strerror}") from None
-    server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval, tracer)
+    from target.control import Control, default_socket
+
+    server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval, tracer,
+                           control=Control(application),
+                           control_path=args.control or default_socket())
     try:
         srvmod.run(server, on_stop=application.close)
     finally:
@@ -200,6 +249,28 @@ def config_command(args: argparse.Namespace) -> int:
             print(f"  LUN {lun.lun}: {where}, {size}, {lun.block_size}-byte blocks, "
                   f"{lun.vendor}/{lun.product} serial {lun.serial}"
                   + (", read-only" if lun.read_only else ""))
+            sc = lun.scheduler
+            disk = (f", rotational {sc.disk.rpm} rpm, {sc.disk.average_seek_ms} ms seek"
+                    if sc.disk else "")
+            print(f"    task set: {sc.elevator}, dispatch depth {sc.dispatch_depth}, "
+                  f"queue depth {sc.queue_depth}{disk}")
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    import json
+
+    from target.control import ControlError, find_socket, render_status, request
+
+    try:
+        answer = request(find_socket(args.control), {"command": "status"})
+    except ControlError as exc:
+        print(f"scsi-target: {exc}", file=sys.stderr)
+        return 2
+    if not answer.get("ok"):
+        print(f"scsi-target: {answer.get('error')}", file=sys.stderr)
+        return 2
+    print(json.dumps(answer, indent=2) if args.json else render_status(answer))
     return 0
 
 
@@ -247,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "image":
             return image_command(args)
+        if args.command == "status":
+            return status_command(args)
     except ConfigError as exc:
         print(f"scsi-target: {exc}", file=sys.stderr)
         return 2

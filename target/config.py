@@ -29,6 +29,20 @@ Example:
     product = "scsi-target"
     serial = "disk1-0"
     read_only = false
+
+    [target.lun.scheduler]      # optional: the task set (defaults shown)
+    elevator = "disksort"       # or "fifo"
+    dispatch_depth = 64         # 1 emulates a single actuator
+    queue_depth = 512           # TASK SET FULL beyond this
+    max_passes = 64             # starvation bound (0: off)
+    deadline_ms = 500           # starvation bound (0: off)
+    cylinder_blocks = 0         # sort key: cylinder of this many blocks (0: the LBA)
+
+    [target.lun.scheduler.disk] # optional: a rotational disk model delays completions
+    rpm = 7200
+    average_seek_ms = 8.5
+    track_to_track_ms = 0.8
+    media_mb_s = 150
 """
 
 from __future__ import annotations
@@ -55,6 +69,30 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class DiskModelConfig:
+    """A rotational disk model for a LU (target.scsi.elevator.DiskModel)."""
+
+    rpm: int = 7200
+    track_to_track_ms: float = 0.8
+    average_seek_ms: float = 8.5
+    full_stroke_ms: float | None = None
+    media_mb_s: float = 150.0
+
+
+@dataclass
+class SchedulerConfig:
+    """How a LU orders and paces its tasks (target.scsi.taskset)."""
+
+    elevator: str = "disksort"       # or "fifo"
+    dispatch_depth: int = 64         # tasks running at once; 1 = a single actuator
+    queue_depth: int = 512           # tasks in the task set before TASK SET FULL
+    max_passes: int = 64             # starvation bound; 0 turns it off
+    deadline_ms: float = 500.0       # starvation bound; 0 turns it off
+    cylinder_blocks: int = 0         # sort by cylinder of this many blocks; 0 = by LBA
+    disk: DiskModelConfig | None = None  # a rotational model delays completions
+
+
+@dataclass
 class LunConfig:
     lun: int = 0
     store: str = "memory"
@@ -68,6 +106,7 @@ class LunConfig:
     read_only: bool = False
     thin: bool = False
     removable: bool = False
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 @dataclass
@@ -183,8 +222,57 @@ def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfi
     lun.read_only = r.get("read_only", bool, False)
     lun.thin = r.get("thin", bool, False)
     lun.removable = r.get("removable", bool, False)
+    sched = r.get("scheduler", dict, None)
+    if sched is not None:
+        lun.scheduler = _scheduler(sched, f"{where}.scheduler", source)
     r.done()
     return lun
+
+
+def _number(r: _Reader, key: str, default: float, minimum: float, *,
+            strict: bool = False) -> float:
+    value = r.get(key, (int, float), default)
+    if isinstance(value, bool) or value < minimum or (strict and value == minimum):
+        bound = f"greater than {minimum}" if strict else f"at least {minimum}"
+        raise ConfigError(f"{r.path(key)}: expected a number {bound}, not {value!r}")
+    return float(value)
+
+
+def _scheduler(table: dict, where: str, source: str) -> SchedulerConfig:
+    r = _Reader(table, where, source)
+    s = SchedulerConfig()
+    s.elevator = r.get("elevator", str, s.elevator)
+    if s.elevator not in ("fifo", "disksort"):
+        raise ConfigError(f"{r.path('elevator')}: expected \"fifo\" or \"disksort\", "
+                          f"not {s.elevator!r}")
+    for key, minimum in (("dispatch_depth", 1), ("queue_depth", 1), ("max_passes", 0),
+                         ("cylinder_blocks", 0)):
+        value = r.get(key, int, getattr(s, key))
+        if value < minimum:
+            raise ConfigError(f"{r.path(key)}: expected an integer of at least {minimum}, "
+                              f"not {value}")
+        setattr(s, key, value)
+    s.deadline_ms = _number(r, "deadline_ms", s.deadline_ms, 0)
+    disk = r.get("disk", dict, None)
+    if disk is not None:
+        d = _Reader(disk, f"{where}.disk", source)
+        m = DiskModelConfig()
+        m.rpm = d.get("rpm", int, m.rpm)
+        if m.rpm < 1:
+            raise ConfigError(f"{d.path('rpm')}: expected a positive integer, not {m.rpm}")
+        m.track_to_track_ms = _number(d, "track_to_track_ms", m.track_to_track_ms, 0,
+                                      strict=True)
+        m.average_seek_ms = _number(d, "average_seek_ms", m.average_seek_ms,
+                                    m.track_to_track_ms)
+        full = d.get("full_stroke_ms", (int, float), None)
+        if full is not None:
+            m.full_stroke_ms = _number(_Reader({"full_stroke_ms": full}, d.where, source),
+                                       "full_stroke_ms", 0, m.average_seek_ms)
+        m.media_mb_s = _number(d, "media_mb_s", m.media_mb_s, 0, strict=True)
+        d.done()
+        s.disk = m
+    r.done()
+    return s
 
 
 def _target(table: dict, where: str, source: str) -> TargetConfig:

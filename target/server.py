@@ -11,9 +11,12 @@ Rules:
   file raises CAPACITY DATA HAS CHANGED for every nexus (the shell owns the clock).
 - With a tracer (--trace, --trace-live) each command is timed and recorded after it
   completes; without one the task loop has no trace code in it at all.
-- Tasks the connection makes ready are executed at once against the SCSI device (the
-  task set and its elevator slot in here later) and completed on the same connection.
+- Tasks the connection makes ready go to their LU's task set through its Dispatcher
+  (target.dispatch: elevator, dispatch depth, rotational model); tasks for a LUN with no
+  LU are answered by the device at once. When a connection aborted queued tasks, the
+  task sets are pumped again.
 - uvloop is used when it is installed.
+- The control socket (target.control) is served here too: a unix socket, JSON lines.
 - Shutdown (SIGINT/SIGTERM): stop accepting, ask every full-feature session to log out
   (Async Message, event 1, RFC 7143 11.9.1), wait a short while, drop what is left, then
   flush and close the stores.
@@ -31,7 +34,9 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
+from target.dispatch import Dispatcher
 from target.iscsi.connection import Connection, Phase
 from target.iscsi.portal import Portal
 from target.trace import Tracer
@@ -91,31 +96,61 @@ class Link:
             conn.buffer_updated(n)
             if conn.ready:
                 self._run_tasks()
+            if conn.taskset_changed:
+                self._pump_all()
             if conn.want_close or n < len(buf):
                 break
         self._flush()
 
     def _run_tasks(self) -> None:
+        """Hand the tasks the connection made ready to their LUs' task sets, then let each
+        task set start what it may (target.dispatch)."""
         conn = self.conn
         ready = conn.ready
         device = conn.session.device if conn.session is not None else None
-        tracer = self.server.tracer
-        if tracer is None:
-            while ready:
-                task = ready.popleft()
-                device.execute(task)
-                conn.complete(task)
-            return
-        clock = time.perf_counter_ns
+        dispatchers = self.server.dispatchers
+        touched = []
         while ready:
             task = ready.popleft()
-            start = clock()
-            device.execute(task)
-            conn.complete(task)
-            tracer.record(conn.peer, task, start, clock())
+            lu = device.luns.get(task.lun)
+            if lu is None:  # no LU: answered by the device at once
+                self._run_without_lu(device, task)
+                continue
+            d = dispatchers[lu]
+            d.submit(self, task)
+            if d not in touched:
+                touched.append(d)
+        for d in touched:
+            d.pump(self)
+
+    def _run_without_lu(self, device, task) -> None:
+        tracer = self.server.tracer
+        start = time.perf_counter_ns()
+        device.execute(task)
+        self.conn.complete(task)
+        if tracer is not None:
+            tracer.record(self.conn.peer, task, start, time.perf_counter_ns())
+
+    def _pump_all(self) -> None:
+        """Task sets changed outside a submit (tasks aborted): start what may start now."""
+        conn = self.conn
+        conn.taskset_changed = False
+        device = conn.session.device if conn.session is not None else None
+        if device is None:
+            return
+        for lu in device.luns.values():
+            d = self.server.dispatchers.get(lu)
+            if d is not None:
+                d.pump(self)
+
+    def flush(self) -> None:
+        """Send what the connection has queued (another link's task completed here)."""
+        self._flush()
 
     def _notified(self) -> None:
         """The connection changed state outside a receive (abort from another session)."""
+        if self.conn.taskset_changed:
+            self.loop.call_soon(self._pump_all)
         self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -183,8 +218,12 @@ class Server:
 
     def __init__(self, portal: Portal, listen: list[tuple[str, int]],
                  on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
-                 nop_interval: float = 0.0, tracer: Tracer | None = None) -> None:
+                 nop_interval: float = 0.0, tracer: Tracer | None = None,
+                 control=None, control_path: Path | None = None) -> None:
         self.portal = portal
+        self.control = control  # target.control.Control answering on control_path
+        self.control_path = control_path
+        self._control_server: asyncio.AbstractServer | None = None
         self.tracer = tracer  # None: tracing off, and nothing on the hot path
         self.listen = listen
         self.on_listening = on_listening
@@ -192,12 +231,16 @@ class Server:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listeners: list[socket.socket] = []
         self.links: set[Link] = set()
+        self.dispatchers: dict = {}  # LogicalUnit -> target.dispatch.Dispatcher
         self.bound: list[tuple[str, int]] = []
         self._stop: asyncio.Event | None = None
 
     def start(self) -> list[tuple[str, int]]:
         """Bind and listen; returns the bound (host, port) pairs."""
         self.loop = asyncio.get_running_loop()
+        for entry in self.portal.targets.values():
+            for lu in entry.device.luns.values():
+                self.dispatchers[lu] = Dispatcher(self.loop, lu, self.tracer)
         for host, port in self.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             lsock = socket.socket(family, socket.SOCK_STREAM)
@@ -221,6 +264,39 @@ class Server:
         if self.on_listening:
             self.on_listening(self.bound)
         return self.bound
+
+    async def start_control(self) -> None:
+        """The control socket (target.control): JSON lines, in a directory only we can use."""
+        path = self.control_path
+        if self.control is None or path is None:
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        control = self.control
+
+        async def serve_client(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+            try:
+                while line := await reader.readline():
+                    writer.write(control.handle_line(line))
+                    await writer.drain()
+            except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+                pass
+            finally:
+                writer.close()
+
+        self._control_server = await asyncio.start_unix_server(serve_client, str(path),
+                                                               limit=64 << 10)
+        os.chmod(path, 0o600)
+
+    def stop_control(self) -> None:
+        if self._control_server is not None:
+            self._control_server.close()
+            self._control_server = None
+            if self.control_path is not None:
+                with contextlib.suppress(OSError):
+                    self.control_path.unlink()
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(16):
@@ -301,12 +377,14 @@ def run(server: Server, on_stop: Callable[[], None] | None = None) -> None:
 
     async def main() -> None:
         server.start()
+        await server.start_control()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.request_stop)
         try:
             await server.serve_forever()
         finally:
             log.info("shutting down")
+            server.stop_control()
             await server.shutdown()
             if on_stop:
                 on_stop()

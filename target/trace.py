@@ -4,11 +4,10 @@ Rules:
 - One record per completed command: time, initiator, LUN, task tag and attribute, the
   command's name from the opcode table, the CDB fields that matter (LBA and transfer
   length by CDB layout, the flags by name), status, sense decoded (key, ASC/ASCQ), bytes
-  moved in each direction, and the latency from dispatch to completion.
-- Field positions (SBC-4 5.x): 6-byte READ/WRITE: 21-bit LBA in bytes 1-3, length in byte
-  4 (0 means 256); 10-byte: LBA 2-5, length 7-8; 12-byte: LBA 2-5, length 6-9; 16-byte:
-  LBA 2-9, length 10-13; COMPARE AND WRITE: LBA 2-9, NUMBER OF LOGICAL BLOCKS byte 13.
-  Which opcodes carry a block range is declared once, in BLOCK_RANGE.
+  moved in each direction, the latency from submission to completion (queueing included),
+  and, for commands that waited in a task set, how many tasks were left in it.
+- The LBA, transfer length and named flags come from target.scsi.extent (the one table
+  of which CDBs carry a block range, shared with the task set).
 - Off the hot path when disabled: the server holds no tracer and never calls in here.
   When enabled, records are buffered and flushed at close (and every FLUSH_EVERY
   records); a write error turns the tracer off with one warning, it never fails I/O.
@@ -20,34 +19,18 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TextIO
 
+from target.scsi import extent
 from target.scsi.sense import SenseKey, sense_key_asc
 from target.scsi.task import Status, TaskAttr
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 256
-
-# opcode -> (layout, flag bits of byte 1 worth showing); layout names a CDB format above.
-_FLAGS_RW = {0x08: "FUA", 0x10: "DPO"}
-BLOCK_RANGE: dict[int, tuple[str, dict[int, str]]] = {
-    0x08: ("6", {}), 0x0A: ("6", {}),
-    0x28: ("10", _FLAGS_RW), 0x2A: ("10", _FLAGS_RW), 0x2E: ("10", {0x02: "BYTCHK"}),
-    0x2F: ("10", {0x02: "BYTCHK"}), 0x34: ("10", {0x02: "IMMED"}),
-    0x35: ("10", {0x02: "IMMED"}), 0x41: ("10", {0x08: "UNMAP", 0x10: "ANCHOR"}),
-    0xA8: ("12", _FLAGS_RW), 0xAA: ("12", _FLAGS_RW), 0xAE: ("12", {0x02: "BYTCHK"}),
-    0xAF: ("12", {0x02: "BYTCHK"}),
-    0x88: ("16", _FLAGS_RW), 0x8A: ("16", _FLAGS_RW), 0x8B: ("16", _FLAGS_RW),
-    0x8E: ("16", {0x02: "BYTCHK"}), 0x8F: ("16", {0x02: "BYTCHK"}),
-    0x90: ("16", {0x02: "IMMED"}), 0x91: ("16", {0x02: "IMMED"}),
-    0x93: ("16", {0x08: "UNMAP", 0x10: "ANCHOR", 0x01: "NDOB"}),
-    0x89: ("caw", _FLAGS_RW),
-}
 
 # The additional sense codes a trace reader meets most (SPC-4 annex D).
 ASC_NAMES = {
@@ -71,24 +54,12 @@ def decode_cdb(cdb: bytes | memoryview, command=None) -> dict:
     out: dict = {"op": command.name if command is not None else f"opcode 0x{opcode:02X}"}
     if command is not None and command.service_action is not None:
         out["sa"] = command.service_action
-    entry = BLOCK_RANGE.get(opcode)
-    if entry is None or len(cdb) < {"6": 6, "10": 10, "12": 12, "16": 16, "caw": 16}[entry[0]]:
+    ext = extent.decode(cdb)
+    if ext is None:
         return out
-    layout, flag_names = entry
-    if layout == "6":
-        lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
-        length = cdb[4] or 256
-    elif layout == "10":
-        lba, length = struct.unpack_from(">I", cdb, 2)[0], struct.unpack_from(">H", cdb, 7)[0]
-    elif layout == "12":
-        lba, length = struct.unpack_from(">II", cdb, 2)
-    elif layout == "16":
-        lba, length = struct.unpack_from(">QI", cdb, 2)
-    else:
-        lba, length = struct.unpack_from(">Q", cdb, 2)[0], cdb[13]
-    out["lba"] = lba
-    out["blocks"] = length
-    flags = [name for bit, name in flag_names.items() if cdb[1] & bit]
+    out["lba"] = ext.lba
+    out["blocks"] = ext.blocks
+    flags = extent.flag_names(cdb)
     if flags:
         out["flags"] = flags
     return out
@@ -144,7 +115,8 @@ class Tracer:
         self._pending = 0
         self.enabled = True
 
-    def record(self, peer: str, task, start_ns: int, end_ns: int) -> None:
+    def record(self, peer: str, task, start_ns: int, end_ns: int,
+               queued: int | None = None) -> None:
         if not self.enabled:
             return
         data_in = task.data_in
@@ -170,6 +142,8 @@ class Tracer:
             "out": n_out,
             "us": round((end_ns - start_ns) / 1000, 1),
         }
+        if queued is not None:
+            rec["queued"] = queued  # tasks left in the LU's task set as this one completed
         try:
             if self._file is not None:
                 self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
@@ -233,6 +207,7 @@ def summarize(path: Path | str) -> str:
                                                    "status": Counter(), "sense": Counter(),
                                                    "us": []})
     first = last = None
+    queued: list[int] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -248,6 +223,8 @@ def summarize(path: Path | str) -> str:
             if "asc" in rec:
                 s["sense"][f"{rec['sense_key']} {rec['asc']} {rec.get('asc_name', '')}"] += 1
             s["us"].append(float(rec["us"]))
+            if "queued" in rec:
+                queued.append(int(rec["queued"]))
             t = float(rec["t"])
         except (ValueError, KeyError, TypeError) as exc:
             raise TraceError(f"{path}:{number}: not a trace record ({exc})") from None
@@ -269,4 +246,8 @@ def summarize(path: Path | str) -> str:
             rows.append(f"{'':<{w}} {count:>7}  {sense}")
     total = sum(s["n"] for s in per_op.values())
     rows.append(f"{total} commands over {(last - first):.1f} s")
+    if queued:
+        rows.append(f"task set: {len(queued)} commands went through the queue; tasks left "
+                    f"queued at completion: mean {sum(queued) / len(queued):.1f}, "
+                    f"max {max(queued)}")
     return "\n".join(rows)

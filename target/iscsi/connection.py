@@ -34,6 +34,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections import deque
@@ -156,6 +157,7 @@ class Connection:
         self.stat_sn = 0
         self.ready: deque[ScsiTask] = deque()
         self.want_close = False
+        self.taskset_changed = False  # tasks left an LU's task set: the shell pumps it
         self.notify: Callable[[], None] | None = None  # set by the shell: state changed
         self._out: list = []
         self._cmds: dict[int, Command] = {}
@@ -402,6 +404,8 @@ class Connection:
         self._hdigest = p.header_digest
         self._ddigest = p.data_digest
         if session.device is not None:
+            if session.device.transport_abort is None:
+                session.device.transport_abort = functools.partial(_abort_nexuses, self.portal)
             self.nexus = Nexus(
                 initiator_port=f"{p.initiator_name},i,0x{p.isid:012x}",
                 target_port=f"{p.target_name},t,0x{p.tpgt:04x}",
@@ -745,15 +749,18 @@ class Connection:
                     if cmd.task.lun == lun:
                         self._abort(cmd)
                 if function != TmfFunction.ABORT_TASK_SET:
+                    # A reset's own UA (29h/03h) tells the other nexuses; CLEAR TASK SET's
+                    # is COMMANDS CLEARED BY ANOTHER INITIATOR (SAM-5 5.6).
+                    reset = function == TmfFunction.LOGICAL_UNIT_RESET
                     for other in self._other_connections():
-                        other.abort_for_other_nexus(lun)
+                        other.abort_for_other_nexus(lun, cleared_ua=not reset)
                 if function == TmfFunction.LOGICAL_UNIT_RESET:
                     device.lu_reset(lun)
         elif function in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
             for cmd in list(self._cmds.values()):
                 self._abort(cmd)
             for other in self._other_connections():
-                other.abort_for_other_nexus(None)
+                other.abort_for_other_nexus(None, cleared_ua=False)
             cold = function == TmfFunction.TARGET_COLD_RESET
             device.target_reset(cold)
         elif function == TmfFunction.QUERY_TASK:
@@ -794,14 +801,25 @@ class Connection:
         if cmd.queued:
             try:
                 self.ready.remove(cmd.task)
-            except ValueError:
-                pass
+            except ValueError:  # handed to the LU's task set already
+                session = self.session
+                lu = session.device.luns.get(cmd.task.lun) if session and session.device \
+                    else None
+                if lu is not None and cmd.task in lu.taskset:
+                    lu.taskset.discard(cmd.task)
+                    self.taskset_changed = True
 
-    def abort_for_other_nexus(self, lun: int | None) -> None:
-        """Another nexus cleared the task set (CLEAR TASK SET, LU or target reset)."""
+    def abort_for_other_nexus(self, lun: int | None, spare: ScsiTask | None = None,
+                              cleared_ua: bool = True) -> None:
+        """Another nexus cleared the task set (CLEAR TASK SET, LU or target reset, PREEMPT
+        AND ABORT); `spare` is a task of this connection not to abort (the PREEMPT AND
+        ABORT command itself, when it preempts its own nexus). With TAS=0 the aborted
+        tasks go unanswered and, unless a reset's own UA says it, this nexus gets COMMANDS
+        CLEARED BY ANOTHER INITIATOR."""
         if self.phase is not Phase.FULL_FEATURE or self.session.device is None:
             return
-        aborted = [c for c in self._cmds.values() if lun is None or c.task.lun == lun]
+        aborted = [c for c in self._cmds.values()
+                   if (lun is None or c.task.lun == lun) and c.task is not spare]
         for cmd in aborted:
             lu = self.session.device.luns.get(cmd.task.lun)
             self._abort(cmd)
@@ -810,7 +828,7 @@ class Connection:
                 cmd.task.status = Status.TASK_ABORTED
                 cmd.aborted = False
                 self.complete(cmd.task)
-            elif lu is not None:
+            elif lu is not None and cleared_ua:
                 lu.ua.establish(COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, nexus=self.nexus)
         if aborted and self.notify:
             self.notify()
@@ -891,3 +909,13 @@ class Connection:
     @property
     def has_output(self) -> bool:
         return bool(self._out)
+
+
+def _abort_nexuses(portal, device, lun: int, victims, spare: ScsiTask | None) -> None:
+    """PREEMPT AND ABORT (SPC-4 5.13.11.4.5): every task of the preempted I_T nexuses for
+    this LU is aborted, reported as for another initiator's CLEAR TASK SET (TAS)."""
+    wanted = set(victims)
+    for s in list(portal.registry.sessions.values()):
+        conn = s.connection
+        if s.device is device and isinstance(conn, Connection) and conn.nexus in wanted:
+            conn.abort_for_other_nexus(lun, spare)

@@ -11,7 +11,7 @@ Rules (SAM-5 4.6, SPC-4 6.6.2, 6.33, 6.39):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from target.scsi.lu import LogicalUnit
 from target.scsi.sense import (
@@ -34,6 +34,9 @@ class ScsiDevice:
     def __init__(self, name: str, luns: Iterable[LogicalUnit] = ()) -> None:
         self.name = name
         self.luns: dict[int, LogicalUnit] = {}
+        # Set by the transport: abort(device, lun, victim nexuses, spare task) aborts the
+        # victims' tasks for that LUN wherever they are (PREEMPT AND ABORT).
+        self.transport_abort: Callable[..., None] | None = None
         for lu in luns:
             self.add(lu)
 

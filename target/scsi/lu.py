@@ -21,13 +21,15 @@ from target.scsi import reservations, vpd_sbc
 from target.scsi.modepages import ModePages
 from target.scsi.sense import (
     CAPACITY_DATA_HAS_CHANGED,
+    INVALID_MESSAGE_ERROR,
     POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED,
     Asc,
     CheckCondition,
     SenseKey,
     invalid_field_in_cdb,
 )
-from target.scsi.task import Identity, Nexus, ScsiTask, Status
+from target.scsi.task import Identity, Nexus, ScsiTask, Status, TaskAttr
+from target.scsi.taskset import TaskSet
 
 if TYPE_CHECKING:
     from target.backing.base import Store
@@ -116,6 +118,7 @@ class LogicalUnit:
         self.mode = ModePages(self)
         self.ua = UnitAttentions()
         self.reservations = reservations.Reservations(self)
+        self.taskset = TaskSet(self)
 
     @property
     def num_blocks(self) -> int:
@@ -132,6 +135,10 @@ class LogicalUnit:
                     raise CheckCondition(SenseKey.UNIT_ATTENTION, code)
             cmd = self.commands.lookup(cdb)
             task.command = cmd
+            if task.attr == TaskAttr.ACA:
+                # No ACA condition is ever established here (NACA=1 is refused), and an
+                # ACA task without one is an error (SAM-5 8.6.5).
+                raise CheckCondition(SenseKey.ILLEGAL_REQUEST, INVALID_MESSAGE_ERROR)
             if len(cdb) < cmd.cdb_length:
                 raise invalid_field_in_cdb(0)
             if cdb[cmd.cdb_length - 1] & 0x04:  # NACA (SAM-5 5.2); ACA is not supported
@@ -158,6 +165,13 @@ class LogicalUnit:
         """The I_T nexus ended (logout, connection lost): SPC-2 reservations go with it."""
         self.reservations.nexus_lost(nexus)
         self.ua.forget(nexus)
+
+    def abort_tasks_of(self, victims: list[Nexus], task: ScsiTask) -> None:
+        """PREEMPT AND ABORT: abort the tasks of the preempted nexuses on this LU (the
+        transport finds them in its connections and in this task set)."""
+        device = self.device
+        if device is not None and device.transport_abort is not None:
+            device.transport_abort(device, self.lun, victims, task)
 
     def refresh_capacity(self, nexus: Nexus | None = None) -> bool:
         """The store changed size (an image file grown or cut behind our back): every

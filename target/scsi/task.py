@@ -97,6 +97,7 @@ class ScsiTask:
         "out_length",
         "command",
         "transport",
+        "shell",
     )
 
     def __init__(
@@ -122,6 +123,7 @@ class ScsiTask:
         self.out_length: int | None = None  # bytes of Data-Out the CDB called for
         self.command = None  # the Command table entry, set by the LU on dispatch
         self.transport: object = None  # the transport's own per-command state
+        self.shell: object = None  # the I/O shell's own state while the task is queued
 
     def __repr__(self) -> str:
         return f"<ScsiTask tag={self.tag:#x} lun={self.lun} cdb={bytes(self.cdb).hex()}>"

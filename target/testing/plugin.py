@@ -60,6 +60,9 @@ class Lun:
     serial: str = ""             # "" = the target's own default
     backing: Path | None = None  # None = <tmp_path>/lunN.img, created sparse
     number: int = -1             # the LUN number the target gives it (set when started)
+    # Our target's [target.lun.scheduler] table, e.g. {"elevator": "fifo",
+    # "dispatch_depth": 1, "disk": {"rpm": 7200}} (tgtd has none: such a test skips there)
+    scheduler: dict | None = None
 
 
 @dataclass
@@ -121,7 +124,31 @@ def _our_config(iqn: str, luns: list[Lun]) -> str:
                      f'vendor = "{lun.vendor}"\nproduct = "{lun.product}"\n')
         if lun.serial:
             lines.append(f'serial = "{lun.serial}"\n')
+        if lun.scheduler is not None:
+            lines.append(_toml_table("target.lun.scheduler", lun.scheduler))
     return "".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise ValueError(f"cannot write {value!r} into a TOML config")
+
+
+def _toml_table(name: str, table: dict) -> str:
+    """[name] with the scalar keys, then the sub-tables as [name.key]."""
+    out = [f"[{name}]\n"]
+    subs = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            subs.append(_toml_table(f"{name}.{key}", value))
+        else:
+            out.append(f"{key} = {_toml_value(value)}\n")
+    return "".join(out + subs)
 
 
 def _start_ours(iqn: str, luns: list[Lun], workdir: Path) -> OurTarget:
@@ -172,6 +199,10 @@ def scsi_target(tmp_path: Path, scsi_target_kind: str) -> Iterator[Callable[...,
             raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(KINDS)}")
         if kind == "tgtd" and not (find_program("tgtd") and find_program("tgtadm")):
             pytest.skip("needs tgtd and tgtadm: `make test` installs Debian package tgt")
+        if kind == "tgtd" and any(lun.scheduler for lun in luns):
+            pytest.skip("tgtd has no task set options (elevator, dispatch depth, disk "
+                        "model): this test is about our target's; run it with "
+                        "--scsi-target=ours")
         n = len(started)
         iqn = iqn or (DEFAULT_IQN if n == 0 else f"{DEFAULT_IQN}-{n}")
         first = 0 if kind == "ours" else 1

@@ -61,6 +61,15 @@ read_only = true
     ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n[[target.lun]]\nlun = 0\n',
      "target[0].lun[1].lun", "used twice"),
     ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n', "target[0].lun", "at least one"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n[target.lun.scheduler]\n'
+     'elevator = "scan"\n', "target[0].lun[0].scheduler.elevator", '"fifo" or "disksort"'),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n[target.lun.scheduler]\n'
+     'dispatch_depth = 0\n', "target[0].lun[0].scheduler.dispatch_depth", "at least 1"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n[target.lun.scheduler.disk]\n'
+     'average_seek_ms = 0.1\n', "target[0].lun[0].scheduler.disk.average_seek_ms",
+     "at least 0.8"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n[target.lun.scheduler.disk]\n'
+     'spin = 1\n', "target[0].lun[0].scheduler.disk", "unknown key(s): spin"),
 ])
 def test_errors_name_file_key_and_problem(tmp_path, body, where, what):
     f = tmp_path / "bad.toml"
@@ -90,3 +99,23 @@ def test_listen_forms():
     assert config.parse_listen("127.0.0.1:0", "x") == ("127.0.0.1", 0)
     assert config.parse_listen("[::1]:3261", "x") == ("::1", 3261)
     assert config.parse_listen("localhost", "x") == ("localhost", 3260)
+
+
+def test_scheduler_table_reaches_the_task_set(tmp_path):
+    """[target.lun.scheduler] and its disk model become the LU's task set (target.app)."""
+    from target import app
+
+    f = tmp_path / "sched.toml"
+    f.write_text('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nsize = "8M"\n'
+                 '[target.lun.scheduler]\nelevator = "fifo"\ndispatch_depth = 1\n'
+                 'queue_depth = 8\nmax_passes = 0\ndeadline_ms = 250\n'
+                 '[target.lun.scheduler.disk]\nrpm = 5400\naverage_seek_ms = 12\n')
+    built = app.build(config.load(f))
+    try:
+        ts = built.devices[0].luns[0].taskset
+        assert (ts.policy, ts.depth, ts.queue_limit) == ("fifo", 1, 8)
+        assert ts.elevator.max_passes is None and ts.elevator.deadline == 0.25
+        assert ts.model.rpm == 5400 and ts.model.average_seek_ms == 12
+        assert ts.model.capacity_blocks == (8 << 20) // 512
+    finally:
+        built.close()

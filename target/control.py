@@ -1,0 +1,156 @@
+"""The control channel: requests to a running target over a local socket, answered here.
+
+Rules:
+- Transport (in target.server): a unix stream socket, one JSON object per line each way.
+  Only the local user can reach it (the socket lives in a 0700 directory). This module is
+  sans-IO: handle(request) -> response, both dicts.
+- Requests: {"command": "status"} -> the targets, their LUNs (size, block size, the task
+  set's policy, depth and metrics: commands queued, maximum depth, seek distance,
+  reorders, starvation-bound hits, TASK SET FULL answers, aborts) and the sessions.
+  Unknown commands and malformed requests get {"ok": false, "error": "..."} naming the
+  problem; the connection stays usable.
+- Where the socket is: `serve --control PATH`, or by default
+  <runtime dir>/scsi-target/<pid>.sock with the runtime dir $XDG_RUNTIME_DIR or
+  /tmp/scsi-target-<uid>; `scsi-target status` finds the only live one there, or is told
+  which with --control.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_REQUEST = 64 << 10
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    root = Path(base) / "scsi-target" if base else Path(f"/tmp/scsi-target-{os.getuid()}")
+    return root
+
+
+def default_socket() -> Path:
+    return runtime_dir() / f"{os.getpid()}.sock"
+
+
+class Control:
+    """Answers control requests about one running App."""
+
+    def __init__(self, app, started: float | None = None) -> None:
+        self.app = app
+        self.started = started if started is not None else time.time()
+
+    def handle_line(self, line: bytes) -> bytes:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            response = self.handle(request)
+        except ValueError as exc:
+            response = {"ok": False, "error": f"bad request: {exc}"}
+        return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, **self.status()}
+        return {"ok": False, "error": f"unknown command {command!r}; known: status"}
+
+    def status(self) -> dict[str, Any]:
+        app = self.app
+        targets = []
+        for tc, device in zip(app.config.targets, app.devices, strict=True):
+            luns = []
+            for number, lu in sorted(device.luns.items()):
+                luns.append({"lun": number, "size": lu.store.size, "block_size": lu.block_size,
+                             "store": lu.store.description, "read_only": lu.read_only,
+                             "task_set": lu.taskset.as_dict()})
+            targets.append({"iqn": tc.iqn, "luns": luns})
+        sessions = []
+        for s in list(app.portal.registry.sessions.values()):
+            p = s.params
+            conn = getattr(s, "connection", None)
+            sessions.append({"initiator": p.initiator_name, "target": p.target_name,
+                             "isid": f"0x{p.isid:012x}", "tsih": p.tsih,
+                             "peer": getattr(conn, "peer", "")})
+        return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
+                "listen": list(app.portal.addresses), "targets": targets, "sessions": sessions}
+
+
+# --- the client side (scsi-target status) ---------------------------------------------
+
+class ControlError(RuntimeError):
+    pass
+
+
+def find_socket(path: Path | None = None) -> Path:
+    """The socket to talk to: `path`, or the only live one in the runtime directory."""
+    if path is not None:
+        if not path.exists():
+            raise ControlError(f"{path}: no such control socket (is the target running "
+                               "with --control there?)")
+        return path
+    root = runtime_dir()
+    live = []
+    for candidate in sorted(root.glob("*.sock")) if root.is_dir() else []:
+        pid = candidate.stem
+        if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            live.append(candidate)
+    if not live:
+        raise ControlError(f"no running target found (no control socket in {root}); "
+                           "start one with `scsi-target serve` or give --control PATH")
+    if len(live) > 1:
+        raise ControlError("several targets are running; choose one with --control: "
+                           + ", ".join(str(p) for p in live))
+    return live[0]
+
+
+def request(path: Path, command: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            s.sendall(json.dumps(command).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as exc:
+            raise ControlError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(buf)
+    except ValueError:
+        raise ControlError(f"{path}: not a control socket answer: {buf[:100]!r}") from None
+
+
+def render_status(st: dict[str, Any]) -> str:
+    lines = [f"scsi-target pid {st['pid']}, up {st['uptime_s']:.0f} s, listening on "
+             + ", ".join(st["listen"])]
+    for t in st["targets"]:
+        lines.append(f"target {t['iqn']}")
+        for lun in t["luns"]:
+            ts = lun["task_set"]
+            ev = ts["elevator"]
+            model = ts.get("model")
+            disk = f", rotational {model['rpm']} rpm" if model else ""
+            lines.append(f"  LUN {lun['lun']}: {lun['store']}, {lun['size']} bytes, "
+                         f"{lun['block_size']}-byte blocks")
+            lines.append(f"    task set: {ts['policy']}, dispatch depth {ts['depth']}{disk}; "
+                         f"now {ts['queued_now']} in the set, {ts['running']} running")
+            lines.append(f"    commands: {ts['submitted']} queued, {ts['direct']} direct, "
+                         f"{ts['bypassed']} bypassed; max depth {ts['max_depth']}; "
+                         f"TASK SET FULL {ts['task_set_full']}; aborted {ts['aborted']}")
+            lines.append(f"    elevator: {ev['served']} served, seek {ev['seek_distance']} "
+                         f"LBAs (mean {ev['mean_seek']:.0f}), {ev['reorders']} reordered, "
+                         f"{ev['sweeps']} sweeps, {ev['starvation_hits']} starvation-bound hits")
+    lines.append(f"sessions: {len(st['sessions'])}")
+    for s in st["sessions"]:
+        lines.append(f"  {s['initiator']} -> {s['target'] or '(discovery)'} "
+                     f"isid {s['isid']} tsih {s['tsih']} {s['peer']}")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The asyncio shell of a logical unit's task set: tasks in, executed, completions out.
+
+Rules:
+- One Dispatcher per LU, made by the server for every LU it serves. Links submit the
+  tasks their connections made ready (a whole receive burst at once, so the elevator
+  sees them together) and then pump(); pump() starts every task the task set lets run
+  (up to its dispatch depth), executes it against the LU at once, and completes it
+  either at once or, with a rotational disk model, after the model's service time
+  (loop.call_later). The data moves when the task starts; only the completion waits.
+- A task the task set does not queue (INQUIRY, REPORT LUNS, REQUEST SENSE, unknown
+  opcodes) runs at once; one refused with TASK SET FULL completes at once as it is.
+- A completed task goes back to the connection that sent it (task.shell holds the Link
+  and the start time while the task is in the task set) unless it was aborted while
+  running; every Link that got output is flushed after the pump.
+- Completing a task can enable others (ORDERED, QAM=0 overlaps, depth): pump() loops
+  until nothing more may start; a completion that arrives while pumping (the synchronous
+  case) just releases its dependents for the loop in progress.
+- With a tracer, each command is recorded at completion with its latency from submit
+  (queueing included) and the task set's state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from target.scsi.lu import LogicalUnit
+    from target.scsi.task import ScsiTask
+    from target.trace import Tracer
+
+
+class Dispatcher:
+    def __init__(self, loop: asyncio.AbstractEventLoop, lu: LogicalUnit,
+                 tracer: Tracer | None = None) -> None:
+        self.loop = loop
+        self.lu = lu
+        self.taskset = lu.taskset
+        self.tracer = tracer
+        self._pumping = False
+        self._dirty: set = set()
+
+    def submit(self, link, task: ScsiTask) -> None:
+        """A task whose data is all in: into the task set, or run at once (bypass)."""
+        start = time.perf_counter_ns() if self.tracer is not None else 0
+        ts = self.taskset
+        if ts.submit(task, self.loop.time()):
+            task.shell = (link, start)
+            return
+        if task.status == 0:  # bypass: not TASK SET FULL
+            self.lu.execute(task)
+        link.conn.complete(task)
+        if self.tracer is not None:
+            self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns())
+
+    def pump(self, current=None) -> None:
+        """Start every task the task set lets start; flush the links that got output
+        (except `current`, the link whose receive loop is running and flushes itself)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        ts = self.taskset
+        loop = self.loop
+        execute = self.lu.execute
+        try:
+            while (task := ts.dispatch(loop.time())) is not None:
+                execute(task)
+                delay = ts.service_time(task)
+                if delay > 0:
+                    loop.call_later(delay, self._finish_later, task)
+                else:
+                    self._finish(task)
+        finally:
+            self._pumping = False
+        self._flush_dirty(current)
+
+    def _finish(self, task: ScsiTask) -> None:
+        link, start = task.shell
+        task.shell = None
+        aborted = self.taskset.done(task, self.loop.time())
+        if aborted or link.closed:
+            return
+        link.conn.complete(task)
+        self._dirty.add(link)
+        if self.tracer is not None:
+            self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns(),
+                               len(self.taskset))
+
+    def _finish_later(self, task: ScsiTask) -> None:
+        self._finish(task)
+        self.pump()
+        self._flush_dirty()
+
+    def _flush_dirty(self, current=None) -> None:
+        if self._dirty:
+            dirty = self._dirty
+            self._dirty = set()
+            for link in dirty:
+                if link is not current:
+                    link.flush()
