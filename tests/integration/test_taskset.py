@@ -129,17 +129,20 @@ def test_abort_task_set_then_no_response_for_any(seeking_target):
         ini.close()
 
 
-def test_lu_reset_aborts_queued_tasks_and_every_nexus_sees_the_unit_attention(
-        seeking_target):
-    """LOGICAL UNIT RESET from nexus B while nexus A has tasks queued (SAM-5 7.7): A's
-    tasks end without a response (TAS=0), and the next command of each nexus ends in CHECK
-    CONDITION, UNIT ATTENTION, BUS DEVICE RESET FUNCTION OCCURRED (29h/03h; SAM-5 6.6)."""
+@pytest.mark.parametrize("function", [TmfFunction.LOGICAL_UNIT_RESET,
+                                      TmfFunction.TARGET_WARM_RESET])
+def test_reset_aborts_queued_tasks_and_every_nexus_sees_the_unit_attention(
+        seeking_target, function):
+    """LOGICAL UNIT RESET or TARGET WARM RESET from nexus B while nexus A has tasks queued
+    (SAM-5 7.7, 7.9): A's tasks end without a response (TAS=0), and the next command of
+    each nexus ends in CHECK CONDITION, UNIT ATTENTION, BUS DEVICE RESET FUNCTION OCCURRED
+    (29h/03h; SAM-5 6.6)."""
     a = session(seeking_target, "iqn.2026-11.local.test:reset-a", 0x400000000003)
     b = session(seeking_target, "iqn.2026-11.local.test:reset-b", 0x400000000004)
     try:
         itts = [send_read(a, (lba * 7919) % 500_000) for lba in range(30)]
         a.nop()  # A's commands have all reached the target (the NOP is answered after them)
-        assert b.task_management(TmfFunction.LOGICAL_UNIT_RESET) == 0
+        assert b.task_management(function) == 0
         got = collect(a)
         answered = [i for i in itts if i in got]
         assert len(answered) < len(itts) // 2, got  # ~5 ms each: most were still queued

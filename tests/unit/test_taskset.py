@@ -273,3 +273,24 @@ def test_random_schedules_keep_sam_ordering_and_serve_each_task_once(ops, depth,
         completed.add(id(t))
     assert all(id(t) in completed for t in arrival)
     assert len({id(t) for t in started}) == len(started)
+
+
+def test_aca_task_is_refused_with_invalid_message_error():
+    """This device server never establishes an ACA condition (NACA=1 is refused), so a
+    task with the ACA attribute is an error (SAM-5 8.6.5): CHECK CONDITION, ILLEGAL
+    REQUEST, INVALID MESSAGE ERROR (49h/00h). It is not queued."""
+    from target.backing.memory import MemoryStore
+    from target.scsi.disk import DISK_COMMANDS
+    from target.scsi.lu import LogicalUnit
+
+    lu = LogicalUnit(0, MemoryStore(1 << 20), DISK_COMMANDS)
+    lu.taskset = TaskSet(lu, idle_fast_path=False)
+    lu.ua.clear(NEXUS)
+    t = read(0, attr=TaskAttr.ACA)
+    assert lu.taskset.submit(t) is False
+    lu.execute(t)
+    if t.sense[2] & 0x0F == 0x06:  # the power-on unit attention comes first
+        t = read(0, attr=TaskAttr.ACA)
+        lu.execute(t)
+    assert t.status == Status.CHECK_CONDITION
+    assert t.sense[2] & 0x0F == 0x05 and t.sense[12:14] == b"\x49\x00"
