@@ -22,6 +22,12 @@
 #   against the extracted library packages (Depends closure restricted to library
 #   packages); a library found only on the host is copied from there and named in the
 #   manifest as a reproducibility warning.
+# - Kdump: with `st_kdump=DISK:SEEK_MIB[:LEVEL]` on its command line (a capture kernel),
+#   /init writes `makedumpfile -F -d LEVEL /proc/vmcore` onto /dev/DISK at SEEK_MIB MiB,
+#   prints "st-kdump: done makedumpfile=RC dd=RC" and powers off (the dump's length is
+#   in its own flattened records; busybox dd here does not print a byte count). The module
+#   group "kdump" (virtio_blk) lets the first kernel read the capture kernel and initrd
+#   from the payload disk qemu.kdump attaches.
 # - /init mounts proc, sysfs, devtmpfs, loads the modules, prints "init: ready" and runs
 #   a login shell on the console (console=ttyS0) with the prompt PROMPT, respawned if
 #   it exits. The guest is left with `poweroff -f`.
@@ -71,6 +77,8 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     # The guest's own iSCSI initiator over virtio-net; the login needs crc32c, which no
     # module lists as a dependency.
     "iscsi": ("virtio_pci", "virtio_net", "crc32c_generic", "iscsi_tcp"),
+    # Kdump: the first kernel reads the capture kernel and initrd from a virtio-blk disk.
+    "kdump": ("virtio_pci", "virtio_blk"),
 }
 MODULE_PARAMS: dict[str, str] = {
     "sym53c8xx": "settle=0",  # the default 3 s SCSI bus settle delay is wasted on QEMU
@@ -329,6 +337,20 @@ load_group() {
 for group in base $(echo "${st_modules:-%(default)s}" | tr , ' '); do
     load_group "$group"
 done
+if [ -n "$st_kdump" ]; then
+    # Capture kernel (st_kdump=DISK:SEEK_MIB[:DUMP_LEVEL]): the flattened vmcore goes onto
+    # DISK at SEEK_MIB MiB, then the machine powers off.
+    disk=${st_kdump%%%%:*}; rest=${st_kdump#*:}; seek=${rest%%%%:*}; level=${rest#*:}
+    [ "$level" = "$rest" ] && level=31
+    i=0; while [ ! -b "/dev/$disk" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    echo "st-kdump: /proc/vmcore -> /dev/$disk at $seek MiB, dump level $level"
+    dump() { makedumpfile -F -d "$level" /proc/vmcore; echo $? > /tmp/mdf.rc; }
+    dump | dd of="/dev/$disk" bs=1M seek="$seek" conv=fsync 2>/tmp/dd.err
+    ddrc=$?
+    echo "st-kdump: done makedumpfile=$(cat /tmp/mdf.rc) dd=$ddrc"
+    sync
+    poweroff -f
+fi
 echo "init: ready, uptime $(cut -d' ' -f1 /proc/uptime) s"
 while :; do
     setsid cttyhack sh -l

@@ -74,6 +74,9 @@ class GuestConfig:
     quiet: bool = True           # console loglevel 4: faster boot, clean command output
     append: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    # A read-only virtio-blk disk (/dev/vda in the guest, module group "kdump") carrying
+    # files for the guest, e.g. the capture kernel (qemu.kdump).
+    payload: Path | None = None
 
 
 def qemu_binary() -> str | None:
@@ -134,6 +137,10 @@ def qemu_argv(cfg: GuestConfig) -> list[str]:
                            f"cache={drive.cache}"]
         props = f"{drive.device},drive=d{i},bus=hba.0"
         argv += ["-device", f"{props},{drive.options}" if drive.options else props]
+    if cfg.payload is not None:
+        file = str(cfg.payload).replace(",", ",,")
+        argv += ["-drive", f"if=none,id=payload,file={file},format=raw,readonly=on",
+                 "-device", "virtio-blk-pci,drive=payload"]
     return [*argv, *cfg.extra_args]
 
 
@@ -199,6 +206,21 @@ class Machine:
 
     def sendline(self, line: str) -> None:
         self._require().sendline(line)
+
+    @property
+    def match(self) -> re.Match[str] | None:
+        """The match of the last expect() with a regular expression."""
+        m = self._child.match if self._child is not None else None
+        return m if isinstance(m, re.Match) else None
+
+    def wait_exit(self, timeout: float, what: str = "QEMU to exit") -> int | None:
+        """Wait for the process to end by itself (poweroff, -no-reboot); its exit status."""
+        child = self._require()
+        self._expect(pexpect.EOF, timeout, what)
+        child.close()
+        self.monitor.close()
+        self._close_log()
+        return child.exitstatus if child.exitstatus is not None else -(child.signalstatus or 0)
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a shell command in the guest; returns (exit status, output)."""

@@ -63,6 +63,7 @@ class AttachSpec:
     mode: str = "scsi-block"
     wwn: str | None = None         # scsi-hd only: e.g. "0x5000c50015ea71ac"
     memory_mib: int = 512
+    kdump: bool = False            # reserve crash kernel memory, hand over vmlinuz + initrd
 
     def validate(self) -> None:
         if self.guest not in GUESTS:
@@ -117,8 +118,16 @@ def guest_config(spec: AttachSpec, target: TargetAddress, image: linux.LinuxImag
         wwn = spec.wwn or (derived_wwn(target) if spec.hba == "mptsas1068" else None)
         options = f"wwn={wwn}" if wwn else ""
     drive = Drive(target.url, device=spec.mode, options=options)
-    return GuestConfig(image=image, drives=(drive,), hba=spec.hba,
-                       memory_mib=spec.memory_mib, append=append)
+    modules: tuple[str, ...] = ()
+    payload = None
+    if spec.kdump:
+        from qemu import kdump
+
+        modules = (HBA_MODULE_GROUPS[spec.hba], "kdump")
+        append = (*append, f"crashkernel={kdump.CRASHKERNEL_MIB}M")
+        payload = kdump.payload(image)
+    return GuestConfig(image=image, drives=(drive,), hba=spec.hba, modules=modules,
+                       memory_mib=spec.memory_mib, append=append, payload=payload)
 
 
 def login_command(target: TargetAddress, initiator_iqn: str = GUEST_INITIATOR_IQN) -> str:

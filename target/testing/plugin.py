@@ -12,11 +12,12 @@ only while the entry point is absent, so it is never registered twice).
         assert vm.sysfs("device/vendor") == "ACME"
 
 Rules:
-- `scsi_target(*luns, kind=None, iqn=None)` starts a target on 127.0.0.1 at an ephemeral
+- `scsi_target(*luns, kind=None, iqn=None, args=())` starts a target on 127.0.0.1 at an ephemeral
   port serving the given LUNs (default: one Lun()) from sparse backing files in the test's
   tmp_path; it returns a RunningTarget. The kind is `--scsi-target=ours|tgtd` (default
   ours) unless the test passes one, so a whole guest suite runs against tgtd unchanged
-  to show that the harness is not tuned to our target. Our target numbers LUNs from 0;
+  to show that the harness is not tuned to our target; `args` are extra `serve` options
+  for our target (e.g. --trace FILE). Our target numbers LUNs from 0;
   tgtd from 1 (its LUN 0 is the controller). Targets stop at teardown, after the guests.
 - `guest(target, hba=..., mode=..., lun=0)` boots the Linux test guest (images.linux,
   built once into the cache) with that LUN attached as qemu.spec describes (scsi-block,
@@ -151,10 +152,11 @@ def _toml_table(name: str, table: dict) -> str:
     return "".join(out + subs)
 
 
-def _start_ours(iqn: str, luns: list[Lun], workdir: Path) -> OurTarget:
+def _start_ours(iqn: str, luns: list[Lun], workdir: Path, args: tuple[str, ...] = ()
+                ) -> OurTarget:
     cfg = workdir / f"target-{len(list(workdir.glob('target-*.toml')))}.toml"
     cfg.write_text(_our_config(iqn, luns))
-    server = OurTarget(config=cfg, workdir=workdir, iqn=iqn, lun=luns[0].number)
+    server = OurTarget(args, config=cfg, workdir=workdir, iqn=iqn, lun=luns[0].number)
     server.__enter__()
     return server
 
@@ -193,7 +195,8 @@ def scsi_target(tmp_path: Path, scsi_target_kind: str) -> Iterator[Callable[...,
     """Factory: scsi_target(*luns, kind=None, iqn=None) -> RunningTarget (stopped at teardown)."""
     started: list[RunningTarget] = []
 
-    def start(*luns: Lun, kind: str | None = None, iqn: str | None = None) -> RunningTarget:
+    def start(*luns: Lun, kind: str | None = None, iqn: str | None = None,
+              args: tuple[str, ...] | list[str] = ()) -> RunningTarget:
         kind = kind or scsi_target_kind
         if kind not in KINDS:
             raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(KINDS)}")
@@ -216,8 +219,11 @@ def scsi_target(tmp_path: Path, scsi_target_kind: str) -> Iterator[Callable[...,
             placed.append(replace(lun, backing=backing, number=first + i))
         workdir = tmp_path / f"target{n}-{kind}"
         workdir.mkdir()
+        if kind == "tgtd" and args:
+            pytest.skip(f"tgtd takes none of our server's options ({' '.join(args)}): "
+                        "run this test with --scsi-target=ours")
         if kind == "ours":
-            server: OurTarget | Tgtd = _start_ours(iqn, placed, workdir)
+            server: OurTarget | Tgtd = _start_ours(iqn, placed, workdir, tuple(args))
         else:
             server = _start_tgtd(iqn, placed, workdir)
         target = RunningTarget(kind, server, placed)

@@ -1,0 +1,135 @@
+"""A Linux guest crashes and its capture kernel dumps onto our LUN (kdump).
+
+The guest boots on the LUN (scsi-block, so the guest's own HBA driver and sd talk to the
+target), loads a capture kernel with `kexec -p`, and is crashed: with sysrq-c, and with an
+NMI injected through QMP while kernel.unknown_nmi_panic is set. The capture kernel boots
+with reset_devices, loads the same HBA driver, writes `makedumpfile -F -d 31 /proc/vmcore`
+onto the LUN at 64 MiB and powers off. The host then checks the dump in the backing file:
+makedumpfile -R reassembles it, its VMCOREINFO names the guest's kernel release, and
+makedumpfile --dump-dmesg recovers the guest's log with the panic in it. The target's
+trace shows the WRITE commands after the crash covering exactly the dump's bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from qemu import kdump
+from target.testing.plugin import Lun
+
+pytestmark = [
+    pytest.mark.guest,
+    pytest.mark.skipif(not shutil.which("makedumpfile"),
+                       reason="needs makedumpfile on the host (`make test` installs it)"),
+]
+
+SECTOR = 512
+PAGE = 4096
+LUN = Lun(size=320 << 20, vendor="STKDUMP", product="DUMP-DISK")
+PANICS = {"sysrq": "sysrq triggered crash", "nmi": "NMI"}
+
+
+def flattened_length(backing: Path, offset: int) -> int:
+    """Bytes of the makedumpfile flattened stream at `offset`: its 4 KiB header, then
+    records of (offset, size) as big-endian int64 and size bytes, up to the end marker
+    (-1, -1) (makedumpfile.h: struct makedumpfile_data_header, END_FLAG_FLAT_HEADER)."""
+    with open(backing, "rb") as f:
+        f.seek(offset)
+        assert f.read(16).rstrip(b"\0") == b"makedumpfile", "no flattened dump there"
+        pos = 4096
+        while True:
+            f.seek(offset + pos)
+            rec_offset, size = struct.unpack(">qq", f.read(16))
+            pos += 16
+            if rec_offset == -1 and size == -1:
+                return pos
+            assert 0 <= size < 1 << 32 and rec_offset >= 0, (rec_offset, size)
+            pos += size
+
+
+def dump_bytes(backing: Path, seek_mib: int, length: int, out: Path) -> Path:
+    with open(backing, "rb") as src, open(out, "wb") as dst:
+        src.seek(seek_mib << 20)
+        left = length
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                raise AssertionError("the backing file ends inside the dump")
+            dst.write(chunk)
+            left -= len(chunk)
+    return out
+
+
+def vmcoreinfo_release(vmcore: Path) -> str:
+    """OSRELEASE from the VMCOREINFO that makedumpfile -R's output carries."""
+    data = vmcore.read_bytes()[:1 << 20]
+    i = data.find(b"OSRELEASE=")
+    assert i >= 0, "no VMCOREINFO OSRELEASE in the dump"
+    return data[i + 10:data.index(b"\n", i)].decode()
+
+
+def trace_writes_after(trace: Path, since: float) -> list[tuple[int, int]]:
+    ranges = []
+    for line in trace.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["t"] >= since and rec["op"].startswith("WRITE") and rec["status"] == "GOOD":
+            ranges.append((rec["lba"], rec["lba"] + rec["blocks"]))
+    return ranges
+
+
+def covered(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+@pytest.mark.parametrize("hba,how", [("virtio-scsi-pci", "sysrq"), ("megasas", "sysrq"),
+                                     ("mptsas1068", "sysrq"), ("virtio-scsi-pci", "nmi")])
+def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_property):
+    trace = tmp_path / "trace.jsonl"
+    target = scsi_target(LUN, args=["--trace", str(trace)])
+    vm = guest(target, hba=hba, mode="scsi-block", kdump=True,
+               memory_mib=kdump.GUEST_MEMORY_MIB)
+    release = vm.check("uname -r").strip()
+    arm_s = kdump.arm(vm)
+    crashed_at_wall = time.time()
+    crashed = kdump.crash(vm, how)
+    cap = kdump.wait_capture(vm, crashed)
+    assert (cap.makedumpfile_rc, cap.dd_rc, cap.exit_status) == (0, 0, 0)
+    length = flattened_length(target.backing(), kdump.SEEK_MIB << 20)
+    record_property("kdump_s", round(cap.crash_to_done_s, 1))
+    record_property("dump_bytes", length)
+    print(f"kdump {hba}/{how}: kexec -p {arm_s:.1f} s, crash to dump written "
+          f"{cap.crash_to_done_s:.1f} s, {length} bytes")
+    assert 1 << 20 < length < (LUN.size - (kdump.SEEK_MIB << 20))
+
+    flat = dump_bytes(target.backing(), kdump.SEEK_MIB, length, tmp_path / "dump.flat")
+    assert flat.read_bytes()[:12] == b"makedumpfile"
+    vmcore = tmp_path / "vmcore"
+    with open(flat, "rb") as f:
+        subprocess.run(["makedumpfile", "-R", str(vmcore)], stdin=f, check=True,
+                       capture_output=True, timeout=120)
+    assert vmcoreinfo_release(vmcore) == release
+    dmesg = tmp_path / "dmesg.txt"
+    subprocess.run(["makedumpfile", "--dump-dmesg", str(vmcore), str(dmesg)], check=True,
+                   capture_output=True, timeout=120)
+    log = dmesg.read_text(errors="replace")
+    assert "Kernel panic" in log and PANICS[how] in log, log[-2000:]
+
+    # The dump's WRITEs, in the target's trace, cover exactly its bytes on the LUN (to the
+    # 4 KiB page: dd writes through the block device's page cache).
+    target.server.stop()  # flushes the trace
+    start = (kdump.SEEK_MIB << 20) // SECTOR
+    end = start + -(-length // PAGE) * (PAGE // SECTOR)
+    assert covered(trace_writes_after(trace, crashed_at_wall)) == [(start, end)]
