@@ -7,6 +7,10 @@
                   [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
                   [--rotational] [--rpm N] [--seek-ms MS]
     scsi-target status [--control SOCKET] [--json]
+    scsi-target fault add --action check-condition|busy|task-set-full|delay|drop [--lun N]
+                      [--op NAME] [--lba FROM-TO] [--initiator IQN] [--every N|--first N|
+                      --once] [--sense KEY/ASC/ASCQ] [--delay-ms MS]
+    scsi-target fault list | clear [ID]
     scsi-target trace FILE
     scsi-target config check FILE
     scsi-target config show [FILE]
@@ -78,6 +82,30 @@ def _parser() -> argparse.ArgumentParser:
                         "$XDG_RUNTIME_DIR/scsi-target/PID.sock)")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the banner")
+
+    fa = sub.add_parser("fault", help="add, list or clear fault rules of a running target")
+    fsub = fa.add_subparsers(dest="action", required=True)
+    fadd = fsub.add_parser("add", help="add a rule (target.faults)")
+    fadd.add_argument("--action", required=True, dest="fault_action",
+                      choices=("check-condition", "busy", "task-set-full", "delay", "drop"))
+    fadd.add_argument("--target", help="target IQN (default: any)")
+    fadd.add_argument("--lun", type=int)
+    fadd.add_argument("--op", action="append", help="command name, e.g. WRITE(10), or 0x2a "
+                      "(repeatable)")
+    fadd.add_argument("--lba", metavar="FROM-TO", help="block range (TO exclusive)")
+    fadd.add_argument("--initiator", help="initiator IQN")
+    count = fadd.add_mutually_exclusive_group()
+    count.add_argument("--every", type=int, metavar="N", help="every N-th matching command")
+    count.add_argument("--first", type=int, metavar="N", help="the first N matching commands")
+    count.add_argument("--once", action="store_true", help="the first matching command")
+    fadd.add_argument("--sense", metavar="KEY/ASC/ASCQ", help="hex, e.g. 03/11/00")
+    fadd.add_argument("--delay-ms", type=float, help="for --action delay")
+    flist = fsub.add_parser("list", help="list the rules and their hits")
+    fclr = fsub.add_parser("clear", help="remove one rule, or all")
+    fclr.add_argument("id", type=int, nargs="?")
+    for p_ in (fadd, flist, fclr):
+        p_.add_argument("--control", type=Path, metavar="SOCKET",
+                        help="the target's control socket (default: the only one running)")
 
     st = sub.add_parser("status", help="show a running target's LUNs, task sets and sessions")
     st.add_argument("--control", type=Path, metavar="SOCKET",
@@ -219,10 +247,13 @@ def serve(args: argparse.Namespace) -> int:
             raise OSError(exc.errno, f"cannot write the trace {args.trace}: "
                           f"{exc.strerror}") from None
     from target.control import Control, default_socket
+    from target.faults import Faults
+
+    faults = Faults(cfg.faults)
 
     server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval, tracer,
-                           control=Control(application),
-                           control_path=args.control or default_socket())
+                           control=Control(application, faults),
+                           control_path=args.control or default_socket(), faults=faults)
     try:
         srvmod.run(server, on_stop=application.close)
     finally:
@@ -274,6 +305,44 @@ def status_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def fault_command(args: argparse.Namespace) -> int:
+    from target.control import ControlError, find_socket, request
+
+    if args.action == "add":
+        rule: dict = {"action": args.fault_action}
+        for key in ("target", "lun", "lba", "initiator", "every", "first", "sense"):
+            value = getattr(args, key)
+            if value is not None:
+                rule[key] = value
+        if args.op:
+            rule["ops"] = args.op
+        if args.once:
+            rule["once"] = True
+        if args.delay_ms is not None:
+            rule["delay_ms"] = args.delay_ms
+        req: dict = {"command": "fault-add", "rule": rule}
+    elif args.action == "clear":
+        req = {"command": "fault-clear", **({"id": args.id} if args.id is not None else {})}
+    else:
+        req = {"command": "fault-list"}
+    try:
+        answer = request(find_socket(args.control), req)
+    except ControlError as exc:
+        print(f"scsi-target: {exc}", file=sys.stderr)
+        return 2
+    if not answer.get("ok"):
+        print(f"scsi-target: {answer.get('error')}", file=sys.stderr)
+        return 2
+    if args.action == "add":
+        print(f"fault {answer['id']} added")
+    elif args.action == "clear":
+        print(f"{answer['cleared']} rule(s) cleared")
+    else:
+        for f in answer["faults"]:
+            print(" ".join(f"{k}={v}" for k, v in f.items()))
+    return 0
+
+
 def image_command(args: argparse.Namespace) -> int:
     from images import illumos, linux
 
@@ -320,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             return image_command(args)
         if args.command == "status":
             return status_command(args)
+        if args.command == "fault":
+            return fault_command(args)
     except ConfigError as exc:
         print(f"scsi-target: {exc}", file=sys.stderr)
         return 2

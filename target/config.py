@@ -43,6 +43,14 @@ Example:
     average_seek_ms = 8.5
     track_to_track_ms = 0.8
     media_mb_s = 150
+
+    [[fault]]                   # optional: fault injection (target.faults)
+    action = "check-condition"  # busy, task-set-full, delay (delay_ms), drop
+    lun = 0
+    op = "WRITE(10)"            # or ops = [...], hex opcodes "0x2a"
+    lba = "131072-140000"       # FROM-TO (TO exclusive)
+    first = 3                   # or every = N, or once = true
+    sense = "03/0C/00"          # KEY/ASC/ASCQ; default MEDIUM ERROR
 """
 
 from __future__ import annotations
@@ -124,6 +132,7 @@ class Config:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
     nop_interval: float = 0.0  # seconds between NOP-In pings; 0 disables them
+    faults: list = field(default_factory=list)  # target.faults.FaultRule, from [[fault]]
     source: str = "<embedded default>"
 
 
@@ -337,6 +346,17 @@ def from_dict(data: dict, source: str = "<config>") -> Config:
             cfg.listen.append(listen)
             pr.done()
     cfg.nop_interval = float(r.get("nop_interval", (int, float), 0))
+    faults = r.get("fault", list, None)
+    if faults is not None:
+        from target.faults import FaultError, parse_rule
+
+        for i, table in enumerate(faults):
+            if not isinstance(table, dict):
+                raise ConfigError(f"{source}: fault[{i}]: expected a table")
+            try:
+                cfg.faults.append(parse_rule(table))
+            except FaultError as exc:
+                raise ConfigError(f"{source}: fault[{i}]: {exc}") from None
     targets = r.get("target", list, None)
     if targets is not None:
         cfg.targets = [_target(t, f"target[{i}]", source) for i, t in enumerate(targets)]

@@ -4,7 +4,9 @@ Rules:
 - Transport (in target.server): a unix stream socket, one JSON object per line each way.
   Only the local user can reach it (the socket lives in a 0700 directory). This module is
   sans-IO: handle(request) -> response, both dicts.
-- Requests: {"command": "status"} -> the targets, their LUNs (size, block size, the task
+- Requests: {"command": "fault-add", "rule": {...}} (target.faults.parse_rule),
+  {"command": "fault-list"}, {"command": "fault-clear", "id": N} (no id: all).
+  {"command": "status"} -> the targets, their LUNs (size, block size, the task
   set's policy, depth and metrics: commands queued, maximum depth, seek distance,
   reorders, starvation-bound hits, TASK SET FULL answers, aborts) and the sessions.
   Unknown commands and malformed requests get {"ok": false, "error": "..."} naming the
@@ -40,8 +42,9 @@ def default_socket() -> Path:
 class Control:
     """Answers control requests about one running App."""
 
-    def __init__(self, app, started: float | None = None) -> None:
+    def __init__(self, app, faults=None, started: float | None = None) -> None:
         self.app = app
+        self.faults = faults  # target.faults.Faults the server applies
         self.started = started if started is not None else time.time()
 
     def handle_line(self, line: bytes) -> bytes:
@@ -58,7 +61,35 @@ class Control:
         command = request.get("command")
         if command == "status":
             return {"ok": True, **self.status()}
-        return {"ok": False, "error": f"unknown command {command!r}; known: status"}
+        if command in ("fault-add", "fault-list", "fault-clear"):
+            return self.fault(command, request)
+        return {"ok": False, "error": f"unknown command {command!r}; known: status, "
+                                      "fault-add, fault-list, fault-clear"}
+
+    def fault(self, command: str, request: dict[str, Any]) -> dict[str, Any]:
+        from target.faults import FaultError, parse_rule
+
+        faults = self.faults
+        if faults is None:
+            return {"ok": False, "error": "this server has no fault injection"}
+        if command == "fault-add":
+            rule = request.get("rule")
+            if not isinstance(rule, dict):
+                return {"ok": False, "error": "fault-add needs a \"rule\" object"}
+            try:
+                added = faults.add(parse_rule(rule))
+            except FaultError as exc:
+                return {"ok": False, "error": f"fault rule: {exc}"}
+            return {"ok": True, "id": added.id, "rule": added.describe()}
+        if command == "fault-clear":
+            rid = request.get("id")
+            if rid is not None and (isinstance(rid, bool) or not isinstance(rid, int)):
+                return {"ok": False, "error": f"fault-clear: id must be an integer, not {rid!r}"}
+            n = faults.clear(rid)
+            if rid is not None and n == 0:
+                return {"ok": False, "error": f"no fault rule {rid}"}
+            return {"ok": True, "cleared": n}
+        return {"ok": True, "faults": faults.describe()}
 
     def status(self) -> dict[str, Any]:
         app = self.app
@@ -78,7 +109,8 @@ class Control:
                              "isid": f"0x{p.isid:012x}", "tsih": p.tsih,
                              "peer": getattr(conn, "peer", "")})
         return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
-                "listen": list(app.portal.addresses), "targets": targets, "sessions": sessions}
+                "listen": list(app.portal.addresses), "targets": targets, "sessions": sessions,
+                "faults": self.faults.describe() if self.faults is not None else []}
 
 
 # --- the client side (scsi-target status) ---------------------------------------------
@@ -149,6 +181,8 @@ def render_status(st: dict[str, Any]) -> str:
             lines.append(f"    elevator: {ev['served']} served, seek {ev['seek_distance']} "
                          f"LBAs (mean {ev['mean_seek']:.0f}), {ev['reorders']} reordered, "
                          f"{ev['sweeps']} sweeps, {ev['starvation_hits']} starvation-bound hits")
+    for f in st.get("faults", []):
+        lines.append("fault " + " ".join(f"{k}={v}" for k, v in f.items()))
     lines.append(f"sessions: {len(st['sessions'])}")
     for s in st["sessions"]:
         lines.append(f"  {s['initiator']} -> {s['target'] or '(discovery)'} "

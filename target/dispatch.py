@@ -15,6 +15,9 @@ Rules:
 - Completing a task can enable others (ORDERED, QAM=0 overlaps, depth): pump() loops
   until nothing more may start; a completion that arrives while pumping (the synchronous
   case) just releases its dependents for the loop in progress.
+- Fault rules (target.faults), when there are any, are matched first: an error status
+  completes the task at once without running it, "drop" closes the link, "delay" runs it
+  at once and holds its completion (outside the task set).
 - With a tracer, each command is recorded at completion with its latency from submit
   (queueing included) and the task set's state.
 """
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
+
+from target.faults import Faults
 
 if TYPE_CHECKING:
     import asyncio
@@ -34,9 +39,12 @@ if TYPE_CHECKING:
 
 class Dispatcher:
     def __init__(self, loop: asyncio.AbstractEventLoop, lu: LogicalUnit,
-                 tracer: Tracer | None = None) -> None:
+                 tracer: Tracer | None = None, faults: Faults | None = None,
+                 target: str = "") -> None:
         self.loop = loop
         self.lu = lu
+        self.faults = faults if faults is not None else Faults()
+        self.target = target
         self.taskset = lu.taskset
         self.tracer = tracer
         self._pumping = False
@@ -45,6 +53,8 @@ class Dispatcher:
     def submit(self, link, task: ScsiTask) -> None:
         """A task whose data is all in: into the task set, or run at once (bypass)."""
         start = time.perf_counter_ns() if self.tracer is not None else 0
+        if self.faults.rules and self._inject(link, task, start):
+            return
         ts = self.taskset
         if ts.submit(task, self.loop.time()):
             task.shell = (link, start)
@@ -54,6 +64,35 @@ class Dispatcher:
         link.conn.complete(task)
         if self.tracer is not None:
             self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns())
+
+    def _inject(self, link, task: ScsiTask, start: int) -> bool:
+        """Apply a matching fault rule (target.faults); True when the task is taken care of."""
+        fault = self.faults.match(task, self.target, self.lu.mode.d_sense)
+        if fault is None:
+            return False
+        if fault.drop:
+            link.close()
+            return True
+        if fault.status is not None:
+            task.status = fault.status
+            task.sense = fault.sense
+            task.data_in = None
+            self._complete(link, task, start)
+            return True
+        # delay: runs at once, outside the task set; its completion waits
+        self.lu.execute(task)
+        self.loop.call_later(fault.delay, self._complete_later, link, task, start)
+        return True
+
+    def _complete(self, link, task: ScsiTask, start: int) -> None:
+        link.conn.complete(task)
+        if self.tracer is not None:
+            self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns())
+
+    def _complete_later(self, link, task: ScsiTask, start: int) -> None:
+        if not link.closed:
+            self._complete(link, task, start)
+            link.flush()
 
     def pump(self, current=None) -> None:
         """Start every task the task set lets start; flush the links that got output

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from target.dispatch import Dispatcher
+from target.faults import Faults
 from target.iscsi.connection import Connection, Phase
 from target.iscsi.portal import Portal
 from target.trace import Tracer
@@ -219,8 +220,10 @@ class Server:
     def __init__(self, portal: Portal, listen: list[tuple[str, int]],
                  on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
                  nop_interval: float = 0.0, tracer: Tracer | None = None,
-                 control=None, control_path: Path | None = None) -> None:
+                 control=None, control_path: Path | None = None,
+                 faults: Faults | None = None) -> None:
         self.portal = portal
+        self.faults = faults if faults is not None else Faults()
         self.control = control  # target.control.Control answering on control_path
         self.control_path = control_path
         self._control_server: asyncio.AbstractServer | None = None
@@ -238,9 +241,9 @@ class Server:
     def start(self) -> list[tuple[str, int]]:
         """Bind and listen; returns the bound (host, port) pairs."""
         self.loop = asyncio.get_running_loop()
-        for entry in self.portal.targets.values():
+        for name, entry in self.portal.targets.items():
             for lu in entry.device.luns.values():
-                self.dispatchers[lu] = Dispatcher(self.loop, lu, self.tracer)
+                self.dispatchers[lu] = Dispatcher(self.loop, lu, self.tracer, self.faults, name)
         for host, port in self.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             lsock = socket.socket(family, socket.SOCK_STREAM)
