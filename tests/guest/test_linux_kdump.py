@@ -133,3 +133,29 @@ def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_prope
     start = (kdump.SEEK_MIB << 20) // SECTOR
     end = start + -(-length // PAGE) * (PAGE // SECTOR)
     assert covered(trace_writes_after(trace, crashed_at_wall)) == [(start, end)]
+
+
+def test_kdump_reports_a_failing_dump_device(scsi_target, guest, tmp_path):
+    """The target fails every WRITE in the dump area with MEDIUM ERROR, WRITE ERROR (set at
+    run time through its control socket): the capture kernel's dump ends with an error
+    it reports, and the guest powers off; nothing hangs."""
+    from target.control import request
+
+    control = tmp_path / "ctl" / "target.sock"
+    target = scsi_target(LUN, args=["--control", str(control)])
+    vm = guest(target, hba="virtio-scsi-pci", mode="scsi-block", kdump=True,
+               memory_mib=kdump.GUEST_MEMORY_MIB)
+    kdump.arm(vm)
+    first = (kdump.SEEK_MIB << 20) // SECTOR
+    answer = request(control, {"command": "fault-add", "rule": {
+        "action": "check-condition", "ops": ["WRITE(10)", "WRITE(16)"],
+        "lba": f"{first}-{LUN.size // SECTOR}", "every": 1, "sense": "03/0C/00"}})
+    assert answer["ok"], answer
+    cap = kdump.wait_capture(vm, kdump.crash(vm, "sysrq"))
+    assert cap.exit_status == 0
+    assert cap.dd_rc != 0 or cap.makedumpfile_rc != 0
+    listed = request(control, {"command": "fault-list"})["faults"][0]
+    assert listed["hits"] >= 1
+    with open(target.backing(), "rb") as f:
+        f.seek(kdump.SEEK_MIB << 20)
+        assert f.read(12) != b"makedumpfile"  # nothing of the dump reached the medium
