@@ -168,6 +168,30 @@ class IllumosGuest(Machine):
         """The disks sd(4D) attached, with their INQUIRY identity (iostat -En)."""
         return parse_iostat_en(self.check("iostat -En"))
 
+    def find_disk(self, vendor: str) -> str:
+        """The cXtYdZ name of the one disk whose INQUIRY vendor is `vendor`."""
+        self.check("devfsadm -c disk", timeout=300)
+        found = [d for d, info in self.disks().items() if info.get("vendor") == vendor]
+        if len(found) != 1:
+            raise GuestError(f"expected one disk from vendor {vendor!r}, found {found}")
+        return found[0]
+
+    def set_dump_device(self, disk: str) -> str:
+        """dumpadm -d on the whole disk (p0, the x86 fdisk whole-disk node); savecore off,
+        so the dump stays on the device for the host to read."""
+        return self.dumpadm("-n", "-d", f"/dev/dsk/{disk}p0")
+
+    def panic(self, how: str = "reboot") -> None:
+        """Panic the kernel so that sddump() writes the dump: `reboot -d` (a forced crash
+        dump), or an NMI through QMP with apic_panic_on_nmi set."""
+        if how == "reboot":
+            self.sendline("reboot -d")
+        elif how == "nmi":
+            self.panic_on_nmi()
+            self.monitor.inject_nmi()
+        else:
+            raise GuestError(f"unknown panic method {how!r}: reboot or nmi")
+
     def dumpadm(self, *args: str) -> str:
         """Run dumpadm with args (e.g. "-d", "/dev/dsk/c2t0d0p0"); returns its output."""
         return self.check("dumpadm " + " ".join(args), timeout=300)
