@@ -11,6 +11,7 @@
                       [--op NAME] [--lba FROM-TO] [--initiator IQN] [--every N|--first N|
                       --once] [--sense KEY/ASC/ASCQ] [--delay-ms MS]
     scsi-target fault list | clear [ID]
+    scsi-target dump inspect LUN-URL-OR-FILE [--extract FILE] [--json]
     scsi-target trace FILE
     scsi-target config check FILE
     scsi-target config show [FILE]
@@ -106,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     for p_ in (fadd, flist, fclr):
         p_.add_argument("--control", type=Path, metavar="SOCKET",
                         help="the target's control socket (default: the only one running)")
+
+    du = sub.add_parser("dump", help="crash dumps on a LUN or an image")
+    dsub = du.add_subparsers(dest="action", required=True)
+    di = dsub.add_parser("inspect", help="find, check and summarise a dump (savecore's job)")
+    di.add_argument("source", help="iscsi://HOST:PORT/IQN/LUN, an image file or a device")
+    di.add_argument("--extract", type=Path, metavar="FILE",
+                    help="write the dump there (illumos pages, or the reassembled vmcore)")
+    di.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="show a running target's LUNs, task sets and sessions")
     st.add_argument("--control", type=Path, metavar="SOCKET",
@@ -391,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
             return status_command(args)
         if args.command == "fault":
             return fault_command(args)
+        if args.command == "dump":
+            from target.dump import inspect
+
+            return inspect.main(args.source, args.extract, args.json)
     except ConfigError as exc:
         print(f"scsi-target: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@ target), loads a capture kernel with `kexec -p`, and is crashed: with sysrq-c, a
 NMI injected through QMP while kernel.unknown_nmi_panic is set. The capture kernel boots
 with reset_devices, loads the same HBA driver, writes `makedumpfile -F -d 31 /proc/vmcore`
 onto the LUN at 64 MiB and powers off. The host then checks the dump in the backing file:
-makedumpfile -R reassembles it, its VMCOREINFO names the guest's kernel release, and
-makedumpfile --dump-dmesg recovers the guest's log with the panic in it. The target's
+makedumpfile -R reassembles it; `scsi-target dump inspect` finds it on the image, checks
+it, extracts the same vmcore and reads the guest's kernel release from it; makedumpfile
+--dump-dmesg recovers the guest's log with the panic in it. The target's
 trace shows the WRITE commands after the crash covering exactly the dump's bytes.
 """
 
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from qemu import kdump
+from target.dump import formats
 from target.testing.plugin import Lun
 
 pytestmark = [
@@ -36,24 +38,6 @@ LUN = Lun(size=320 << 20, vendor="STKDUMP", product="DUMP-DISK")
 PANICS = {"sysrq": "sysrq triggered crash", "nmi": "NMI"}
 
 
-def flattened_length(backing: Path, offset: int) -> int:
-    """Bytes of the makedumpfile flattened stream at `offset`: its 4 KiB header, then
-    records of (offset, size) as big-endian int64 and size bytes, up to the end marker
-    (-1, -1) (makedumpfile.h: struct makedumpfile_data_header, END_FLAG_FLAT_HEADER)."""
-    with open(backing, "rb") as f:
-        f.seek(offset)
-        assert f.read(16).rstrip(b"\0") == b"makedumpfile", "no flattened dump there"
-        pos = 4096
-        while True:
-            f.seek(offset + pos)
-            rec_offset, size = struct.unpack(">qq", f.read(16))
-            pos += 16
-            if rec_offset == -1 and size == -1:
-                return pos
-            assert 0 <= size < 1 << 32 and rec_offset >= 0, (rec_offset, size)
-            pos += size
-
-
 def dump_bytes(backing: Path, seek_mib: int, length: int, out: Path) -> Path:
     with open(backing, "rb") as src, open(out, "wb") as dst:
         src.seek(seek_mib << 20)
@@ -65,14 +49,6 @@ def dump_bytes(backing: Path, seek_mib: int, length: int, out: Path) -> Path:
             dst.write(chunk)
             left -= len(chunk)
     return out
-
-
-def vmcoreinfo_release(vmcore: Path) -> str:
-    """OSRELEASE from the VMCOREINFO that makedumpfile -R's output carries."""
-    data = vmcore.read_bytes()[:1 << 20]
-    i = data.find(b"OSRELEASE=")
-    assert i >= 0, "no VMCOREINFO OSRELEASE in the dump"
-    return data[i + 10:data.index(b"\n", i)].decode()
 
 
 def trace_writes_after(trace: Path, since: float) -> list[tuple[int, int]]:
@@ -107,7 +83,8 @@ def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_prope
     crashed = kdump.crash(vm, how)
     cap = kdump.wait_capture(vm, crashed)
     assert (cap.makedumpfile_rc, cap.dd_rc, cap.exit_status) == (0, 0, 0)
-    length = flattened_length(target.backing(), kdump.SEEK_MIB << 20)
+    with open(target.backing(), "rb") as f:
+        length = formats.flattened_length(f, kdump.SEEK_MIB << 20)
     record_property("kdump_s", round(cap.crash_to_done_s, 1))
     record_property("dump_bytes", length)
     print(f"kdump {hba}/{how}: kexec -p {arm_s:.1f} s, crash to dump written "
@@ -120,7 +97,18 @@ def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_prope
     with open(flat, "rb") as f:
         subprocess.run(["makedumpfile", "-R", str(vmcore)], stdin=f, check=True,
                        capture_output=True, timeout=120)
-    assert vmcoreinfo_release(vmcore) == release
+    # `scsi-target dump inspect` finds it on the image, checks it and extracts the same
+    # vmcore makedumpfile -R made; its VMCOREINFO names the guest's kernel.
+    extracted = tmp_path / "vmcore.inspect"
+    proc = subprocess.run([sys.executable, "-m", "target", "dump", "inspect",
+                           str(target.backing()), "--json", "--extract", str(extracted)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (found,) = json.loads(proc.stdout)
+    assert found["os"] == "linux" and found["offset"] == kdump.SEEK_MIB << 20
+    assert found["format"] == "flattened (kdump inside)"
+    assert found["release"] == release == found["details"]["vmcoreinfo_release"]
+    assert extracted.read_bytes() == vmcore.read_bytes()
     dmesg = tmp_path / "dmesg.txt"
     subprocess.run(["makedumpfile", "--dump-dmesg", str(vmcore), str(dmesg)], check=True,
                    capture_output=True, timeout=120)

@@ -1,0 +1,481 @@
+"""Readers of what guests dump, and a writer of an illumos-layout dump.
+
+Formats (layouts as the named headers define them; construct for every header):
+- illumos crash dump, sys/dumphdr.h `dumphdr_t` (amd64: little-endian, 64-bit longs):
+  dump_magic 0xdefec8ed, dump_version, dump_flags (DF_VALID 1, DF_COMPLETE 2, DF_LIVE 4,
+  DF_COMPRESSED 8), dump_wordsize, the offsets dump_start/ksyms/pfn/map/data, utsname
+  (five SYS_NMLN=257-byte strings), dump_platform[257], dump_panicstring[200],
+  dump_crashtime, dump_pageshift, dump_pagesize, dump_hashmask, dump_nvtop, dump_npages,
+  dump_ksyms_size, dump_ksyms_csize, dump_fm_panic, dump_uuid[40]. savecore(8) reads the
+  header at P2ALIGN(device size, DUMP_OFFSET) - DUMP_OFFSET (DUMP_OFFSET = 64 KiB);
+  dumpsys also writes it at dump_start.
+- ELF vmcore (/proc/vmcore, makedumpfile -E): ELF64 header, program headers, PT_NOTE
+  segments; the "VMCOREINFO" note holds KEY=value lines (OSRELEASE, PAGESIZE, CRASHTIME).
+- makedumpfile flattened (-F), makedumpfile.h: a 4 KiB header, signature "makedumpfile"
+  in char[16], then int64 type and version (big-endian); then records, each a
+  `makedumpfile_data_header` {int64 offset; int64 buf_size} big-endian and buf_size bytes
+  for that offset of the output file, ended by offset = buf_size = -1
+  (END_FLAG_FLAT_HEADER). reassemble_flattened() writes the file the records describe,
+  as `makedumpfile -R` does, streaming.
+- kdump-compressed, diskdump_mod.h: `struct disk_dump_header` (signature "KDUMP   ",
+  header_version, new_utsname of six 65-byte strings, timestamp, status, block_size,
+  sub_hdr_size, bitmap_blocks, max_mapnr, ...) in the first block, `kdump_sub_header`
+  (phys_base, dump_level, split, start_pfn, end_pfn, offset_vmcoreinfo, size_vmcoreinfo,
+  offset_note, size_note, ...) in the next; little-endian on x86-64.
+
+The illumos writer (write_illumos_dump) reproduces what savecore needs to find and check
+a dump: the header at dump_start and at the end-of-device position, DF_VALID|DF_COMPLETE,
+the panic string, utsname, crash time, page size and page count, the data pages at
+dump_data. It simplifies the rest: no compression, no symbol table, pfn and map tables
+empty (dump_nvtop 0), so `mdb` could not open it; it exists so the reference dump path
+(target.dump.polled) writes a dump of the layout an illumos guest's sddump() produces,
+and `scsi-target dump inspect` reads both the same way. No real illumos dump was
+available here to check the offsets against; the layout follows the header as read.
+
+Every reader raises DumpFormatError naming the format, the field and the offset.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from construct import (
+    Adapter,
+    Bytes,
+    Const,
+    ConstructError,
+    Int32sl,
+    Int32ul,
+    Int64sb,
+    Int64sl,
+    Int64ul,
+    Padding,
+    Struct,
+)
+
+DUMP_MAGIC = 0xDEFEC8ED
+DUMP_VERSION = 10
+DUMP_OFFSET = 64 << 10
+DF_VALID, DF_COMPLETE, DF_LIVE, DF_COMPRESSED = 0x1, 0x2, 0x4, 0x8
+SYS_NMLN = 257
+DUMP_PANICSIZE = 200
+FLAT_HEADER_SIZE = 4096
+FLAT_SIGNATURE = b"makedumpfile"
+KDUMP_SIGNATURE = b"KDUMP   "
+CHUNK = 1 << 20
+
+
+class DumpFormatError(ValueError):
+    """A dump that does not parse: names the format, the field and the offset."""
+
+
+class _CStr(Adapter):
+    """A NUL-padded char[n] as text (latin-1: any byte decodes)."""
+
+    def _decode(self, obj: bytes, context, path) -> str:
+        return obj.split(b"\0", 1)[0].decode("latin-1")
+
+    def _encode(self, obj: str, context, path) -> bytes:
+        raw = obj.encode("latin-1")
+        if len(raw) >= self.subcon.length:
+            raise ConstructError(f"{obj[:20]!r}... is longer than char[{self.subcon.length}]")
+        return raw.ljust(self.subcon.length, b"\0")
+
+
+def _cstr(n: int) -> _CStr:
+    return _CStr(Bytes(n))
+
+
+UTSNAME = Struct("sysname" / _cstr(SYS_NMLN), "nodename" / _cstr(SYS_NMLN),
+                 "release" / _cstr(SYS_NMLN), "version" / _cstr(SYS_NMLN),
+                 "machine" / _cstr(SYS_NMLN))
+DUMPHDR = Struct(
+    "dump_magic" / Int32ul, "dump_version" / Int32ul, "dump_flags" / Int32ul,
+    "dump_wordsize" / Int32ul,
+    "dump_start" / Int64sl, "dump_ksyms" / Int64sl, "dump_pfn" / Int64sl,
+    "dump_map" / Int64sl, "dump_data" / Int64sl,
+    "dump_utsname" / UTSNAME,                      # 56 .. 1341
+    "dump_platform" / _cstr(SYS_NMLN),             # .. 1598
+    "dump_panicstring" / _cstr(DUMP_PANICSIZE),    # .. 1798
+    Padding(2),                                    # time_t aligned to 8
+    "dump_crashtime" / Int64sl, "dump_pageshift" / Int64sl, "dump_pagesize" / Int64sl,
+    "dump_hashmask" / Int64sl, "dump_nvtop" / Int64sl, "dump_npages" / Int64ul,
+    "dump_ksyms_size" / Int64ul, "dump_ksyms_csize" / Int64ul,
+    "dump_fm_panic" / Int32ul, "dump_uuid" / _cstr(40), Padding(4),
+)
+DUMPHDR_SIZE = DUMPHDR.sizeof()
+
+FLAT_HEADER = Struct("signature" / _cstr(16), "type" / Int64sb, "version" / Int64sb)
+FLAT_RECORD = struct.Struct(">qq")
+
+NEW_UTSNAME = Struct(*(n / _cstr(65) for n in ("sysname", "nodename", "release", "version",
+                                                "machine", "domainname")))
+DISK_DUMP_HEADER = Struct(
+    "signature" / Const(KDUMP_SIGNATURE), "header_version" / Int32sl,
+    "utsname" / NEW_UTSNAME, Padding(6),           # 12 + 390 = 402, timeval at 408
+    "tv_sec" / Int64sl, "tv_usec" / Int64sl,
+    "status" / Int32ul, "block_size" / Int32sl, "sub_hdr_size" / Int32sl,
+    "bitmap_blocks" / Int32ul, "max_mapnr" / Int32ul, "total_ram_blocks" / Int32ul,
+    "device_blocks" / Int32ul, "written_blocks" / Int32ul, "current_cpu" / Int32ul,
+    "nr_cpus" / Int32sl,
+)
+KDUMP_SUB_HEADER = Struct(
+    "phys_base" / Int64ul, "dump_level" / Int32sl, "split" / Int32sl,
+    "start_pfn" / Int64ul, "end_pfn" / Int64ul, "offset_vmcoreinfo" / Int64sl,
+    "size_vmcoreinfo" / Int64ul, "offset_note" / Int64sl, "size_note" / Int64ul,
+)
+
+
+# --- data classes ------------------------------------------------------------------------
+
+@dataclass
+class IllumosDump:
+    header_offset: int           # where the header savecore reads is
+    flags: int
+    version: int
+    sysname: str
+    nodename: str
+    release: str
+    os_version: str
+    machine: str
+    platform: str
+    panic: str
+    crashtime: int
+    pagesize: int
+    npages: int
+    start: int
+    data: int
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.flags & DF_VALID and self.flags & DF_COMPLETE)
+
+
+@dataclass
+class ElfVmcore:
+    vmcoreinfo: dict[str, str]
+    loads: list[tuple[int, int, int]] = field(default_factory=list)  # (paddr, offset, size)
+
+    @property
+    def release(self) -> str | None:
+        return self.vmcoreinfo.get("OSRELEASE")
+
+
+@dataclass
+class KdumpCompressed:
+    release: str
+    nodename: str
+    machine: str
+    timestamp: int
+    block_size: int
+    dump_level: int
+    max_mapnr: int
+    vmcoreinfo: dict[str, str]
+
+
+@dataclass
+class DumpSummary:
+    os: str                      # "illumos" or "linux"
+    format: str                  # "illumos", "elf", "flattened", "kdump"
+    release: str | None
+    panic: str | None
+    size: int                    # bytes of the dump (the reassembled size if flattened)
+    crashtime: int | None
+    pagesize: int | None
+    offset: int = 0              # where on the device or image it starts
+    details: dict = field(default_factory=dict)
+
+
+# --- illumos -----------------------------------------------------------------------------
+
+def header_position(size: int) -> int:
+    """Where savecore reads the header: P2ALIGN(size, DUMP_OFFSET) - DUMP_OFFSET."""
+    return (size & ~(DUMP_OFFSET - 1)) - DUMP_OFFSET
+
+
+def parse_illumos_header(raw: bytes, offset: int) -> IllumosDump:
+    if len(raw) < DUMPHDR_SIZE:
+        raise DumpFormatError(f"illumos dumphdr at {offset}: {len(raw)} bytes, "
+                              f"need {DUMPHDR_SIZE}")
+    h = DUMPHDR.parse(raw)
+    if h.dump_magic != DUMP_MAGIC:
+        raise DumpFormatError(f"illumos dumphdr at {offset}: dump_magic {h.dump_magic:#x} "
+                              f"is not {DUMP_MAGIC:#x}")
+    if h.dump_wordsize not in (32, 64):
+        raise DumpFormatError(f"illumos dumphdr at {offset + 12}: dump_wordsize "
+                              f"{h.dump_wordsize}")
+    if h.dump_pagesize <= 0 or h.dump_pagesize != 1 << h.dump_pageshift:
+        raise DumpFormatError(f"illumos dumphdr at {offset}: page size {h.dump_pagesize} / "
+                              f"shift {h.dump_pageshift} disagree")
+    u = h.dump_utsname
+    return IllumosDump(offset, h.dump_flags, h.dump_version, u.sysname, u.nodename,
+                       u.release, u.version, u.machine, h.dump_platform, h.dump_panicstring,
+                       h.dump_crashtime, h.dump_pagesize, h.dump_npages, h.dump_start,
+                       h.dump_data)
+
+
+def find_illumos_dump(f: BinaryIO, size: int) -> IllumosDump | None:
+    """The dump savecore would find on a device of `size` bytes, or None (no magic)."""
+    pos = header_position(size)
+    if pos < 0:
+        return None
+    f.seek(pos)
+    raw = f.read(DUMPHDR_SIZE)
+    if len(raw) < 4 or struct.unpack_from("<I", raw)[0] != DUMP_MAGIC:
+        return None
+    dump = parse_illumos_header(raw, pos)
+    f.seek(dump.start)
+    if struct.unpack("<I", f.read(4).ljust(4, b"\0"))[0] != DUMP_MAGIC:
+        raise DumpFormatError(f"illumos dump: no header copy at dump_start {dump.start}")
+    return dump
+
+
+def read_illumos_payload(f: BinaryIO, dump: IllumosDump) -> bytes:
+    f.seek(dump.data)
+    want = dump.npages * dump.pagesize
+    data = f.read(want)
+    if len(data) != want:
+        raise DumpFormatError(f"illumos dump: {len(data)} of {want} page bytes at "
+                              f"{dump.data}")
+    return data
+
+
+def illumos_dump_image(size: int, payload: bytes, *, panic: str, release: str = "5.11",
+                       nodename: str = "st-guest", version: str = "scsi-target",
+                       crashtime: int = 0, pagesize: int = 4096,
+                       start: int = DUMP_OFFSET) -> list[tuple[int, bytes]]:
+    """The (offset, bytes) pieces of an illumos-layout dump of `payload` on a device of
+    `size` bytes: the header at `start` and at header_position(size), pages after the
+    first. Raises ValueError when it does not fit."""
+    if len(payload) % pagesize:
+        payload += bytes(pagesize - len(payload) % pagesize)
+    data = start + -(-DUMPHDR_SIZE // pagesize) * pagesize
+    end_hdr = header_position(size)
+    if data + len(payload) > end_hdr:
+        raise ValueError(f"a dump of {len(payload)} bytes does not fit a {size}-byte device")
+    uts = {"sysname": "SunOS", "nodename": nodename, "release": release,
+           "version": version, "machine": "i86pc"}
+    header = DUMPHDR.build({
+        "dump_magic": DUMP_MAGIC, "dump_version": DUMP_VERSION,
+        "dump_flags": DF_VALID | DF_COMPLETE, "dump_wordsize": 64, "dump_start": start,
+        "dump_ksyms": data, "dump_pfn": data, "dump_map": data, "dump_data": data,
+        "dump_utsname": uts, "dump_platform": "i86pc",
+        "dump_panicstring": panic[:DUMP_PANICSIZE - 1], "dump_crashtime": crashtime,
+        "dump_pageshift": pagesize.bit_length() - 1, "dump_pagesize": pagesize,
+        "dump_hashmask": 0, "dump_nvtop": 0, "dump_npages": len(payload) // pagesize,
+        "dump_ksyms_size": 0, "dump_ksyms_csize": 0, "dump_fm_panic": 0, "dump_uuid": ""})
+    return [(start, header), (data, payload), (end_hdr, header)]
+
+
+def write_illumos_dump(f: BinaryIO, size: int, payload: bytes, **kw) -> IllumosDump:
+    for offset, piece in illumos_dump_image(size, payload, **kw):
+        f.seek(offset)
+        f.write(piece)
+    f.flush()
+    dump = find_illumos_dump(f, size)
+    assert dump is not None
+    return dump
+
+
+# --- ELF ---------------------------------------------------------------------------------
+
+def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
+    info = {}
+    for line in text.decode("latin-1").splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            info[k] = v.rstrip("\0")
+    return info
+
+
+def parse_elf(f: BinaryIO) -> ElfVmcore:
+    f.seek(0)
+    eh = f.read(64)
+    if eh[:4] != b"\x7fELF":
+        raise DumpFormatError("ELF vmcore at 0: no ELF magic")
+    if eh[4] != 2 or eh[5] != 1:
+        raise DumpFormatError("ELF vmcore at 4: only ELF64 little-endian is read")
+    e_type, = struct.unpack_from("<H", eh, 16)
+    if e_type != 4:
+        raise DumpFormatError(f"ELF vmcore at 16: e_type {e_type} is not ET_CORE (4)")
+    phoff, = struct.unpack_from("<Q", eh, 32)
+    phentsize, phnum = struct.unpack_from("<HH", eh, 54)
+    info: dict[str, str] = {}
+    loads = []
+    for i in range(phnum):
+        f.seek(phoff + i * phentsize)
+        ph = f.read(56)
+        if len(ph) < 56:
+            raise DumpFormatError(f"ELF vmcore at {phoff + i * phentsize}: truncated "
+                                  "program header")
+        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz = struct.unpack_from("<IIQQQQ", ph)
+        if p_type == 1:
+            loads.append((p_paddr, p_offset, p_filesz))
+        elif p_type == 4:
+            f.seek(p_offset)
+            notes = f.read(p_filesz)
+            info.update(_vmcoreinfo_in_notes(notes, p_offset))
+    return ElfVmcore(info, loads)
+
+
+def _vmcoreinfo_in_notes(notes: bytes, base: int) -> dict[str, str]:
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, _type = struct.unpack_from("<III", notes, pos)
+        name = notes[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+        desc_at = pos + 12 + (-(-namesz // 4) * 4)
+        if desc_at + descsz > len(notes):
+            raise DumpFormatError(f"ELF vmcore at {base + pos}: note runs past its segment")
+        if name == b"VMCOREINFO":
+            return parse_vmcoreinfo(notes[desc_at:desc_at + descsz])
+        pos = desc_at + (-(-descsz // 4) * 4)
+    return {}
+
+
+# --- makedumpfile flattened -------------------------------------------------------------
+
+def is_flattened(head: bytes) -> bool:
+    return head[:16].rstrip(b"\0") == FLAT_SIGNATURE
+
+
+def flattened_records(f: BinaryIO, start: int = 0):
+    """Yield (output offset, size, position of the data in f) of each record; the last
+    value yielded is (None, 0, end of the stream)."""
+    f.seek(start)
+    head = f.read(FLAT_HEADER_SIZE)
+    if len(head) < FLAT_HEADER_SIZE or not is_flattened(head):
+        raise DumpFormatError(f"flattened dump at {start}: no \"makedumpfile\" signature")
+    pos = start + FLAT_HEADER_SIZE
+    while True:
+        f.seek(pos)
+        raw = f.read(FLAT_RECORD.size)
+        if len(raw) < FLAT_RECORD.size:
+            raise DumpFormatError(f"flattened dump at {pos}: ends without the end marker")
+        offset, size = FLAT_RECORD.unpack(raw)
+        pos += FLAT_RECORD.size
+        if offset == -1 and size == -1:
+            yield None, 0, pos
+            return
+        if offset < 0 or not 0 <= size <= 1 << 32:
+            raise DumpFormatError(f"flattened dump at {pos - 16}: record offset {offset} "
+                                  f"size {size}")
+        yield offset, size, pos
+        pos += size
+
+
+def flattened_length(f: BinaryIO, start: int = 0) -> int:
+    """Bytes the flattened stream at `start` occupies (header to end marker)."""
+    for offset, _size, pos in flattened_records(f, start):
+        if offset is None:
+            return pos - start
+    raise AssertionError("unreachable")
+
+
+def reassemble_flattened(src: BinaryIO, dst: BinaryIO, start: int = 0) -> int:
+    """Write the file the records describe (`makedumpfile -R`); returns its size."""
+    end = 0
+    for offset, size, pos in flattened_records(src, start):
+        if offset is None:
+            break
+        src.seek(pos)
+        dst.seek(offset)
+        left = size
+        while left:
+            chunk = src.read(min(left, CHUNK))
+            if not chunk:
+                raise DumpFormatError(f"flattened dump at {pos}: record data truncated")
+            dst.write(chunk)
+            left -= len(chunk)
+        end = max(end, offset + size)
+    dst.truncate(end)
+    dst.flush()
+    return end
+
+
+# --- kdump-compressed --------------------------------------------------------------------
+
+def parse_kdump(f: BinaryIO) -> KdumpCompressed:
+    f.seek(0)
+    raw = f.read(DISK_DUMP_HEADER.sizeof())
+    try:
+        h = DISK_DUMP_HEADER.parse(raw)
+    except ConstructError as exc:
+        raise DumpFormatError(f"kdump-compressed at 0: {exc}") from None
+    if not 512 <= h.block_size <= 1 << 20 or h.block_size & (h.block_size - 1):
+        raise DumpFormatError(f"kdump-compressed at 428: block_size {h.block_size}")
+    f.seek(h.block_size)
+    sub = KDUMP_SUB_HEADER.parse(f.read(KDUMP_SUB_HEADER.sizeof()).ljust(
+        KDUMP_SUB_HEADER.sizeof(), b"\0"))
+    info: dict[str, str] = {}
+    if sub.offset_vmcoreinfo > 0 and 0 < sub.size_vmcoreinfo < 1 << 20:
+        f.seek(sub.offset_vmcoreinfo)
+        info = parse_vmcoreinfo(f.read(sub.size_vmcoreinfo))
+    return KdumpCompressed(h.utsname.release, h.utsname.nodename, h.utsname.machine,
+                           h.tv_sec, h.block_size, sub.dump_level, h.max_mapnr, info)
+
+
+# --- identify and summarise --------------------------------------------------------------
+
+def identify(f: BinaryIO, start: int = 0) -> str:
+    """"flattened", "kdump", "elf", or "unknown" for what begins at `start`."""
+    f.seek(start)
+    head = f.read(16)
+    if is_flattened(head):
+        return "flattened"
+    if head[:8] == KDUMP_SIGNATURE:
+        return "kdump"
+    if head[:4] == b"\x7fELF":
+        return "elf"
+    return "unknown"
+
+
+def summarize_file(f: BinaryIO, size: int) -> DumpSummary:
+    """A dump that begins at offset 0 of f (ELF or kdump-compressed)."""
+    kind = identify(f)
+    if kind == "kdump":
+        k = parse_kdump(f)
+        return DumpSummary("linux", "kdump", k.release, None, size, k.timestamp,
+                           int(k.vmcoreinfo.get("PAGESIZE", 0)) or None,
+                           details={"dump_level": k.dump_level, "nodename": k.nodename,
+                                    "machine": k.machine, "block_size": k.block_size,
+                                    "vmcoreinfo_release": k.vmcoreinfo.get("OSRELEASE")})
+    if kind == "elf":
+        e = parse_elf(f)
+        crash = e.vmcoreinfo.get("CRASHTIME")
+        return DumpSummary("linux", "elf", e.release, None, size,
+                           int(crash) if crash and crash.isdigit() else None,
+                           int(e.vmcoreinfo.get("PAGESIZE", 0)) or None,
+                           details={"loads": len(e.loads)})
+    raise DumpFormatError(f"not a dump this reads (format {kind})")
+
+
+def illumos_summary(dump: IllumosDump) -> DumpSummary:
+    return DumpSummary("illumos", "illumos", dump.release, dump.panic,
+                       dump.npages * dump.pagesize, dump.crashtime, dump.pagesize,
+                       offset=dump.start,
+                       details={"complete": dump.complete, "flags": hex(dump.flags),
+                                "version": dump.version, "nodename": dump.nodename,
+                                "os_version": dump.os_version,
+                                "header_offset": dump.header_offset})
+
+
+def scan(f: BinaryIO, size: int, step: int = 1 << 20) -> list[tuple[int, str]]:
+    """Where dumps begin on a device or image: the illumos header position, then every
+    `step` bytes a flattened, kdump-compressed or ELF signature."""
+    found: list[tuple[int, str]] = []
+    if size >= 2 * DUMP_OFFSET:
+        f.seek(header_position(size))
+        if struct.unpack("<I", f.read(4).ljust(4, b"\0"))[0] == DUMP_MAGIC:
+            found.append((header_position(size), "illumos"))
+    for offset in range(0, size, step):
+        kind = identify(f, offset)
+        if kind != "unknown":
+            found.append((offset, kind))
+    return found
+
+
+def file_size(f: BinaryIO) -> int:
+    return f.seek(0, os.SEEK_END)
