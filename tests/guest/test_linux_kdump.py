@@ -123,10 +123,22 @@ def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_prope
     assert covered(trace_writes_after(trace, crashed_at_wall)) == [(start, end)]
 
 
-def test_kdump_reports_a_failing_dump_device(scsi_target, guest, tmp_path):
-    """The target fails every WRITE in the dump area with MEDIUM ERROR, WRITE ERROR (set at
-    run time through its control socket): the capture kernel's dump ends with an error
-    it reports, and the guest powers off; nothing hangs."""
+FAULTS = {
+    # MEDIUM ERROR, WRITE ERROR on every dump write: the dump must fail, and say so.
+    "medium-error": ({"action": "check-condition", "every": 1, "sense": "03/0C/00"}, False),
+    # BUSY for the first 20 dump writes: the guest's SCSI layer retries; the dump completes.
+    "busy": ({"action": "busy", "first": 20}, True),
+    # The connection dropped at the first dump write: QEMU's initiator logs in again and
+    # the guest's command is retried; the dump completes.
+    "drop": ({"action": "drop", "once": True}, True),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_kdump_under_faults_on_the_dump_device(scsi_target, guest, tmp_path, fault):
+    """Faults set at run time through the target's control socket on the WRITEs to the
+    dump area: the capture kernel either completes a valid dump (transient faults) or
+    reports the failure and powers off; nothing hangs."""
     from target.control import request
 
     control = tmp_path / "ctl" / "target.sock"
@@ -135,15 +147,20 @@ def test_kdump_reports_a_failing_dump_device(scsi_target, guest, tmp_path):
                memory_mib=kdump.GUEST_MEMORY_MIB)
     kdump.arm(vm)
     first = (kdump.SEEK_MIB << 20) // SECTOR
+    rule, completes = FAULTS[fault]
     answer = request(control, {"command": "fault-add", "rule": {
-        "action": "check-condition", "ops": ["WRITE(10)", "WRITE(16)"],
-        "lba": f"{first}-{LUN.size // SECTOR}", "every": 1, "sense": "03/0C/00"}})
+        **rule, "ops": ["WRITE(10)", "WRITE(16)"], "lba": f"{first}-{LUN.size // SECTOR}"}})
     assert answer["ok"], answer
     cap = kdump.wait_capture(vm, kdump.crash(vm, "sysrq"))
     assert cap.exit_status == 0
-    assert cap.dd_rc != 0 or cap.makedumpfile_rc != 0
     listed = request(control, {"command": "fault-list"})["faults"][0]
     assert listed["hits"] >= 1
     with open(target.backing(), "rb") as f:
-        f.seek(kdump.SEEK_MIB << 20)
-        assert f.read(12) != b"makedumpfile"  # nothing of the dump reached the medium
+        if completes:
+            assert (cap.makedumpfile_rc, cap.dd_rc) == (0, 0)
+            assert formats.identify(f, kdump.SEEK_MIB << 20) == "flattened"
+            formats.flattened_length(f, kdump.SEEK_MIB << 20)  # every record and the end
+        else:
+            assert cap.dd_rc != 0 or cap.makedumpfile_rc != 0
+            f.seek(kdump.SEEK_MIB << 20)
+            assert f.read(12) != b"makedumpfile"  # nothing of the dump reached the medium
