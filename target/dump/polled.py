@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from target.iscsi import pdu
 from target.iscsi.initiator import Initiator, InitiatorError
 from target.iscsi.pdu import Op, TmfFunction
+from target.scsi.sense import sense_key_asc
 from target.scsi.task import Status, encode_lun
 
 RETRIES = 12                      # SD_NDUMP_RETRIES
@@ -55,13 +56,10 @@ class Sense:
 
     @classmethod
     def decode(cls, sense: bytes) -> Sense | None:
+        """Fixed or descriptor sense data (SPC-4 4.5); None when there is none."""
         if len(sense) < 3:
             return None
-        code = sense[0] & 0x7F
-        if code in (0x72, 0x73):  # descriptor format
-            return cls(sense[1] & 0x0F, sense[2], sense[3] if len(sense) > 3 else 0)
-        return cls(sense[2] & 0x0F, sense[12] if len(sense) > 12 else 0,
-                   sense[13] if len(sense) > 13 else 0)
+        return cls(*sense_key_asc(sense))
 
     def __str__(self) -> str:
         return f"{self.key:X}/{self.asc:02X}/{self.ascq:02X}"
