@@ -17,9 +17,33 @@ Rules:
     conflict at all (the "from a registered I_T nexus" columns are all Allowed).
 - Holders (SPC-4 5.13.9): for the All Registrants types every registered nexus; for the
   other types the nexus that made the reservation.
-- Keys are 64-bit; registration is per I_T nexus (SPC-4 5.13.5). ALL_TG_PT, SPEC_I_PT and
-  APTPL are not supported (REPORT CAPABILITIES says so) and are INVALID FIELD IN
-  PARAMETER LIST when set.
+- Keys are 64-bit; registration is per I_T nexus (SPC-4 5.13.7). ALL_TG_PT and SPEC_I_PT
+  are not supported (REPORT CAPABILITIES says so) and are INVALID FIELD IN PARAMETER LIST
+  when set.
+- Persist through power loss (SPC-4 5.13.5.1, 6.16.3, 6.16.4): an LU over a regular image
+  file whose directory is writable is PTPL_C=1 and keeps its state in `<image>.pr`; an LU
+  in memory or on a block device has nowhere to keep it and is PTPL_C=0, so APTPL=1 in
+  REGISTER, REGISTER AND IGNORE EXISTING KEY or REGISTER AND MOVE is INVALID FIELD IN
+  PARAMETER LIST there (6.16.3). The APTPL bit of the last successful REGISTER, REGISTER
+  AND IGNORE EXISTING KEY or REGISTER AND MOVE decides (5.13.5.1); every other service
+  action ignores the bit (6.16.3) and keeps the state. A REGISTER that does nothing (an
+  unregistered nexus registering key 0, 5.13.7) leaves it alone too. REPORT CAPABILITIES
+  says PTPL_A (6.15.4).
+- Each PERSISTENT RESERVE OUT runs as a transaction (begin, then commit or rollback, from
+  spc.py): while APTPL is on, commit writes the registrations (initiator port name, target
+  port, key, in registration order), the reservation (holder, type) and the generation to
+  the state file (temporary file, fsync, rename, fsync of the directory) when they changed;
+  when APTPL goes to 0 it removes the file. The unit attentions the action establishes are
+  held until then; if the file cannot be written or removed the state goes back to what it
+  was before the command, no unit attention is sent, and the command ends in HARDWARE
+  ERROR / INTERNAL TARGET FAILURE (44h/00h). Nothing is persisted without APTPL.
+- At start an existing state file is restored: the same registrations with the same keys,
+  the reservation and its type, APTPL on (5.13.5.1). The PRgeneration restarts at 0:
+  "Regardless of the APTPL bit value the PRgeneration value shall be set to zero by a
+  power on" (6.15.2); the saved generation is informational. A state file that cannot
+  be read or is not valid is StateFileError (a ValueError, so the LU is not built and the
+  server does not start), naming the file and saying to remove it: nothing is thrown away
+  behind the user's back (an unrecoverable loss of PR information, 5.13.5.3.3).
 - PRgeneration is incremented by every PERSISTENT RESERVE OUT that performs a REGISTER,
   REGISTER AND IGNORE EXISTING KEY, CLEAR, PREEMPT, PREEMPT AND ABORT or REGISTER AND
   MOVE, and by nothing else (SPC-4 6.15.2).
@@ -38,26 +62,54 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from target.scsi.commands import Access
 from target.scsi.sense import (
+    INTERNAL_TARGET_FAILURE,
     REGISTRATIONS_PREEMPTED,
     RESERVATIONS_PREEMPTED,
     RESERVATIONS_RELEASED,
     Asc,
+    CheckCondition,
+    SenseKey,
 )
+from target.scsi.task import Nexus
 
 if TYPE_CHECKING:
     from target.scsi.commands import Command
     from target.scsi.lu import LogicalUnit
-    from target.scsi.task import Nexus, ScsiTask
+    from target.scsi.task import ScsiTask
+
+log = logging.getLogger(__name__)
 
 PERSISTENT_RESERVE_IN = 0x5E
 PERSISTENT_RESERVE_OUT = 0x5F
 REPORT_CAPABILITIES = 0x02
+
+STATE_SUFFIX = ".pr"
+STATE_FORMAT = "scsi-target persistent reservations"
+STATE_VERSION = 1
+
+
+class StateFileError(ValueError):
+    """The persist-through-power-loss state file of an LU cannot be restored."""
+
+
+def state_path(store: object) -> str | None:
+    """Where the APTPL state of an LU over `store` lives: `<image>.pr` for a regular image
+    file; None (PTPL_C=0) for a memory store or a block device, which have no place
+    beside them that survives a restart."""
+    path = getattr(store, "path", None)
+    if not isinstance(path, str) or getattr(store, "block_device", False):
+        return None
+    return path + STATE_SUFFIX
 
 
 class PrType(IntEnum):
@@ -103,6 +155,17 @@ class Reservations:
         self.reservation: PersistentReservation | None = None
         self.generation = 0
         self.nexuses: dict[tuple[str, str], Nexus] = {}  # every nexus seen, for TransportIDs
+        # Persist through power loss (SPC-4 5.13.5.1).
+        self.state_path = state_path(lu.store)
+        self.aptpl = False
+        self._saved: bytes | None = None  # what the state file holds (None: no file)
+        self._undo: tuple[Any, ...] | None = None  # set between begin() and commit()
+        self._held_ua: list[tuple[Asc, Nexus]] = []
+        path = self.state_path
+        self.ptpl_capable = path is not None and (
+            os.path.exists(path) or os.access(os.path.dirname(path) or ".", os.W_OK))
+        if path is not None and os.path.lexists(path):
+            self._restore(path)
 
     # --- the check before dispatch ------------------------------------------------------
 
@@ -226,7 +289,7 @@ class Reservations:
             )
         for n in victims:
             del self.registrations[n]
-            self.lu.ua.establish(REGISTRATIONS_PREEMPTED, nexus=n)
+            self._ua(REGISTRATIONS_PREEMPTED, n)
         if new_reservation:
             assert res is not None
             if res.type != type_:
@@ -250,4 +313,202 @@ class Reservations:
     def _ua_registrants(self, code: Asc, *, exclude: Nexus) -> None:
         for n in self.registrations:
             if n != exclude:
-                self.lu.ua.establish(code, nexus=n)
+                self._ua(code, n)
+
+    def _ua(self, code: Asc, nexus: Nexus) -> None:
+        if self._undo is not None:  # inside a PERSISTENT RESERVE OUT: held until commit
+            self._held_ua.append((code, nexus))
+        else:
+            self.lu.ua.establish(code, nexus=nexus)
+
+    # --- PERSISTENT RESERVE OUT as a transaction; persist through power loss --------------
+
+    def set_aptpl(self, aptpl: bool) -> None:
+        """The APTPL bit of a successful REGISTER, REGISTER AND IGNORE EXISTING KEY or
+        REGISTER AND MOVE (SPC-4 5.13.5.1); the caller has checked ptpl_capable."""
+        assert self.ptpl_capable or not aptpl
+        self.aptpl = aptpl
+
+    def begin(self) -> None:
+        """A PERSISTENT RESERVE OUT starts: remember the state to go back to."""
+        res = self.reservation
+        self._undo = (dict(self.registrations), None if res is None else replace(res),
+                      self.generation, self.aptpl)
+        self._held_ua = []
+
+    def rollback(self) -> None:
+        """The command failed: the state it may have touched goes back, its UAs are dropped."""
+        undo = self._undo
+        if undo is None:
+            return
+        self.registrations, self.reservation, self.generation, self.aptpl = undo
+        self._undo = None
+        self._held_ua = []
+
+    def commit(self) -> None:
+        """The command succeeded: write (APTPL=1) or remove (APTPL=0) the state file when
+        it changed, then send the held unit attentions. If the file cannot be written, roll
+        back and raise HARDWARE ERROR / INTERNAL TARGET FAILURE. No-op outside begin()."""
+        if self._undo is None:
+            return
+        try:
+            self._persist()
+        except OSError as exc:
+            log.error("persistent reservations of LUN %d: cannot update %s: %s; the "
+                      "PERSISTENT RESERVE OUT fails and changes nothing", self.lu.lun,
+                      self.state_path, exc.strerror or exc)
+            self.rollback()
+            raise CheckCondition(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE) from None
+        held = self._held_ua
+        self._undo = None
+        self._held_ua = []
+        for code, nexus in held:
+            self.lu.ua.establish(code, nexus=nexus)
+
+    def _persist(self) -> None:
+        path = self.state_path
+        if path is None:
+            return
+        data = self.state_bytes() if self.aptpl else None
+        if data == self._saved:
+            return
+        directory = os.path.dirname(path) or "."
+        if data is None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                       dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self._saved = data
+
+    def state_bytes(self) -> bytes:
+        """The state file's contents for the current state (JSON, one registration per
+        I_T nexus in registration order; the reservation names its holder by index)."""
+        regs = list(self.registrations.items())
+        res = self.reservation
+        reservation = None
+        if res is not None:
+            holder = next(i for i, (n, _k) in enumerate(regs) if n == res.holder)
+            reservation = {"holder": holder, "type": int(res.type)}
+        doc = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "generation": self.generation,
+            "registrations": [
+                {"initiator_port": n.initiator_port, "target_port": n.target_port,
+                 "initiator_name": n.initiator_name, "target_name": n.target_name,
+                 "isid": n.isid, "tpgt": n.tpgt,
+                 "relative_target_port": n.relative_target_port, "key": f"0x{k:016x}"}
+                for n, k in regs
+            ],
+            "reservation": reservation,
+        }
+        return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+
+    def _restore(self, path: str) -> None:
+        """Restore the state saved under APTPL=1 (SPC-4 5.13.5.1); PRgeneration stays 0
+        (6.15.2). Anything wrong is StateFileError naming the file."""
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            regs, reservation = _parse_state(raw)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StateFileError(
+                f"persistent reservation state file {path} cannot be restored ({why}); "
+                f"it holds the registrations and reservation kept with APTPL=1 and is left "
+                f"as it is: repair it, or remove it (rm '{path}') to start this LU with no "
+                f"registrations and no reservation") from None
+        for nexus, key in regs:
+            self.registrations[nexus] = key
+            self.nexuses[nexus.key] = nexus
+        if reservation is not None:
+            holder, type_ = reservation
+            self.reservation = PersistentReservation(regs[holder][0], type_)
+        self.aptpl = True
+        self.ptpl_capable = True
+        self._saved = raw
+        log.info("LUN %d: restored %d registration(s)%s from %s (APTPL)", self.lu.lun,
+                 len(regs), " and the reservation" if reservation else "", path)
+
+
+def _parse_state(raw: bytes) -> tuple[list[tuple[Nexus, int]], tuple[int, PrType] | None]:
+    """Validate a state file; ValueError says what is wrong."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+        raise ValueError(f"not a {STATE_FORMAT!r} file")
+    if doc.get("version") != STATE_VERSION:
+        raise ValueError(f"version {doc.get('version')!r}, expected {STATE_VERSION}")
+    items = doc.get("registrations")
+    if not isinstance(items, list):
+        raise ValueError("'registrations' is not a list")
+    regs: list[tuple[Nexus, int]] = []
+    seen: set[tuple[str, str]] = set()
+    for i, item in enumerate(items):
+        where = f"registration {i}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} is not an object")
+        strs = {}
+        for name in ("initiator_port", "target_port", "initiator_name", "target_name"):
+            value = item.get(name)
+            if not isinstance(value, str) or (not value and name.endswith("_port")):
+                raise ValueError(f"{where}: bad {name} {value!r}")
+            strs[name] = value
+        ints = {}
+        for name, limit in (("isid", 1 << 48), ("tpgt", 1 << 16),
+                            ("relative_target_port", 1 << 16)):
+            value = item.get(name)
+            if type(value) is not int or not 0 <= value < limit:
+                raise ValueError(f"{where}: bad {name} {value!r}")
+            ints[name] = value
+        key_text = item.get("key")
+        try:
+            if not isinstance(key_text, str):
+                raise ValueError
+            key = int(key_text, 16)
+        except ValueError:
+            raise ValueError(f"{where}: bad key {key_text!r}") from None
+        if not 0 < key < 1 << 64:
+            raise ValueError(f"{where}: key {key_text} is out of range")
+        nexus = Nexus(**strs, **ints)
+        if nexus.key in seen:
+            raise ValueError(f"{where}: I_T nexus {nexus.key} is registered twice")
+        seen.add(nexus.key)
+        regs.append((nexus, key))
+    res = doc.get("reservation")
+    if res is None:
+        return regs, None
+    if not isinstance(res, dict):
+        raise ValueError("'reservation' is not an object or null")
+    holder, type_ = res.get("holder"), res.get("type")
+    if type(holder) is not int or not 0 <= holder < len(regs):
+        raise ValueError(f"reservation: holder {holder!r} is not a registration")
+    try:
+        if type(type_) is not int:
+            raise ValueError
+        pr_type = PrType(type_)
+    except ValueError:
+        raise ValueError(f"reservation: bad type {type_!r}") from None
+    return regs, (holder, pr_type)

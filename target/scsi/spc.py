@@ -245,8 +245,11 @@ def request_sense(lu: LogicalUnit, task: ScsiTask) -> None:
     """Return (and clear) a pending unit attention, else the LU's state (SPC-4 6.39)."""
     desc = bool(task.cdb[1] & 0x01)
     code = lu.ua.pop(task.nexus)
+    sanitize = lu.sanitize.condition()  # SBC-4 4.11: its progress, or its failure
     if code is not None:
         cc = CheckCondition(SenseKey.UNIT_ATTENTION, code)
+    elif sanitize is not None:
+        cc = sanitize
     elif not _medium_present(lu):
         cc = CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
     else:
@@ -413,8 +416,11 @@ def pr_in_read_reservation(lu: LogicalUnit, task: ScsiTask) -> None:
 
 @_pr_in(0x02, "PERSISTENT RESERVE IN/REPORT CAPABILITIES")
 def pr_in_report_capabilities(lu: LogicalUnit, task: ScsiTask) -> None:
-    # CRH=1; SIP_C=ATP_C=PTPL_C=0; TMV=1, ALLOW COMMANDS=011b; every type (SPC-4 6.15.4).
-    data = struct.pack(">HBBBBH", 8, 0x10, 0x80 | 0x30, 0xEA, 0x01, 0)
+    # CRH=1; SIP_C=ATP_C=0; PTPL_C per LU (an image file: 1; memory, block device: 0);
+    # TMV=1, ALLOW COMMANDS=011b, PTPL_A = APTPL active; every type (SPC-4 6.15.4).
+    res = lu.reservations
+    data = struct.pack(">HBBBBH", 8, 0x10 | int(res.ptpl_capable),
+                       0x80 | 0x30 | int(res.aptpl), 0xEA, 0x01, 0)
     _alloc(task, data, _pr_alloc(task))
 
 
@@ -477,11 +483,21 @@ def _pr_out(sa: int, name: str) -> Callable[[Handler], Handler]:
 
     def wrap(body: Handler) -> Handler:
         def handler(lu: LogicalUnit, task: ScsiTask) -> None:
+            # One transaction per command: the state file (APTPL) is written and the unit
+            # attentions are sent only when the action succeeded (reservations.py).
+            res = lu.reservations
+            res.begin()
             try:
                 body(lu, task)
             except _Conflict:
+                res.rollback()
                 task.status = Status.RESERVATION_CONFLICT
                 task.data_in = None
+                return
+            except BaseException:
+                res.rollback()
+                raise
+            res.commit()
 
         handler.__name__ = body.__name__
         handler.__doc__ = body.__doc__
@@ -492,7 +508,8 @@ def _pr_out(sa: int, name: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
-def _basic_params(task: ScsiTask) -> tuple[int, int]:
+def _basic_params(task: ScsiTask) -> tuple[int, int, int]:
+    """RESERVATION KEY, SERVICE ACTION RESERVATION KEY and the flags byte (SPC-4 6.16.3)."""
     data = _pr_out_params(task, move=False)
     key, sa_key = struct.unpack_from(">QQ", data, 0)
     flags = data[20]
@@ -500,39 +517,51 @@ def _basic_params(task: ScsiTask) -> tuple[int, int]:
         raise invalid_field_in_parameter_list(20, bit=3)
     if flags & 0x04:  # ALL_TG_PT: ATP_C=0
         raise invalid_field_in_parameter_list(20, bit=2)
-    if flags & 0x01:  # APTPL: PTPL_C=0
-        raise invalid_field_in_parameter_list(20, bit=0)
-    return key, sa_key
+    return key, sa_key, flags
+
+
+def _aptpl(lu: LogicalUnit, flags: int, byte: int) -> bool:
+    """The APTPL bit of a REGISTER, REGISTER AND IGNORE EXISTING KEY (byte 20) or REGISTER
+    AND MOVE (byte 17) parameter list; set on a PTPL_C=0 LU it is INVALID FIELD IN
+    PARAMETER LIST (SPC-4 6.16.3, 6.16.4). The other service actions ignore it (6.16.3)."""
+    aptpl = bool(flags & 0x01)
+    if aptpl and not lu.reservations.ptpl_capable:
+        raise invalid_field_in_parameter_list(byte, bit=0)
+    return aptpl
 
 
 @_pr_out(REGISTER, "PERSISTENT RESERVE OUT/REGISTER")
 def pr_out_register(lu: LogicalUnit, task: ScsiTask) -> None:
     """SPC-4 5.13.7: the RESERVATION KEY must be the current one (0 when unregistered)."""
-    key, sa_key = _basic_params(task)
+    key, sa_key, flags = _basic_params(task)
+    aptpl = _aptpl(lu, flags, 20)
     res = lu.reservations
     current = res.registrations.get(task.nexus)
     if key != (current or 0):
         raise _Conflict
     if current is None and sa_key == 0:
-        return
+        return  # "no further action": APTPL state unchanged too (SPC-4 5.13.7)
     res.register(task.nexus, sa_key)
+    res.set_aptpl(aptpl)
 
 
 @_pr_out(REGISTER_AND_IGNORE_EXISTING_KEY,
          "PERSISTENT RESERVE OUT/REGISTER AND IGNORE EXISTING KEY")
 def pr_out_register_ignore(lu: LogicalUnit, task: ScsiTask) -> None:
-    _key, sa_key = _basic_params(task)
+    _key, sa_key, flags = _basic_params(task)
+    aptpl = _aptpl(lu, flags, 20)
     res = lu.reservations
     if task.nexus not in res.registrations and sa_key == 0:
         return
     res.register(task.nexus, sa_key)
+    res.set_aptpl(aptpl)
 
 
 @_pr_out(RESERVE, "PERSISTENT RESERVE OUT/RESERVE")
 def pr_out_reserve(lu: LogicalUnit, task: ScsiTask) -> None:
     """SPC-4 5.13.9: only a registered nexus; no change of an existing reservation."""
     type_ = _pr_type(task)
-    key, _sa_key = _basic_params(task)
+    key, _sa_key, _flags = _basic_params(task)
     _check_key(lu, task.nexus, key)
     res = lu.reservations
     if res.reservation is not None:
@@ -546,7 +575,7 @@ def pr_out_reserve(lu: LogicalUnit, task: ScsiTask) -> None:
 def pr_out_release(lu: LogicalUnit, task: ScsiTask) -> None:
     """SPC-4 5.13.11.2: a non-holder's RELEASE does nothing; a wrong TYPE is an error."""
     type_ = _pr_type(task)
-    key, _sa_key = _basic_params(task)
+    key, _sa_key, _flags = _basic_params(task)
     _check_key(lu, task.nexus, key)
     res = lu.reservations
     if res.reservation is None or not res.is_holder(task.nexus):
@@ -558,14 +587,14 @@ def pr_out_release(lu: LogicalUnit, task: ScsiTask) -> None:
 
 @_pr_out(CLEAR, "PERSISTENT RESERVE OUT/CLEAR")
 def pr_out_clear(lu: LogicalUnit, task: ScsiTask) -> None:
-    key, _sa_key = _basic_params(task)
+    key, _sa_key, _flags = _basic_params(task)
     _check_key(lu, task.nexus, key)
     lu.reservations.clear(task.nexus)
 
 
 def _preempt(lu: LogicalUnit, task: ScsiTask) -> list[Nexus]:
     type_ = _pr_type(task)
-    key, sa_key = _basic_params(task)
+    key, sa_key, _flags = _basic_params(task)
     _check_key(lu, task.nexus, key)
     res = lu.reservations
     all_reg = res.reservation is not None and res.reservation.type.all_registrants
@@ -587,6 +616,7 @@ def pr_out_preempt(lu: LogicalUnit, task: ScsiTask) -> None:
 def pr_out_preempt_and_abort(lu: LogicalUnit, task: ScsiTask) -> None:
     """SPC-4 5.13.11.4.5: PREEMPT, then the task set aborts the victims' tasks."""
     victims = _preempt(lu, task)
+    lu.reservations.commit()  # state saved (APTPL) and UAs sent before any task is aborted
     abort = getattr(lu, "abort_tasks_of", None)
     if victims and abort is not None:
         abort(victims, task)
@@ -623,8 +653,7 @@ def pr_out_register_and_move(lu: LogicalUnit, task: ScsiTask) -> None:
     key, sa_key, _r, flags, rtp, tid_len = struct.unpack_from(">QQBBHI", data, 0)
     if 24 + tid_len > len(data):
         raise parameter_list_length_error()
-    if flags & 0x01:  # APTPL
-        raise invalid_field_in_parameter_list(17, bit=0)
+    aptpl = _aptpl(lu, flags, 17)
     nexus = task.nexus
     _check_key(lu, nexus, key)
     res = lu.reservations
@@ -649,6 +678,7 @@ def pr_out_register_and_move(lu: LogicalUnit, task: ScsiTask) -> None:
     if dest == nexus:
         raise invalid_field_in_parameter_list(24)
     res.move(nexus, dest, sa_key, type_, unreg=bool(flags & 0x02))
+    res.set_aptpl(aptpl)
 
 
 # --- RESERVE / RELEASE (SPC-2) ----------------------------------------------------------------
