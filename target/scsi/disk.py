@@ -1,8 +1,9 @@
 """A direct-access block device (SBC-4 4.1): the SPC-4 table joined with the SBC-4 table.
 
 Rules:
-- DISK_COMMANDS = spc.COMMANDS | sbc.COMMANDS; an opcode defined in both is an error at
-  import time (CommandSet.add), so the two tables stay disjoint.
+- DISK_COMMANDS = spc.COMMANDS | sbc.COMMANDS | sanitize.COMMANDS (SANITIZE, SBC-4 5.30)
+  | defects.COMMANDS (READ DEFECT DATA, SBC-4 5.23/5.24); an opcode (or service action)
+  defined twice is an error at import time (CommandSet.add), so the tables stay disjoint.
 - make_disk() builds a LogicalUnit over a store with that table; keyword arguments go to
   LogicalUnit (block_size, identity, read_only, thin, removable, device).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from target.scsi import spc
+from target.scsi import defects, sanitize, spc
 from target.scsi.commands import CommandSet
 from target.scsi.lu import LogicalUnit
 
@@ -30,7 +31,8 @@ def _sbc_commands() -> CommandSet:
     return sbc.COMMANDS
 
 
-DISK_COMMANDS: CommandSet = spc.COMMANDS | _sbc_commands()
+DISK_COMMANDS: CommandSet = (spc.COMMANDS | _sbc_commands() | sanitize.COMMANDS
+                             | defects.COMMANDS)
 
 
 def make_disk(lun: int, store: Store, **kw: Any) -> LogicalUnit:

@@ -6,6 +6,8 @@ Rules (SAM-5 5.14, SPC-4 5.13, SPC-4 4.5):
   in the table (INVALID COMMAND OPERATION CODE), the CDB length and the NACA bit of the
   CONTROL byte (SAM-5 5.2: ACA is not supported), reservation conflicts (checked once,
   here, from the table's `access` and `reserve6`, SPC-4 5.13.1), then the handler.
+  A sanitize operation in progress, or a failed one, refuses commands right after the
+  unit attentions (SBC-4 4.11; the rules are in sanitize.py).
 - CheckCondition from anywhere below becomes sense data here and only here, in the
   format D_SENSE of the control mode page asks for.
 - Unit attentions are kept per I_T nexus; a nexus seen for the first time gets
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from target.scsi import reservations, vpd_sbc
 from target.scsi.modepages import ModePages
+from target.scsi.sanitize import SanitizeState
 from target.scsi.sense import (
     CAPACITY_DATA_HAS_CHANGED,
     INVALID_MESSAGE_ERROR,
@@ -118,6 +121,7 @@ class LogicalUnit:
         self.mode = ModePages(self)
         self.ua = UnitAttentions()
         self.reservations = reservations.Reservations(self)
+        self.sanitize = SanitizeState()
         self.taskset = TaskSet(self)
 
     @property
@@ -133,6 +137,8 @@ class LogicalUnit:
                 code = self.ua.pop(task.nexus)
                 if code is not None:
                     raise CheckCondition(SenseKey.UNIT_ATTENTION, code)
+            if self.sanitize.engaged:  # a sanitize runs, or failed (SBC-4 4.11)
+                self.sanitize.check(opcode)
             cmd = self.commands.lookup(cdb)
             task.command = cmd
             if task.attr == TaskAttr.ACA:

@@ -245,8 +245,11 @@ def request_sense(lu: LogicalUnit, task: ScsiTask) -> None:
     """Return (and clear) a pending unit attention, else the LU's state (SPC-4 6.39)."""
     desc = bool(task.cdb[1] & 0x01)
     code = lu.ua.pop(task.nexus)
+    sanitize = lu.sanitize.condition()  # SBC-4 4.11: its progress, or its failure
     if code is not None:
         cc = CheckCondition(SenseKey.UNIT_ATTENTION, code)
+    elif sanitize is not None:
+        cc = sanitize
     elif not _medium_present(lu):
         cc = CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
     else:

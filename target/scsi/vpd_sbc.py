@@ -57,9 +57,12 @@ def block_limits(lu) -> bytes:
 
 
 def block_device_characteristics(lu) -> bytes:
-    """Block Device Characteristics VPD page, B1h (SBC-4 6.6.2): a non-rotating medium."""
+    """Block Device Characteristics VPD page, B1h (SBC-4 6.6.2): a non-rotating medium.
+    WABEREQ = WACEREQ = 01b: after a sanitize block erase or cryptographic erase a read
+    completes with GOOD status (the LBAs are deallocated and read as zeros; sanitize.py)."""
     rate = getattr(lu, "rotation_rate", 1)  # 1 = non-rotating (solid state)
-    return struct.pack(">BBHHBB56x", 0x00, 0xB1, 0x3C, rate, 0, 0)
+    wabereq, wacereq = 0b01, 0b01
+    return struct.pack(">BBHHBB56x", 0x00, 0xB1, 0x3C, rate, 0, wabereq << 6 | wacereq << 4)
 
 
 def logical_block_provisioning(lu) -> bytes:
