@@ -76,7 +76,8 @@ def build_device(t: TargetConfig, source: str) -> ScsiDevice:
         try:
             lu = LogicalUnit(lun.lun, store, DISK_COMMANDS, block_size=lun.block_size,
                              identity=identity, read_only=lun.read_only, thin=lun.thin,
-                             removable=lun.removable)
+                             removable=lun.removable,
+                             physical_block_size=lun.physical_block_size)
         except ValueError as exc:
             store.close()
             raise ConfigError(f"{where}: {exc}") from None

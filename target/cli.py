@@ -25,7 +25,8 @@ Rules:
   given on the command line override the config: --portal replaces the listen
   addresses, --target-iqn/--size/--block-size/--backing/--read-only change the first
   target and its first LUN.
-- Port 0 binds an ephemeral port; --port-file receives the bound port once listening
+- Port 0 binds an ephemeral port; --port-file receives the bound ports (one a line, in
+  --portal order) once listening
   (tests and tools use it).
 - Errors in the config or the store are printed as one line naming the file, key or
   path, and the command exits with status 2.
@@ -240,7 +241,7 @@ def serve(args: argparse.Namespace) -> int:
     def on_listening(bound: list[tuple[str, int]]) -> None:
         if args.port_file:
             tmp = args.port_file.with_name(args.port_file.name + ".tmp")
-            tmp.write_text(f"{bound[0][1]}\n")
+            tmp.write_text("".join(f"{port}\n" for _, port in bound))
             os.replace(tmp, args.port_file)
         if not args.quiet:
             print(banner(application, bound), flush=True)

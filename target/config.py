@@ -29,6 +29,9 @@ Example:
     product = "scsi-target"
     serial = "disk1-0"
     read_only = false
+    thin = false                # thin provisioned: UNMAP, WRITE SAME UNMAP, GET LBA STATUS
+    removable = false           # removable medium: START STOP UNIT LOEJ, PREVENT ALLOW
+    physical_block_size = 4096  # optional: e.g. 512-byte logical on 4096-byte physical
 
     [target.lun.scheduler]      # optional: the task set (defaults shown)
     elevator = "disksort"       # or "fifo"
@@ -114,6 +117,7 @@ class LunConfig:
     read_only: bool = False
     thin: bool = False
     removable: bool = False
+    physical_block_size: int | None = None
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -231,6 +235,15 @@ def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfi
     lun.read_only = r.get("read_only", bool, False)
     lun.thin = r.get("thin", bool, False)
     lun.removable = r.get("removable", bool, False)
+    physical = r.get("physical_block_size", int, None)
+    if physical is not None:
+        ratio = physical // lun.block_size if physical >= lun.block_size else 0
+        if isinstance(physical, bool) or physical % lun.block_size or ratio < 1 \
+                or ratio & (ratio - 1) or ratio > 1 << 15:
+            raise ConfigError(f"{r.path('physical_block_size')}: {physical} is not a "
+                              f"power-of-two multiple of the {lun.block_size}-byte logical "
+                              f"block (at most 2^15 of them)")
+        lun.physical_block_size = physical
     sched = r.get("scheduler", dict, None)
     if sched is not None:
         lun.scheduler = _scheduler(sched, f"{where}.scheduler", source)

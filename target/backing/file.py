@@ -8,8 +8,9 @@ Rules:
 - read() fills a fresh buffer with preadv (short reads at the end are zero-filled);
   write() hands the caller's memoryview to pwritev, looping over short writes.
 - flush() is fdatasync (SYNCHRONIZE CACHE, FUA, WCE=0).
-- discard() punches a hole (fallocate PUNCH_HOLE|KEEP_SIZE) in a file, BLKDISCARD on a
-  block device, and writes zeros where neither works; extents() reads the holes with
+- discard() punches a hole (fallocate PUNCH_HOLE|KEEP_SIZE) in a file, BLKZEROOUT on a
+  block device (BLKDISCARD need not read back as zeros, and LBPRZ=1 promises zeros), and
+  writes zeros where neither works; extents() reads the holes with
   SEEK_DATA/SEEK_HOLE.
 - OSError during I/O becomes StoreError, which the SCSI layer reports as MEDIUM ERROR.
 """
@@ -27,7 +28,7 @@ import struct
 from target.backing.base import Buffer, Store, StoreError
 
 BLKGETSIZE64 = 0x80081272
-BLKDISCARD = 0x1277
+BLKZEROOUT = 0x127F  # _IO(0x12, 127): zeroes, deallocating where the device can
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -134,7 +135,7 @@ class FileStore(Store):
             return
         if self.block_device:
             try:
-                fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
+                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
                 return
             except OSError:
                 pass

@@ -7,7 +7,9 @@ Rules:
   initiator sees a command's data only after its status, so a later overlapping write
   cannot change data already being sent for a completed read.
 - discard() gives the pages back (MADV_DONTNEED on a private anonymous mapping reads
-  back as zeros) and extents() reports which pages were ever written since.
+  back as zeros) and extents() reports which pages were written since: a page map (one
+  byte per page, set by write(), cleared for the whole pages discard() releases) answers
+  GET LBA STATUS from the store itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class MemoryStore(Store):
         self.description = "memory"
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._view = memoryview(self._map)
+        self._mapped = bytearray(-(-size // PAGE))  # 1: the page holds written data
 
     def read(self, offset: int, length: int) -> memoryview:
         return self._view[offset : offset + length]
@@ -34,6 +37,12 @@ class MemoryStore(Store):
     def write(self, offset: int, data: Buffer) -> None:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         self._view[offset : offset + n] = data
+        if n:
+            first, last = offset // PAGE, (offset + n - 1) // PAGE
+            if first == last:
+                self._mapped[first] = 1
+            else:
+                self._mapped[first : last + 1] = b"\x01" * (last + 1 - first)
 
     def discard(self, offset: int, length: int) -> None:
         # Whole pages are released; the partial pages at either end are zeroed.
@@ -41,10 +50,27 @@ class MemoryStore(Store):
         end = ((offset + length) // PAGE) * PAGE
         if start < end:
             self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+            self._mapped[start // PAGE : end // PAGE] = bytes((end - start) // PAGE)
             self._zero(offset, start)
             self._zero(end, offset + length)
         else:
             self._zero(offset, offset + length)
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, mapped) runs over [offset, offset + length), from the page map;
+        the first run starts at `offset` exactly."""
+        end = offset + length
+        runs: list[tuple[int, int, bool]] = []
+        pos = offset
+        pages = self._mapped
+        while pos < end:
+            page = pos // PAGE
+            mapped = bool(pages[page])
+            other = pages.find(b"\x00" if mapped else b"\x01", page)
+            stop = end if other < 0 else min(end, other * PAGE)
+            runs.append((pos, stop - pos, mapped))
+            pos = stop
+        return runs
 
     def _zero(self, start: int, end: int) -> None:
         if end > start:

@@ -101,14 +101,22 @@ class LogicalUnit:
         read_only: bool = False,
         thin: bool = False,
         removable: bool = False,
+        physical_block_size: int | None = None,
         device: ScsiDevice | None = None,
     ) -> None:
         if block_size not in (512, 1024, 2048, 4096):
             raise ValueError(f"block size {block_size} is not one of 512, 1024, 2048, 4096")
         if store.size < block_size:
             raise ValueError(f"store of {store.size} bytes is smaller than one block")
+        physical = physical_block_size or block_size
+        exponent = (physical // block_size).bit_length() - 1
+        if physical % block_size or physical != block_size << exponent or exponent > 15:
+            raise ValueError(f"physical block size {physical} is not a power-of-two multiple "
+                             f"(at most 2^15) of the logical block size {block_size}")
         self.lun = lun
         self.store = store
+        # LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-4 5.20.2, READ CAPACITY(16)).
+        self.lbppb_exponent = exponent
         self.commands = commands
         self.block_size = block_size
         self.identity = identity or Identity()
@@ -117,6 +125,8 @@ class LogicalUnit:
         self.removable = removable
         self.device = device
         self.medium_present = True
+        # I_T nexuses with medium removal prevented (SBC-4 5.13 PREVENT ALLOW MEDIUM REMOVAL).
+        self.prevent: set[Nexus] = set()
         self.max_transfer_blocks = vpd_sbc.max_transfer_blocks(self)
         self.mode = ModePages(self)
         self.ua = UnitAttentions()
@@ -171,6 +181,7 @@ class LogicalUnit:
         """The I_T nexus ended (logout, connection lost): SPC-2 reservations go with it."""
         self.reservations.nexus_lost(nexus)
         self.ua.forget(nexus)
+        self.prevent.discard(nexus)
 
     def abort_tasks_of(self, victims: list[Nexus], task: ScsiTask) -> None:
         """PREEMPT AND ABORT: abort the tasks of the preempted nexuses on this LU (the
@@ -191,6 +202,7 @@ class LogicalUnit:
         """LOGICAL UNIT RESET or a target reset (SAM-5 6.6): UA to every nexus."""
         self.reservations.reset()
         self.mode.reset()
+        self.prevent.clear()  # SBC-4 5.13: a reset allows medium removal again
         self.ua.establish(code)
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from target.scsi import vpd_sbc
 from target.scsi.commands import Access, CommandSet
 from target.scsi.sense import (
     MEDIUM_NOT_PRESENT,
+    MEDIUM_REMOVAL_PREVENTED,
     MISCOMPARE_DURING_VERIFY,
     PARAMETER_LIST_LENGTH_ERROR,
     UNRECOVERED_READ_ERROR,
@@ -210,6 +211,34 @@ def write16(lu, task) -> None:
     _write(lu, task, lba, count, flags & 0x08)
 
 
+_WA16 = struct.Struct(">xBQHHxx")  # flags, LBA, ATOMIC BOUNDARY, TRANSFER LENGTH
+
+
+@COMMANDS.command(0x9C, "WRITE ATOMIC(16)", _usage(0x9C, 0xF8, *[0xFF] * 8, 0xFF, 0xFF, 0xFF, 0xFF,
+                                                   0x3F, CONTROL), Direction.OUT,
+                  access=Access.WRITE)
+def write_atomic16(lu, task) -> None:
+    """SBC-4 5.48 / 4.29: all the blocks are written or none. The command runs as one step
+    of the LU (nothing else on it interleaves) and the store takes it as one write. The
+    block limits VPD page sets the rules: TRANSFER LENGTH at most MAXIMUM ATOMIC TRANSFER
+    LENGTH and a multiple of ATOMIC TRANSFER LENGTH GRANULARITY, the LBA a multiple of
+    ATOMIC ALIGNMENT (all one physical block here), ATOMIC BOUNDARY zero (no atomic
+    boundaries: MAXIMUM ATOMIC BOUNDARY SIZE 0); violations are INVALID FIELD IN CDB,
+    after the LBA range check."""
+    flags, lba, boundary, count = _WA16.unpack_from(task.cdb)
+    _no_protection(flags)
+    _check_medium(lu)
+    _check_writable(lu)
+    _check_range(lu, lba, count)
+    if boundary:
+        raise invalid_field_in_cdb(10)
+    if count > vpd_sbc.max_atomic_blocks(lu) or count % vpd_sbc.atomic_granularity(lu):
+        raise invalid_field_in_cdb(12)
+    if lba % vpd_sbc.atomic_alignment(lu):
+        raise invalid_field_in_cdb(2)
+    _write(lu, task, lba, count, flags & 0x08)
+
+
 # --- VERIFY, WRITE AND VERIFY, ORWRITE ---------------------------------------------------
 
 def _compare(lu, task, lba: int, count: int, bytchk: int) -> None:
@@ -366,7 +395,11 @@ def prefetch16(lu, task) -> None:
 # --- WRITE SAME, UNMAP, GET LBA STATUS ------------------------------------------------------
 
 def _write_same(lu, task, flags: int, lba: int, count: int, ndob: bool) -> None:
-    """SBC-4 5.50/5.51."""
+    """SBC-4 5.50/5.51. With UNMAP=1 on a thin LU the blocks are deallocated whatever the
+    Data-Out holds: they then read as zeros (LBPRZ=1), which is what a deallocated block
+    returns (SBC-4 4.7.4.5); a write-protected or absent medium is reported first."""
+    _check_medium(lu)
+    _check_writable(lu)
     _no_protection(flags)
     unmap = bool(flags & 0x08)
     anchor = bool(flags & 0x10)
@@ -375,8 +408,6 @@ def _write_same(lu, task, flags: int, lba: int, count: int, ndob: bool) -> None:
         raise invalid_field_in_cdb(1, bit=4 if anchor else 3)
     if flags & 0x06:  # PBDATA / LBDATA are not supported
         raise invalid_field_in_cdb(1, bit=2 if flags & 0x04 else 1)
-    _check_medium(lu)
-    _check_writable(lu)
     bs = lu.block_size
     if count == 0:  # WSNZ=0: to the end of the medium
         count = lu.num_blocks - lba if lba < lu.num_blocks else 0
@@ -391,11 +422,14 @@ def _write_same(lu, task, flags: int, lba: int, count: int, ndob: bool) -> None:
     else:
         task.out_length = bs
         data = task.data_out
-        if data is None or len(data) < bs:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR)
-        block = bytes(data[:bs])
-    if unmap and not any(block):
-        lu.store.discard(lba * bs, count * bs)
+        if data is None or len(data) != bs:
+            # The Data-Out is the one block to repeat: a shorter or longer buffer cannot
+            # be what the command describes.
+            raise invalid_field_in_cdb(7 if len(task.cdb) == 10 else 10)
+        block = bytes(data)
+    if unmap:
+        if count:
+            lu.store.discard(lba * bs, count * bs)
         return
     chunk_blocks = max(1, (1 << 20) // bs)
     pattern = block * min(count, chunk_blocks)
@@ -429,12 +463,12 @@ def write_same16(lu, task) -> None:
 def unmap(lu, task) -> None:
     """SBC-4 5.30: deallocate the ranges of the parameter list (thin LUs only)."""
     cdb = task.cdb
+    _check_medium(lu)
+    _check_writable(lu)
     if not lu.thin:
         raise invalid_field_in_cdb(0)
     if cdb[1] & 0x01:  # ANCHOR
         raise invalid_field_in_cdb(1, bit=0)
-    _check_medium(lu)
-    _check_writable(lu)
     length = cdb[7] << 8 | cdb[8]
     data = bytes(task.data_out or b"")[:length]
     task.out_length = length
@@ -449,12 +483,14 @@ def unmap(lu, task) -> None:
     limit = vpd_sbc.MAX_UNMAP_DESCRIPTORS
     if desc_len // 16 > limit:
         raise invalid_field_in_parameter_list(2)
+    total = 0
     for off in range(8, 8 + desc_len, 16):
         lba = _U64.unpack_from(data, off)[0]
         count = _U32.unpack_from(data, off + 8)[0]
         if lba + count > lu.num_blocks:
             raise lba_out_of_range()
-        if count > vpd_sbc.max_unmap_blocks(lu):
+        total += count
+        if total > vpd_sbc.max_unmap_blocks(lu):  # MAXIMUM UNMAP LBA COUNT, all descriptors
             raise invalid_field_in_parameter_list(off + 8)
         ranges.append((lba, count))
     bs = lu.block_size
@@ -480,7 +516,9 @@ def get_lba_status(lu, task) -> None:
     room = max(1, (min(alloc, 8 + 16 * 64) - 8) // 16)
     span = min(lu.num_blocks - lba, 0xFFFFFFFF)
     descs = []
-    for offset, length, mapped in lu.store.extents(lba * bs, span * bs):
+    # A fully provisioned LU has every LBA mapped (SBC-4 4.7.2), whatever the store holds.
+    runs = lu.store.extents(lba * bs, span * bs) if lu.thin else [(lba * bs, span * bs, True)]
+    for offset, length, mapped in runs:
         first = offset // bs
         n = -(-(offset + length) // bs) - first
         descs.append(_LBA_STATUS.pack(first, n, 0 if mapped else 1))
@@ -516,25 +554,53 @@ def read_capacity16(lu, task) -> None:
     _check_medium(lu)
     lu.refresh_capacity(task.nexus)
     lbp = 0xC0 if lu.thin else 0  # LBPME, LBPRZ (deallocated blocks read as zeros)
-    data = struct.pack(">QIBBBB16x", lu.num_blocks - 1, lu.block_size, 0, 0, lbp, 0)
+    data = struct.pack(">QIBBBB16x", lu.num_blocks - 1, lu.block_size, 0,
+                       lu.lbppb_exponent, lbp, 0)
     task.data_in = data[:alloc]
 
 
-# --- START STOP UNIT ---------------------------------------------------------------------------
+# --- START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL --------------------------------------------
 
 @COMMANDS.command(0x1B, "START STOP UNIT", _usage(0x1B, 0x01, 0, 0x0F, 0xF7, CONTROL),
                   access=Access.EXCLUSIVE)
 def start_stop_unit(lu, task) -> None:
-    """SBC-4 5.25: power conditions are accepted and have no effect; LOEJ loads or ejects
-    the medium of a removable LU and is ignored on a fixed one."""
+    """SBC-4 5.25. A POWER CONDITION other than 0h makes the device server ignore START and
+    LOEJ; power conditions have no effect here (no spindle, no power states), and every
+    value is accepted (see the closing note of issue 6: libiscsi's PwrCnd sends the
+    reserved ones too). With POWER CONDITION 0h, LOEJ on a removable LU ejects (START=0,
+    after a cache flush unless NO_FLUSH) or loads (START=1) the medium; while any I_T nexus
+    prevents removal (PREVENT ALLOW MEDIUM REMOVAL) both end in ILLEGAL REQUEST / MEDIUM
+    REMOVAL PREVENTED, as the locked mechanism can neither open nor close. LOEJ on a fixed
+    LU, and START without LOEJ, change nothing."""
     cdb = task.cdb
     power = cdb[4] >> 4
-    if power not in (0x0, 0x1, 0x2, 0x3, 0x5, 0x7, 0xA, 0xB):
-        raise invalid_field_in_cdb(4, bit=7)
-    if power or not cdb[4] & 0x02:
+    loej, start, no_flush = cdb[4] & 0x02, cdb[4] & 0x01, cdb[4] & 0x04
+    if power or not loej or not lu.removable:
         return
-    if lu.removable:
-        lu.medium_present = bool(cdb[4] & 0x01)
+    if lu.prevent:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, MEDIUM_REMOVAL_PREVENTED)
+    if not start and lu.medium_present and not no_flush:
+        lu.store.flush()
+    lu.medium_present = bool(start)
+
+
+@COMMANDS.command(0x1E, "PREVENT ALLOW MEDIUM REMOVAL", _usage(0x1E, 0, 0, 0, 0x03, CONTROL),
+                  access=Access.EXCLUSIVE)
+def prevent_allow_medium_removal(lu, task) -> None:
+    """SBC-4 5.13: PREVENT 01b prevents medium removal for this I_T nexus, 00b allows it;
+    removal stays prevented while any nexus prevents it. The state ends with the nexus
+    (logout, connection loss), a LOGICAL UNIT RESET or a target reset (lu.reset). 10b and
+    11b are obsolete: INVALID FIELD IN CDB. Valid whether or not a medium is present, and
+    on a fixed LU (nothing to remove: no effect)."""
+    prevent = task.cdb[4] & 0x03
+    if prevent & 0x02:
+        raise invalid_field_in_cdb(4, bit=1)
+    if not lu.removable:
+        return
+    if prevent:
+        lu.prevent.add(task.nexus)
+    else:
+        lu.prevent.discard(task.nexus)
 
 
 # --- COMPARE AND WRITE -----------------------------------------------------------------------

@@ -312,6 +312,7 @@ class OurTarget(_Server):
         self.env = env
         stem = f"ours-{os.getpid()}-{next(_counter)}"
         self.port_file = self.workdir / f"{stem}.port"
+        self.ports: list[int] = []  # every bound portal's port (a second --portal: multipath)
         self.log_path = self.workdir / f"{stem}.stderr.log"
         self.stdout_path = self.workdir / f"{stem}.stdout.log"
 
@@ -343,9 +344,10 @@ class OurTarget(_Server):
             if not self.alive:
                 raise ServerError(self._failure(f"exited with {self.proc.returncode} "
                                                 "before listening"))
-            port = _read_port_file(self.port_file)
-            if port:
-                return port
+            ports = _read_port_file(self.port_file)
+            if ports:
+                self.ports = ports
+                return ports[0]
             time.sleep(_POLL)
         raise ServerError(self._failure(f"wrote no port to {self.port_file} "
                                         f"within {self.start_timeout:g} s"))
@@ -400,14 +402,16 @@ def _unix_socket_accepts(path: Path) -> bool:
             return False
 
 
-def _read_port_file(path: Path) -> int:
+def _read_port_file(path: Path) -> list[int]:
+    """The bound ports, one a line in --portal order; [] until the file is complete."""
     try:
         text = path.read_text()
     except OSError:
-        return 0
-    if not text.endswith("\n") or not text.strip().isdigit():
-        return 0
-    return int(text)
+        return []
+    lines = text.split()
+    if not text.endswith("\n") or not lines or not all(w.isdigit() for w in lines):
+        return []
+    return [int(w) for w in lines]
 
 
 def _option_value(args: Sequence[str], name: str) -> str | None:
