@@ -4,6 +4,7 @@ Rules:
 - DISK_COMMANDS = spc.COMMANDS | sbc.COMMANDS | sanitize.COMMANDS (SANITIZE, SBC-4 5.30)
   | defects.COMMANDS (READ DEFECT DATA, SBC-4 5.23/5.24); an opcode (or service action)
   defined twice is an error at import time (CommandSet.add), so the tables stay disjoint.
+- | xcopy.COMMANDS: EXTENDED COPY (LID1) and RECEIVE COPY RESULTS (SPC-4 6.4, 6.27).
 - make_disk() builds a LogicalUnit over a store with that table; keyword arguments go to
   LogicalUnit (block_size, identity, read_only, thin, removable, device).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from target.scsi import defects, sanitize, spc
+from target.scsi import defects, sanitize, spc, xcopy
 from target.scsi.commands import CommandSet
 from target.scsi.lu import LogicalUnit
 
@@ -32,7 +33,7 @@ def _sbc_commands() -> CommandSet:
 
 
 DISK_COMMANDS: CommandSet = (spc.COMMANDS | _sbc_commands() | sanitize.COMMANDS
-                             | defects.COMMANDS)
+                             | defects.COMMANDS | xcopy.COMMANDS)
 
 
 def make_disk(lun: int, store: Store, **kw: Any) -> LogicalUnit:

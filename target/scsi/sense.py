@@ -12,6 +12,11 @@ Rules:
 - NOT READY may carry a progress indication instead (SPC-4 4.5.2.4.4).
 - The INFORMATION field (SPC-4 4.5.2.2 and fixed bytes 3-6) is set when `info` is given;
   in fixed format an information value over 32 bits is not VALID.
+- The COMMAND-SPECIFIC INFORMATION field (SPC-4 4.5.2.3 and fixed bytes 8-11) is set when
+  `cmd_info` is given: EXTENDED COPY puts the number of the segment descriptor being
+  processed there (SPC-4 6.4); with sense key COPY ABORTED the sense-key specific bytes
+  are a segment pointer (SPC-4 4.5.2.4.5), whose SD bit is where C/D is for a field
+  pointer, so cd=False gives SD=0 (the pointer counts from the parameter list start).
 """
 
 from __future__ import annotations
@@ -49,11 +54,15 @@ class Asc(NamedTuple):
 
 
 NO_ADDITIONAL_SENSE = Asc(0x00, 0x00)
+OPERATION_IN_PROGRESS = Asc(0x00, 0x16)
 LU_NOT_READY_CAUSE_NOT_REPORTABLE = Asc(0x04, 0x00)
 LU_NOT_READY_INITIALIZING_COMMAND_REQUIRED = Asc(0x04, 0x02)
 LU_NOT_READY_FORMAT_IN_PROGRESS = Asc(0x04, 0x04)
 LU_NOT_READY_SANITIZE_IN_PROGRESS = Asc(0x04, 0x1B)
+UNREACHABLE_COPY_TARGET = Asc(0x08, 0x04)
 WRITE_ERROR = Asc(0x0C, 0x00)
+COPY_TARGET_DEVICE_NOT_REACHABLE = Asc(0x0D, 0x02)
+INCORRECT_COPY_TARGET_DEVICE_TYPE = Asc(0x0D, 0x03)
 INVALID_FIELD_IN_INFORMATION_UNIT = Asc(0x0E, 0x03)
 UNRECOVERED_READ_ERROR = Asc(0x11, 0x00)
 MISCOMPARE_DURING_VERIFY = Asc(0x1D, 0x00)
@@ -66,6 +75,12 @@ INVALID_FIELD_IN_PARAMETER_LIST = Asc(0x26, 0x00)
 PARAMETER_NOT_SUPPORTED = Asc(0x26, 0x01)
 PARAMETER_VALUE_INVALID = Asc(0x26, 0x02)
 INVALID_RELEASE_OF_PERSISTENT_RESERVATION = Asc(0x26, 0x04)
+TOO_MANY_TARGET_DESCRIPTORS = Asc(0x26, 0x06)
+UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE = Asc(0x26, 0x07)
+TOO_MANY_SEGMENT_DESCRIPTORS = Asc(0x26, 0x08)
+UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE = Asc(0x26, 0x09)
+UNEXPECTED_INEXACT_SEGMENT = Asc(0x26, 0x0A)
+INLINE_DATA_LENGTH_EXCEEDED = Asc(0x26, 0x0B)
 WRITE_PROTECTED = Asc(0x27, 0x00)
 POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED = Asc(0x29, 0x00)
 POWER_ON_OCCURRED = Asc(0x29, 0x01)
@@ -105,6 +120,7 @@ class CheckCondition(Exception):
         info: int | None = None,
         progress: int | None = None,
         ili: bool = False,
+        cmd_info: int | None = None,
     ) -> None:
         super().__init__(f"{SenseKey(key).name} {code.asc:02X}/{code.ascq:02X}")
         self.key = key
@@ -115,6 +131,7 @@ class CheckCondition(Exception):
         self.info = info  # INFORMATION field
         self.progress = progress  # progress indication, 0..65535 (NOT READY)
         self.ili = ili
+        self.cmd_info = cmd_info  # COMMAND-SPECIFIC INFORMATION field
 
     def sense(self, descriptor: bool) -> bytes:
         return build_sense(self, descriptor)
@@ -172,6 +189,10 @@ def build_sense(cc: CheckCondition, descriptor: bool) -> bytes:
         if cc.info is not None:
             # Information sense data descriptor (SPC-4 4.5.2.2): type 0, VALID=1.
             descs += struct.pack(">BBBBQ", 0x00, 0x0A, 0x80, 0, cc.info & 0xFFFFFFFFFFFFFFFF)
+        if cc.cmd_info is not None:
+            # Command-specific information sense data descriptor (SPC-4 4.5.2.3): type 1.
+            descs += struct.pack(">BBBBQ", 0x01, 0x0A, 0, 0,
+                                 cc.cmd_info & 0xFFFFFFFFFFFFFFFF)
         if sks is not None:
             # Sense key specific sense data descriptor (SPC-4 4.5.2.4): type 2.
             descs += struct.pack(">BBBB", 0x02, 0x06, 0, 0) + sks + b"\x00"
@@ -192,7 +213,7 @@ def build_sense(cc: CheckCondition, descriptor: bool) -> bytes:
         b2,
         info or 0,
         10,
-        0,
+        (cc.cmd_info or 0) & 0xFFFFFFFF,
         cc.code.asc,
         cc.code.ascq,
         0,

@@ -141,6 +141,8 @@ def standard_inquiry(lu: LogicalUnit | None, identity: Identity, pq_pdt: int) ->
     data[2] = 0x06  # VERSION: SPC-4
     data[3] = 0x12  # HISUP=1, RESPONSE DATA FORMAT=2
     data[4] = len(data) - 5
+    if lu is not None and lu.commands.find(0x83, 0x00) is not None:
+        data[5] = 0x08  # 3PC: EXTENDED COPY (LID1) is supported (xcopy.py)
     data[7] = 0x02  # CMDQUE
     data[8:16] = _ascii(identity.vendor, 8)
     data[16:32] = _ascii(identity.product, 16)
@@ -161,7 +163,9 @@ def _sbc_pages() -> dict[int, Callable[[LogicalUnit], bytes]]:
         if exc.name != "target.scsi.vpd_sbc":
             raise
         return {}
+    xcopy = importlib.import_module("target.scsi.xcopy")
     return {
+        0x8F: xcopy.third_party_copy_vpd,  # SPC-4 7.8.17, only with a copy manager
         0xB0: vpd_sbc.block_limits,
         0xB1: vpd_sbc.block_device_characteristics,
         0xB2: vpd_sbc.logical_block_provisioning,
@@ -169,7 +173,9 @@ def _sbc_pages() -> dict[int, Callable[[LogicalUnit], bytes]]:
 
 
 def supported_vpd_pages(lu: LogicalUnit) -> list[int]:
-    return [0x00, 0x80, 0x83, 0x86, *sorted(_sbc_pages())]
+    pages = sorted(p for p in _sbc_pages()
+                   if p != 0x8F or lu.commands.find(0x83, 0x00) is not None)
+    return [0x00, 0x80, 0x83, 0x86, *pages]
 
 
 def vpd_page(lu: LogicalUnit, nexus: Nexus, code: int) -> bytes:
