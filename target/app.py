@@ -82,6 +82,7 @@ def build_device(t: TargetConfig, source: str) -> ScsiDevice:
             store.close()
             raise ConfigError(f"{where}: {exc}") from None
         lu.taskset = build_taskset(lu, lun.scheduler)
+        lu.sanitize.rate = lun.sanitize_mb_s * 1e6
         device.add(lu)
     return device
 

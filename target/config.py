@@ -32,6 +32,7 @@ Example:
     thin = false                # thin provisioned: UNMAP, WRITE SAME UNMAP, GET LBA STATUS
     removable = false           # removable medium: START STOP UNIT LOEJ, PREVENT ALLOW
     physical_block_size = 4096  # optional: e.g. 512-byte logical on 4096-byte physical
+    sanitize_mb_s = 0           # SANITIZE speed in MB/s, as a real drive's (0: unthrottled)
 
     [target.lun.scheduler]      # optional: the task set (defaults shown)
     elevator = "disksort"       # or "fifo"
@@ -118,6 +119,7 @@ class LunConfig:
     thin: bool = False
     removable: bool = False
     physical_block_size: int | None = None
+    sanitize_mb_s: float = 0.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -244,6 +246,7 @@ def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfi
                               f"power-of-two multiple of the {lun.block_size}-byte logical "
                               f"block (at most 2^15 of them)")
         lun.physical_block_size = physical
+    lun.sanitize_mb_s = _number(r, "sanitize_mb_s", 0.0, 0.0)
     sched = r.get("scheduler", dict, None)
     if sched is not None:
         lun.scheduler = _scheduler(sched, f"{where}.scheduler", source)

@@ -20,6 +20,12 @@ Rules:
   at once and holds its completion (outside the task set).
 - With a tracer, each command is recorded at completion with its latency from submit
   (queueing included) and the task set's state.
+- Background operations (a SANITIZE, SBC-4 4.11): the dispatcher makes the LU start them
+  rather than run them to the end (lu.sanitize.background) and drives them a step at a
+  time on the loop (call_soon, or call_later at the LU's sanitize rate). A task the LU
+  marks `deferred` (IMMED=0) leaves the task set at once, so it holds nothing back, and
+  is completed when the operation ends (lu.finished_deferred()); if it was aborted or its
+  connection went away meanwhile, the transport drops the completion.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class Dispatcher:
         self.tracer = tracer
         self._pumping = False
         self._dirty: set = set()
+        lu.sanitize.background = True
+        self._driving = False
+        self._deferred: dict[ScsiTask, tuple[object, int]] = {}  # task -> (link, start)
 
     def submit(self, link, task: ScsiTask) -> None:
         """A task whose data is all in: into the task set, or run at once (bypass)."""
@@ -61,6 +70,8 @@ class Dispatcher:
             return
         if task.status == 0:  # bypass: not TASK SET FULL
             self.lu.execute(task)
+            if self._background(task, link, start):
+                return
         link.conn.complete(task)
         if self.tracer is not None:
             self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns())
@@ -106,6 +117,10 @@ class Dispatcher:
         try:
             while (task := ts.dispatch(loop.time())) is not None:
                 execute(task)
+                if self._background(task, *task.shell):
+                    task.shell = None
+                    ts.done(task, loop.time())
+                    continue
                 delay = ts.service_time(task)
                 if delay > 0:
                     loop.call_later(delay, self._finish_later, task)
@@ -114,6 +129,34 @@ class Dispatcher:
         finally:
             self._pumping = False
         self._flush_dirty(current)
+
+    # --- background operations -----------------------------------------------------------
+
+    def _background(self, task: ScsiTask, link, start: int) -> bool:
+        """After execute(): keep a deferred task for later and start driving a background
+        operation the command began; True when the task is not to be completed now."""
+        if self.lu.sanitize.active is not None and not self._driving:
+            self._driving = True
+            self.loop.call_soon(self._advance)
+        if not task.deferred:
+            return False
+        self._deferred[task] = (link, start)
+        return True
+
+    def _advance(self) -> None:
+        delay = self.lu.sanitize.advance()
+        if delay is not None:
+            if delay > 0:
+                self.loop.call_later(delay, self._advance)
+            else:
+                self.loop.call_soon(self._advance)
+            return
+        self._driving = False
+        for task in self.lu.finished_deferred():
+            link, start = self._deferred.pop(task)
+            if not link.closed:
+                self._complete(link, task, start)
+                link.flush()
 
     def _finish(self, task: ScsiTask) -> None:
         link, start = task.shell

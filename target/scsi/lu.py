@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from target.scsi import reservations, vpd_sbc
+from target.scsi import reservations, vpd_sbc, xcopy
 from target.scsi.modepages import ModePages
-from target.scsi.sanitize import SanitizeState
+from target.scsi.sanitize import SANITIZE_COMMAND_FAILED, SanitizeState
 from target.scsi.sense import (
     CAPACITY_DATA_HAS_CHANGED,
     INVALID_MESSAGE_ERROR,
@@ -164,9 +164,7 @@ class LogicalUnit:
                 return
             cmd.handler(self, task)
         except CheckCondition as cc:
-            task.status = Status.CHECK_CONDITION
-            task.sense = cc.sense(self.mode.d_sense)
-            task.data_in = None
+            self._check_condition(task, cc)
         except Exception:  # a bug must not take the session down: report it as such
             log.exception("command %s failed", bytes(task.cdb).hex())
             task.status = Status.CHECK_CONDITION
@@ -175,6 +173,23 @@ class LogicalUnit:
             ).sense(self.mode.d_sense)
             task.data_in = None
 
+    def _check_condition(self, task: ScsiTask, cc: CheckCondition) -> None:
+        task.status = Status.CHECK_CONDITION
+        task.sense = cc.sense(self.mode.d_sense)
+        task.data_in = None
+
+    def finished_deferred(self) -> list[ScsiTask]:
+        """Deferred tasks whose background operation has ended, status and sense set
+        (SANITIZE with IMMED=0, SBC-4 5.30: MEDIUM ERROR, SANITIZE COMMAND FAILED when the
+        operation failed); the shell completes them."""
+        ended, self.sanitize.ended = self.sanitize.ended, []
+        for task, ok in ended:
+            task.deferred = False
+            if not ok:
+                self._check_condition(task, CheckCondition(SenseKey.MEDIUM_ERROR,
+                                                           SANITIZE_COMMAND_FAILED))
+        return [task for task, _ in ended]
+
     # --- events from the transport and task management -------------------------------
 
     def nexus_lost(self, nexus: Nexus) -> None:
@@ -182,6 +197,7 @@ class LogicalUnit:
         self.reservations.nexus_lost(nexus)
         self.ua.forget(nexus)
         self.prevent.discard(nexus)
+        xcopy.nexus_lost(self, nexus)  # its kept copy results (SPC-4 6.27)
 
     def abort_tasks_of(self, victims: list[Nexus], task: ScsiTask) -> None:
         """PREEMPT AND ABORT: abort the tasks of the preempted nexuses on this LU (the
@@ -203,6 +219,7 @@ class LogicalUnit:
         self.reservations.reset()
         self.mode.reset()
         self.prevent.clear()  # SBC-4 5.13: a reset allows medium removal again
+        xcopy.reset(self)
         self.ua.establish(code)
 
     def close(self) -> None:

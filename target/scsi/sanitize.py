@@ -50,11 +50,17 @@ Rules:
 - IMMED=0: status once the operation is complete (MEDIUM ERROR, SANITIZE COMMAND FAILED
   when it failed); IMMED=1: GOOD once the CDB and parameter list are valid, a failure is
   then reported to the commands that follow.
-- An Operation runs in bounded steps (STEP_BYTES each) and reports its progress, so that a
-  shell could drive it over time; the handler runs it to completion at once (the stores
-  are synchronous). Resets and I_T nexus loss neither stop an operation nor end the
-  failure mode (SBC-4 4.11); the state lives with the LU in this process, not across a
-  restart.
+- An Operation runs in bounded steps (STEP_BYTES each) and reports its progress. Without
+  a shell (state.background False: unit tests, tools) the handler runs it to completion
+  at once. Under the server's shell (target.dispatch sets background) the handler only
+  starts it: the shell calls advance() until it ends, waiting STEP_BYTES / rate between
+  steps when the LU has a sanitize rate (config sanitize_mb_s: a real drive's sanitize
+  takes minutes to hours, and an initiator's handling of that is what gets tested), and
+  an IMMED=0 SANITIZE task is `deferred`: its status is set when the operation ends and
+  the shell then completes it (it holds no place in the task set meanwhile; the other
+  commands meet the NOT READY rule above).
+- Resets and I_T nexus loss neither stop an operation nor end the failure mode (SBC-4
+  4.11); the state lives with the LU in this process, not across a restart.
 """
 
 from __future__ import annotations
@@ -167,6 +173,10 @@ class SanitizeState:
         self.active: Operation | None = None
         self.failed = False
         self.unrestricted = False  # the failed operation had AUSE=1
+        self.background = False  # a shell drives operations with advance()
+        self.rate = 0.0  # bytes per second of a background operation; 0: as fast as it goes
+        self.waiting: list[ScsiTask] = []  # IMMED=0 SANITIZE tasks of the operation
+        self.ended: list[tuple[ScsiTask, bool]] = []  # (task, completed without error)
 
     @property
     def engaged(self) -> bool:
@@ -223,10 +233,26 @@ class SanitizeState:
             pass
         return not self.failed
 
+    def advance(self) -> float | None:
+        """One step of a background operation: seconds to wait before the next one, None
+        when it has ended (the IMMED=0 tasks are then in `ended`)."""
+        op = self.active
+        if op is None:
+            return None
+        before = op.done
+        # At a rate, steps of a twentieth of a second's worth (at least 64 KiB), then wait.
+        budget = STEP_BYTES if self.rate <= 0 else min(STEP_BYTES, max(64 << 10,
+                                                                       int(self.rate / 20)))
+        if self.step(budget):
+            return None
+        return (op.done - before) / self.rate if self.rate > 0 else 0.0
+
     def _end(self, op: Operation, ok: bool) -> None:
         self.active = None
         self.failed = not ok
         self.unrestricted = op.ause and not ok
+        self.ended += [(task, ok) for task in self.waiting]
+        self.waiting = []
 
     def exit_failure_mode(self) -> None:
         """EXIT FAILURE MODE: allowed after a failure in unrestricted completion mode."""
@@ -301,6 +327,12 @@ def _sanitize(lu: LogicalUnit, task: ScsiTask, block: bytes | None = None, passe
         raise invalid_field_in_cdb(1, bit=5)
     op = Operation(lu.store, lu.num_blocks * lu.block_size, ause=ause, block=block,
                    passes=passes, invert=invert)
+    if state.background:
+        state.start(op)
+        if not cdb[1] & 0x80:  # IMMED=0: status when the operation has ended
+            task.deferred = True
+            state.waiting.append(task)
+        return
     if not state.run(op) and not cdb[1] & 0x80:  # IMMED=0: report the failure now
         raise CheckCondition(SenseKey.MEDIUM_ERROR, SANITIZE_COMMAND_FAILED)
 

@@ -98,6 +98,7 @@ class ScsiTask:
         "command",
         "transport",
         "shell",
+        "deferred",
     )
 
     def __init__(
@@ -124,6 +125,9 @@ class ScsiTask:
         self.command = None  # the Command table entry, set by the LU on dispatch
         self.transport: object = None  # the transport's own per-command state
         self.shell: object = None  # the I/O shell's own state while the task is queued
+        # The device server ends it later (SANITIZE with IMMED=0 run in the background):
+        # the shell completes it when the LU hands it back (LogicalUnit.finished_deferred).
+        self.deferred = False
 
     def __repr__(self) -> str:
         return f"<ScsiTask tag={self.tag:#x} lun={self.lun} cdb={bytes(self.cdb).hex()}>"
