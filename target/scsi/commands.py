@@ -12,6 +12,10 @@ Rules:
   held by another I_T nexus makes it conflict (SPC-2 7.21.2).
 - `queue` says whether the command may wait behind queued I/O in the task set, or is
   served at once (INQUIRY, REPORT LUNS, REQUEST SENSE: issue 4's "never held").
+- `requires` names the LU features the command exists for ("thin": UNMAP). A LU without
+  them uses the table restricted() to its features: the command is then unsupported
+  there in every respect (INVALID COMMAND OPERATION CODE, absent from RSOC), as its VPD
+  pages say (SBC-4 6.6.4: MAXIMUM UNMAP LBA COUNT 0 = UNMAP not implemented).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Command:
     access: Access = Access.EXCLUSIVE
     reserve6: bool = True
     queue: bool = True
+    requires: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if len(self.usage) != self.cdb_length:
@@ -69,6 +74,7 @@ class CommandSet:
         self.name = name
         self._by_opcode: dict[int, Command] = {}
         self._by_sa: dict[int, dict[int, Command]] = {}
+        self._restricted: dict[frozenset[str], CommandSet] = {}
 
     def command(
         self,
@@ -81,12 +87,13 @@ class CommandSet:
         access: Access = Access.EXCLUSIVE,
         reserve6: bool = True,
         queue: bool = True,
+        requires: frozenset[str] = frozenset(),
     ) -> Callable[[Handler], Handler]:
         """Decorator registering `handler` as the entry for opcode (and service action)."""
 
         def register(handler: Handler) -> Handler:
             self.add(Command(opcode, name, len(usage), direction, handler, bytes(usage),
-                             service_action, access, reserve6, queue))
+                             service_action, access, reserve6, queue, requires))
             return handler
 
         return register
@@ -109,6 +116,19 @@ class CommandSet:
         for cmd in [*self, *other]:
             merged.add(cmd)
         return merged
+
+    def restricted(self, features: frozenset[str]) -> CommandSet:
+        """This table without the commands needing a feature not in `features` (cached)."""
+        if all(cmd.requires <= features for cmd in self):
+            return self
+        table = self._restricted.get(features)
+        if table is None:
+            table = CommandSet(self.name)
+            for cmd in self:
+                if cmd.requires <= features:
+                    table.add(cmd)
+            self._restricted[features] = table
+        return table
 
     def __iter__(self) -> Iterator[Command]:
         yield from self._by_opcode.values()

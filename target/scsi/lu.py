@@ -117,7 +117,8 @@ class LogicalUnit:
         self.store = store
         # LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-4 5.20.2, READ CAPACITY(16)).
         self.lbppb_exponent = exponent
-        self.commands = commands
+        # A fully provisioned LU has no UNMAP (SBC-4 4.7.3.1): its table lacks it.
+        self.commands = commands.restricted(frozenset({"thin"}) if thin else frozenset())
         self.block_size = block_size
         self.identity = identity or Identity()
         self.read_only = read_only

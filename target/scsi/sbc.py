@@ -20,8 +20,9 @@ Rules:
   OPERATION with the offset of the first differing byte in INFORMATION (SBC-4 5.3, 5.34).
 - Store failures (StoreError) become MEDIUM ERROR: UNRECOVERED READ ERROR or WRITE ERROR.
 - Thin provisioning (lu.thin): UNMAP and WRITE SAME with UNMAP deallocate through
-  store.discard(); GET LBA STATUS reports store.extents(). A fully provisioned LU refuses
-  the UNMAP bit (INVALID FIELD IN CDB), consistent with its provisioning VPD page.
+  store.discard(); GET LBA STATUS reports store.extents(). A fully provisioned LU has no
+  UNMAP command (its table lacks it: `requires`) and refuses WRITE SAME's UNMAP bit
+  (INVALID FIELD IN CDB), consistent with its provisioning VPD page.
 """
 
 from __future__ import annotations
@@ -459,14 +460,12 @@ def write_same16(lu, task) -> None:
 
 
 @COMMANDS.command(0x42, "UNMAP", _usage(0x42, 0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, CONTROL),
-                  Direction.OUT, access=Access.WRITE)
+                  Direction.OUT, access=Access.WRITE, requires=frozenset({"thin"}))
 def unmap(lu, task) -> None:
     """SBC-4 5.30: deallocate the ranges of the parameter list (thin LUs only)."""
     cdb = task.cdb
     _check_medium(lu)
     _check_writable(lu)
-    if not lu.thin:
-        raise invalid_field_in_cdb(0)
     if cdb[1] & 0x01:  # ANCHOR
         raise invalid_field_in_cdb(1, bit=0)
     length = cdb[7] << 8 | cdb[8]

@@ -22,9 +22,6 @@ QEMU's scsi-block rewrites one thing on the way: bytes 8-15 of VPD page B0h (MAX
 OPTIMAL TRANSFER LENGTH, hw/scsi/scsi-generic.c), which the Block Limits check allows for.
 The target is always ours (kind="ours"): the expected values are our tables, so this
 module does not follow --scsi-target=tgtd.
-
-Known defects are marked xfail(strict=True) with the defect in `reason=`; when one is
-fixed its test XPASSes, fails, and the marker is removed.
 """
 
 from __future__ import annotations
@@ -107,21 +104,6 @@ VPD_ACRONYMS = {
     "bl": 0xB0, "bdc": 0xB1, "lbpv": 0xB2, "ref": 0xB3, "sbl": 0xB4, "bdce": 0xB5,
     "zbdch": 0xB6, "ble": 0xB7, "fp": 0xB8, "cpr": 0xB9,
 }
-
-# The sense of the UNMAP refusal on a fully provisioned LU, as the guest sees it (fixed
-# format, ILLEGAL REQUEST, INVALID FIELD IN CDB, SKSV with C/D=1 and FIELD POINTER 0).
-UNMAP_DEFECT = (
-    "defect in target/scsi (sbc.py unmap, spc.py RSOC): on a fully provisioned LU "
-    "(thin=false) REPORT SUPPORTED OPERATION CODES reports UNMAP (42h) as SUPPORT 011b "
-    "'supported in conformance with a SCSI standard' (sg_opcodes -o 0x42; one_command "
-    "data 00 03 00 0a 42 01 00 00 00 00 1f ff ff 04), while the "
-    "Block Limits VPD page says MAXIMUM UNMAP LBA COUNT 0 = 'the device server does not "
-    "implement the UNMAP command' (SBC-4 6.6.4; B0h bytes 20-27 all 00) and the LBP VPD "
-    "page LBPU=0 (SBC-4 6.6.6; B2h: 00 b2 00 04 00 00 00 00); "
-    "the UNMAP itself ends in ILLEGAL REQUEST, INVALID FIELD IN CDB with the field pointer "
-    "at byte 0 (sense 70 00 05 00 00 00 00 0a 00 00 00 00 24 00 00 c0 00 00) instead of "
-    "INVALID COMMAND OPERATION CODE (20h/00h, SPC-4 4.5.2). RSOC should follow lu.thin "
-    "(SUPPORT 001b when the LU cannot unmap)")
 
 
 
@@ -747,7 +729,6 @@ def test_sg_readcap_and_sg_modes(scsi_target, guest, block_size):
 
 # ---- provisioning: the opcode table against the provisioning pages -----------------------
 
-@pytest.mark.xfail(strict=True, reason=UNMAP_DEFECT)
 def test_rsoc_unmap_agrees_with_the_provisioning_pages(scsi_target, guest):
     """SPC-4 6.35.3 / SBC-4 6.6.4, 6.6.6: on a fully provisioned LU, what sg_opcodes says
     of UNMAP (42h) agrees with the Block Limits and LBP VPD pages sg_vpd decodes."""

@@ -266,3 +266,18 @@ def test_unmap_lba_count_limit_is_per_command():
     assert sense(run(lu, unmap, params)) == (0x05, 0x26, 0x00)
     one = struct.pack(">HH4x", 22, 16) + struct.pack(">QI4x", 0, half)
     ok(run(lu, struct.pack(">BBxxxxxHB", 0x42, 0, len(one), 0), one))
+
+
+def test_fully_provisioned_lu_has_no_unmap_command():
+    """SBC-4 6.6.4 / 6.6.6: MAXIMUM UNMAP LBA COUNT 0 and LBPU=0 say UNMAP is not
+    implemented; so does REPORT SUPPORTED OPERATION CODES (SPC-4 6.35.3, SUPPORT 001b), and
+    the command is INVALID COMMAND OPERATION CODE (SPC-4 4.5.2)."""
+    full, thin = make(), make(thin=True)
+    unmap = struct.pack(">BBxxxxxHB", 0x42, 0, 24, 0)
+    params = struct.pack(">HH4xQI4x", 22, 16, 0, 1)
+    assert sense(run(full, unmap, params)) == (0x05, 0x20, 0x00)
+    ok(run(thin, unmap, params))
+    rsoc = struct.pack(">BBBBHIBB", 0xA3, 0x0C, 0x01, 0x42, 0, 64, 0, 0)
+    assert ok(run(full, rsoc)).data_in[1] & 0x07 == 0x01  # not supported
+    assert ok(run(thin, rsoc)).data_in[1] & 0x07 == 0x03  # supported, standard
+    assert 0x42 not in {c.opcode for c in full.commands}
