@@ -161,7 +161,9 @@ def test_parameter_list_length(lu):
 
 
 def test_unsupported_flags(lu):
-    """SPC-4 6.16.3: SPEC_I_PT, ALL_TG_PT, APTPL unsupported -> INVALID FIELD IN PARAM LIST."""
+    """SPC-4 6.16.3: SPEC_I_PT and ALL_TG_PT are not supported, and APTPL is not on an
+    in-memory LU (PTPL_C=0: nothing survives a restart; file LUs: test_pr_aptpl.py) ->
+    INVALID FIELD IN PARAMETER LIST."""
     for flag, bit in ((0x08, 3), (0x04, 2), (0x01, 0)):
         s = check(prout(lu, I1, 0x00, 0, 0xAA, flags=flag))
         assert s.code == (0x05, 0x26, 0x00) and not s.cd and (s.field, s.bit) == (20, bit)
