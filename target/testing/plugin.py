@@ -64,6 +64,9 @@ class Lun:
     # Our target's [target.lun.scheduler] table, e.g. {"elevator": "fifo",
     # "dispatch_depth": 1, "disk": {"rpm": 7200}} (tgtd has none: such a test skips there)
     scheduler: dict | None = None
+    # Our target's other [[target.lun]] keys, e.g. {"thin": True, "removable": True,
+    # "physical_block_size": 4096} (tgtd is not configured so: such a test skips there)
+    options: dict | None = None
 
 
 @dataclass
@@ -125,6 +128,8 @@ def _our_config(iqn: str, luns: list[Lun]) -> str:
                      f'vendor = "{lun.vendor}"\nproduct = "{lun.product}"\n')
         if lun.serial:
             lines.append(f'serial = "{lun.serial}"\n')
+        for key, value in (lun.options or {}).items():
+            lines.append(f"{key} = {_toml_value(value)}\n")
         if lun.scheduler is not None:
             lines.append(_toml_table("target.lun.scheduler", lun.scheduler))
     return "".join(lines)
@@ -206,6 +211,9 @@ def scsi_target(tmp_path: Path, scsi_target_kind: str) -> Iterator[Callable[...,
             pytest.skip("tgtd has no task set options (elevator, dispatch depth, disk "
                         "model): this test is about our target's; run it with "
                         "--scsi-target=ours")
+        if kind == "tgtd" and any(lun.options for lun in luns):
+            pytest.skip("the LUN options asked for (thin, removable, ...) are our "
+                        "target's config keys; run this test with --scsi-target=ours")
         n = len(started)
         iqn = iqn or (DEFAULT_IQN if n == 0 else f"{DEFAULT_IQN}-{n}")
         first = 0 if kind == "ours" else 1

@@ -211,7 +211,12 @@ def inquiry_vpd(code: int) -> tuple[bytes, int]:
 
 def host_lu(lun: Lun):
     """A disk LU like the served one, for the tables that take a LogicalUnit."""
-    return make_disk(0, MemoryStore(lun.size), block_size=lun.block_size)
+    return make_disk(0, MemoryStore(lun.size), block_size=lun.block_size,
+                     **(lun.options or {}))
+
+
+# A thin LU on 16 KiB physical blocks: UNMAP, LBPME/LBPRZ, B2h with LBPU, LBPPB 4.
+THIN = {"thin": True, "physical_block_size": 16384}
 
 
 def start(scsi_target, guest, lun: Lun) -> tuple[RunningTarget, Sg]:
@@ -379,13 +384,14 @@ def _norm(name: str) -> str:
     return " ".join(re.sub(r"\([^)]*\)", "", name).casefold().split())
 
 
-def test_sg_vpd_decodes_every_supported_page(scsi_target, guest):
+@pytest.mark.parametrize("options", [None, THIN], ids=["full", "thin"])
+def test_sg_vpd_decodes_every_supported_page(scsi_target, guest, options):
     """SPC-4 7.8: sg_vpd -a reads the Supported VPD Pages page (7.8.16) as exactly
     supported_vpd_pages(), in ascending order, and decodes every page without complaint;
     the fields it prints equal the bytes the host reads (SPC-4 7.8.6, 7.8.7, 7.8.17,
     SBC-4 6.6.2, 6.6.4, 6.6.6)."""
     lun = Lun(size=32 << 20, block_size=4096, vendor="STSG3", product="SG-VPD",
-              serial="ST-SG3-VPD-4096")
+              serial="ST-SG3-VPD-4096", options=options)
     target = scsi_target(lun, kind="ours")
     expected = spc.supported_vpd_pages(host_lu(lun))
     raw = host_read(target, {f"{c:02x}": inquiry_vpd(c) for c in expected})
@@ -650,14 +656,16 @@ def _mode_sense(ten: bool, pc: int, llbaa: bool = False) -> tuple[bytes, int]:
     return bytes([0x1A, 0, pc << 6 | 0x3F, 0, 0xFF, 0]), 255
 
 
-@pytest.mark.parametrize("block_size", [512, 4096])
-def test_sg_readcap_and_sg_modes(scsi_target, guest, block_size):
+@pytest.mark.parametrize("block_size,options", [(512, None), (4096, None), (512, THIN)],
+                         ids=["512", "4096", "512-thin"])
+def test_sg_readcap_and_sg_modes(scsi_target, guest, block_size, options):
     """SBC-4 5.20: sg_readcap -l shows the LU's block count and length and the READ
     CAPACITY(16) fields the target returns; SPC-4 7.5: sg_modes -a decodes MODE SENSE
     (10) and (6) for the current, changeable and default values, with the LU's mode pages
     byte for byte and the block descriptor (SBC-4 6.5.2) of its capacity; saved values,
     which the LU does not keep, are refused as SAVING PARAMETERS NOT SUPPORTED."""
-    lun = Lun(size=32 << 20, block_size=block_size, vendor="STSG3", product="SG-MODES")
+    lun = Lun(size=32 << 20, block_size=block_size, vendor="STSG3", product="SG-MODES",
+              options=options)
     blocks = lun.size // block_size
     target = scsi_target(lun, kind="ours")
     codes = host_lu(lun).mode.page_codes()
@@ -733,10 +741,12 @@ def test_sg_readcap_and_sg_modes(scsi_target, guest, block_size):
 
 # ---- provisioning: the opcode table against the provisioning pages -----------------------
 
-def test_rsoc_unmap_agrees_with_the_provisioning_pages(scsi_target, guest):
-    """SPC-4 6.35.3 / SBC-4 6.6.4, 6.6.6: on a fully provisioned LU, what sg_opcodes says
-    of UNMAP (42h) agrees with the Block Limits and LBP VPD pages sg_vpd decodes."""
-    lun = Lun(size=32 << 20, vendor="STSG3", product="SG-UNMAP")
+@pytest.mark.parametrize("options", [None, THIN], ids=["full", "thin"])
+def test_rsoc_unmap_agrees_with_the_provisioning_pages(scsi_target, guest, options):
+    """SPC-4 6.35.3 / SBC-4 6.6.4, 6.6.6: on a fully provisioned LU and on a thin one, what
+    sg_opcodes says of UNMAP (42h) agrees with the Block Limits and LBP VPD pages sg_vpd
+    decodes (not supported / supported everywhere)."""
+    lun = Lun(size=32 << 20, vendor="STSG3", product="SG-UNMAP", options=options)
     _, sg = start(scsi_target, guest, lun)
     r = sg.run("sg_opcodes -o 0x42")  # "NOT supported" is the answer here, not a complaint
     assert r.status == 0 and not r.err.strip(), r.text()
@@ -745,7 +755,7 @@ def test_rsoc_unmap_agrees_with_the_provisioning_pages(scsi_target, guest):
     max_unmap = _number(sg.clean("sg_vpd -p bl", "sg_vpd -p bl").out, "Maximum unmap LBA count")
     lbpu = _number(sg.clean("sg_vpd -p lbpv", "sg_vpd -p lbpv").out,
                    "Unmap command supported (LBPU)")
-    assert supported == bool(lbpu) == bool(max_unmap), (
+    assert supported == bool(lbpu) == bool(max_unmap) == bool(options), (
         f"RSOC says UNMAP {'supported' if supported else 'not supported'}, LBPU={lbpu}, "
         f"MAXIMUM UNMAP LBA COUNT={max_unmap}:\n{rsoc}")
 
