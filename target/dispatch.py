@@ -70,7 +70,8 @@ class Dispatcher:
             return
         if task.status == 0:  # bypass: not TASK SET FULL
             self.lu.execute(task)
-            if self._background(task, link, start):
+            if (task.deferred or self.lu.sanitize.active is not None) \
+                    and self._background(task, link, start):
                 return
         link.conn.complete(task)
         if self.tracer is not None:
@@ -92,6 +93,9 @@ class Dispatcher:
             return True
         # delay: runs at once, outside the task set; its completion waits
         self.lu.execute(task)
+        if (task.deferred or self.lu.sanitize.active is not None) \
+                and self._background(task, link, start):
+            return True  # a deferred task completes when its operation ends
         self.loop.call_later(fault.delay, self._complete_later, link, task, start)
         return True
 
@@ -114,10 +118,12 @@ class Dispatcher:
         ts = self.taskset
         loop = self.loop
         execute = self.lu.execute
+        sanitize = self.lu.sanitize
         try:
             while (task := ts.dispatch(loop.time())) is not None:
                 execute(task)
-                if self._background(task, *task.shell):
+                if (task.deferred or sanitize.active is not None) \
+                        and self._background(task, *task.shell):
                     task.shell = None
                     ts.done(task, loop.time())
                     continue
