@@ -215,9 +215,12 @@ def banner(app, bound: list[tuple[str, int]]) -> str:
             f"{h}:{p}" for h, p in bound))
         for lun, lu in sorted(device.luns.items()):
             url = f"iscsi://{hostpart}:{port}/{t.iqn}/{lun}"
-            ro = ", read-only" if lu.read_only else ""
+            extra = "".join(f", {name}" for name, on in (
+                (f"{lu.block_size << lu.lbppb_exponent}-byte physical", lu.lbppb_exponent),
+                ("thin", lu.thin), ("read-only", lu.read_only), ("removable", lu.removable))
+                if on)
             lines.append(f"  LUN {lun}: {lu.store.description}, {_human(lu.store.size)}, "
-                         f"{lu.block_size}-byte blocks{ro}")
+                         f"{lu.block_size}-byte blocks{extra}")
             lines.append(f"    URL:  {url}")
             lines.append(f"    QEMU: -drive if=none,id=d{lun},file={url},format=raw,cache=none "
                          f"-device virtio-scsi-pci,id=scsi0 "
