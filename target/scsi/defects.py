@@ -30,7 +30,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from target.scsi.commands import Access, CommandSet
-from target.scsi.sense import MEDIUM_NOT_PRESENT, CheckCondition, SenseKey, invalid_field_in_cdb
+from target.scsi.sense import invalid_field_in_cdb
 from target.scsi.task import Direction
 
 if TYPE_CHECKING:
@@ -58,8 +58,7 @@ def _flags(lu: LogicalUnit, cdb, byte: int) -> int:
     fmt = b & 0x07
     if fmt == FORMAT_RESERVED:
         raise invalid_field_in_cdb(byte, bit=2)
-    if not getattr(lu, "medium_present", True):
-        raise CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
+    lu.check_medium()
     if fmt == FORMAT_VENDOR:
         fmt = DEFAULT_FORMAT
     return (b & (REQ_PLIST | REQ_GLIST)) | fmt  # PLISTV, GLISTV: the lists returned

@@ -25,11 +25,13 @@ from target.scsi.sanitize import SANITIZE_COMMAND_FAILED, SanitizeState
 from target.scsi.sense import (
     CAPACITY_DATA_HAS_CHANGED,
     INVALID_MESSAGE_ERROR,
+    MEDIUM_NOT_PRESENT,
     POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED,
     Asc,
     CheckCondition,
     SenseKey,
     invalid_field_in_cdb,
+    write_protected,
 )
 from target.scsi.task import Identity, Nexus, ScsiTask, Status, TaskAttr
 from target.scsi.taskset import TaskSet
@@ -173,6 +175,16 @@ class LogicalUnit:
                 SenseKey.HARDWARE_ERROR, Asc(0x44, 0x00)
             ).sense(self.mode.d_sense)
             task.data_in = None
+
+    def check_medium(self) -> None:
+        """NOT READY, MEDIUM NOT PRESENT for a removable LU whose medium is ejected."""
+        if not self.medium_present:
+            raise CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
+
+    def check_writable(self) -> None:
+        """DATA PROTECT, WRITE PROTECTED on a read-only LU or with SWP set (SBC-4 4.11)."""
+        if self.mode.write_protected:
+            raise write_protected()
 
     def _check_condition(self, task: ScsiTask, cc: CheckCondition) -> None:
         task.status = Status.CHECK_CONDITION

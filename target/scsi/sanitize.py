@@ -72,14 +72,12 @@ from target.backing.base import StoreError
 from target.scsi.commands import Access, CommandSet, Handler
 from target.scsi.sense import (
     LU_NOT_READY_SANITIZE_IN_PROGRESS,
-    MEDIUM_NOT_PRESENT,
     Asc,
     CheckCondition,
     SenseKey,
     invalid_field_in_cdb,
     invalid_field_in_parameter_list,
     parameter_list_length_error,
-    write_protected,
 )
 from target.scsi.task import Direction
 
@@ -316,10 +314,8 @@ def _overwrite_block(lu: LogicalUnit, task: ScsiTask, length: int) -> tuple[byte
 def _sanitize(lu: LogicalUnit, task: ScsiTask, block: bytes | None = None, passes: int = 1,
               invert: bool = False) -> None:
     cdb = task.cdb
-    if not getattr(lu, "medium_present", True):
-        raise CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
-    if lu.read_only or lu.mode.swp:
-        raise write_protected()
+    lu.check_medium()
+    lu.check_writable()
     state = lu.sanitize
     ause = bool(cdb[1] & 0x20)
     if ause and state.failed and not state.unrestricted:

@@ -33,7 +33,6 @@ from target.backing.base import StoreError
 from target.scsi import vpd_sbc
 from target.scsi.commands import Access, CommandSet
 from target.scsi.sense import (
-    MEDIUM_NOT_PRESENT,
     MEDIUM_REMOVAL_PREVENTED,
     MISCOMPARE_DURING_VERIFY,
     PARAMETER_LIST_LENGTH_ERROR,
@@ -44,7 +43,6 @@ from target.scsi.sense import (
     invalid_field_in_cdb,
     invalid_field_in_parameter_list,
     lba_out_of_range,
-    write_protected,
 )
 from target.scsi.task import Direction, Status
 
@@ -84,16 +82,6 @@ def _check_range(lu, lba: int, count: int) -> None:
         raise lba_out_of_range()
 
 
-def _check_medium(lu) -> None:
-    if not getattr(lu, "medium_present", True):
-        raise CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
-
-
-def _check_writable(lu) -> None:
-    if lu.read_only or lu.mode.swp:
-        raise write_protected()
-
-
 def _no_protection(flags: int) -> None:
     if flags & 0xE0:
         raise invalid_field_in_cdb(1, bit=7)
@@ -112,8 +100,7 @@ def _read(lu, task, lba: int, count: int) -> None:
 
 
 def _write(lu, task, lba: int, count: int, fua: bool) -> None:
-    if lu.read_only or lu.mode.swp:
-        raise write_protected()
+    lu.check_writable()
     if lba + count > lu.num_blocks:
         raise lba_out_of_range()
     if count > lu.max_transfer_blocks:
@@ -139,7 +126,7 @@ def _write(lu, task, lba: int, count: int, fua: bool) -> None:
                   access=Access.READ)
 def read6(lu, task) -> None:
     cdb = task.cdb
-    _check_medium(lu)
+    lu.check_medium()
     lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
     _read(lu, task, lba, cdb[4] or 256)  # 0 means 256 blocks (SBC-4 5.13)
 
@@ -150,7 +137,7 @@ def read10(lu, task) -> None:
     flags, lba, count = _RW10.unpack_from(task.cdb)
     if flags & 0xE0:
         raise invalid_field_in_cdb(1, bit=7)
-    _check_medium(lu)
+    lu.check_medium()
     _read(lu, task, lba, count)
 
 
@@ -159,7 +146,7 @@ def read10(lu, task) -> None:
 def read12(lu, task) -> None:
     flags, lba, count = _RW12.unpack_from(task.cdb)
     _no_protection(flags)
-    _check_medium(lu)
+    lu.check_medium()
     _read(lu, task, lba, count)
 
 
@@ -168,7 +155,7 @@ def read12(lu, task) -> None:
 def read16(lu, task) -> None:
     flags, lba, count = _RW16.unpack_from(task.cdb)
     _no_protection(flags)
-    _check_medium(lu)
+    lu.check_medium()
     _read(lu, task, lba, count)
 
 
@@ -178,7 +165,7 @@ def read16(lu, task) -> None:
                   access=Access.WRITE)
 def write6(lu, task) -> None:
     cdb = task.cdb
-    _check_medium(lu)
+    lu.check_medium()
     lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
     _write(lu, task, lba, cdb[4] or 256, False)
 
@@ -189,7 +176,7 @@ def write10(lu, task) -> None:
     flags, lba, count = _RW10.unpack_from(task.cdb)
     if flags & 0xE0:
         raise invalid_field_in_cdb(1, bit=7)
-    _check_medium(lu)
+    lu.check_medium()
     _write(lu, task, lba, count, flags & 0x08)
 
 
@@ -199,7 +186,7 @@ def write10(lu, task) -> None:
 def write12(lu, task) -> None:
     flags, lba, count = _RW12.unpack_from(task.cdb)
     _no_protection(flags)
-    _check_medium(lu)
+    lu.check_medium()
     _write(lu, task, lba, count, flags & 0x08)
 
 
@@ -208,7 +195,7 @@ def write12(lu, task) -> None:
 def write16(lu, task) -> None:
     flags, lba, count = _RW16.unpack_from(task.cdb)
     _no_protection(flags)
-    _check_medium(lu)
+    lu.check_medium()
     _write(lu, task, lba, count, flags & 0x08)
 
 
@@ -228,8 +215,8 @@ def write_atomic16(lu, task) -> None:
     after the LBA range check."""
     flags, lba, boundary, count = _WA16.unpack_from(task.cdb)
     _no_protection(flags)
-    _check_medium(lu)
-    _check_writable(lu)
+    lu.check_medium()
+    lu.check_writable()
     _check_range(lu, lba, count)
     if boundary:
         raise invalid_field_in_cdb(10)
@@ -262,7 +249,7 @@ def _verify(lu, task, flags: int, lba: int, count: int) -> None:
     bytchk = (flags >> 1) & 0x03
     if bytchk == 2:
         raise invalid_field_in_cdb(1, bit=2)
-    _check_medium(lu)
+    lu.check_medium()
     _check_range(lu, lba, count)
     if count > lu.max_transfer_blocks:
         raise _too_long(task)
@@ -299,7 +286,7 @@ def _write_and_verify(lu, task, flags: int, lba: int, count: int) -> None:
     _no_protection(flags)
     if flags & 0x04:  # BYTCHK 1xb is reserved
         raise invalid_field_in_cdb(1, bit=2)
-    _check_medium(lu)
+    lu.check_medium()
     _write(lu, task, lba, count, True)
 
 
@@ -332,8 +319,8 @@ def orwrite16(lu, task) -> None:
     """SBC-4 5.9: OR the Data-Out into the medium (no XDREAD/XPWRITE mode)."""
     flags, lba, count = _RW16.unpack_from(task.cdb)
     _no_protection(flags)
-    _check_medium(lu)
-    _check_writable(lu)
+    lu.check_medium()
+    lu.check_writable()
     _check_range(lu, lba, count)
     if count > lu.max_transfer_blocks:
         raise _too_long(task)
@@ -352,7 +339,7 @@ def orwrite16(lu, task) -> None:
 # --- cache, prefetch ----------------------------------------------------------------------
 
 def _sync(lu, task, lba: int, count: int) -> None:
-    _check_medium(lu)
+    lu.check_medium()
     _check_range(lu, lba, count)
     lu.store.flush()
 
@@ -374,7 +361,7 @@ def synchronize_cache16(lu, task) -> None:
 
 def _prefetch(lu, task, lba: int, count: int) -> None:
     """SBC-4 5.11/5.12: everything fits in the cache: CONDITION MET."""
-    _check_medium(lu)
+    lu.check_medium()
     _check_range(lu, lba, count)
     task.status = Status.CONDITION_MET
 
@@ -399,8 +386,8 @@ def _write_same(lu, task, flags: int, lba: int, count: int, ndob: bool) -> None:
     """SBC-4 5.50/5.51. With UNMAP=1 on a thin LU the blocks are deallocated whatever the
     Data-Out holds: they then read as zeros (LBPRZ=1), which is what a deallocated block
     returns (SBC-4 4.7.4.5); a write-protected or absent medium is reported first."""
-    _check_medium(lu)
-    _check_writable(lu)
+    lu.check_medium()
+    lu.check_writable()
     _no_protection(flags)
     unmap = bool(flags & 0x08)
     anchor = bool(flags & 0x10)
@@ -464,8 +451,8 @@ def write_same16(lu, task) -> None:
 def unmap(lu, task) -> None:
     """SBC-4 5.30: deallocate the ranges of the parameter list (thin LUs only)."""
     cdb = task.cdb
-    _check_medium(lu)
-    _check_writable(lu)
+    lu.check_medium()
+    lu.check_writable()
     if cdb[1] & 0x01:  # ANCHOR
         raise invalid_field_in_cdb(1, bit=0)
     length = cdb[7] << 8 | cdb[8]
@@ -505,7 +492,7 @@ def get_lba_status(lu, task) -> None:
     cdb = task.cdb
     lba = _U64.unpack_from(cdb, 2)[0]
     alloc = _U32.unpack_from(cdb, 10)[0]
-    _check_medium(lu)
+    lu.check_medium()
     if lba >= lu.num_blocks:
         raise lba_out_of_range()
     if alloc == 0:
@@ -537,7 +524,7 @@ def read_capacity10(lu, task) -> None:
     cdb = task.cdb
     if not cdb[8] & 0x01 and any(cdb[2:6]):  # LBA with PMI=0 (SBC-3 5.15)
         raise invalid_field_in_cdb(2)
-    _check_medium(lu)
+    lu.check_medium()
     lu.refresh_capacity(task.nexus)
     last = lu.num_blocks - 1
     task.data_in = _RC10.pack(min(last, 0xFFFFFFFF), lu.block_size)
@@ -550,7 +537,7 @@ def read_capacity16(lu, task) -> None:
     """SBC-4 5.16: capacity, block length, and LBPME/LBPRZ for thin LUs."""
     cdb = task.cdb
     alloc = _U32.unpack_from(cdb, 10)[0]
-    _check_medium(lu)
+    lu.check_medium()
     lu.refresh_capacity(task.nexus)
     lbp = 0xC0 if lu.thin else 0  # LBPME, LBPRZ (deallocated blocks read as zeros)
     data = struct.pack(">QIBBBB16x", lu.num_blocks - 1, lu.block_size, 0,
@@ -613,8 +600,8 @@ def compare_and_write(lu, task) -> None:
     other command on the LU."""
     flags, lba, count = _CAW.unpack_from(task.cdb)
     _no_protection(flags)
-    _check_medium(lu)
-    _check_writable(lu)
+    lu.check_medium()
+    lu.check_writable()
     if count > vpd_sbc.MAX_COMPARE_AND_WRITE:
         raise invalid_field_in_cdb(13)
     _check_range(lu, lba, count)

@@ -85,10 +85,6 @@ def _alloc(task: ScsiTask, data: bytes, alloc: int) -> None:
     task.data_in = data[:alloc]
 
 
-def _medium_present(lu: LogicalUnit) -> bool:
-    return bool(getattr(lu, "medium_present", True))
-
-
 def _ascii(text: str, size: int) -> bytes:
     raw = text.encode("ascii", "replace")[:size]
     return raw.ljust(size, b" ")
@@ -241,7 +237,7 @@ def inquiry(lu: LogicalUnit, task: ScsiTask) -> None:
 
 @COMMANDS.command(0x00, "TEST UNIT READY", [0x00, 0, 0, 0, 0, 0x04], access=Access.ALLOWED)
 def test_unit_ready(lu: LogicalUnit, task: ScsiTask) -> None:
-    if not _medium_present(lu):
+    if not lu.medium_present:
         raise CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
 
 
@@ -256,7 +252,7 @@ def request_sense(lu: LogicalUnit, task: ScsiTask) -> None:
         cc = CheckCondition(SenseKey.UNIT_ATTENTION, code)
     elif sanitize is not None:
         cc = sanitize
-    elif not _medium_present(lu):
+    elif not lu.medium_present:
         cc = CheckCondition(SenseKey.NOT_READY, MEDIUM_NOT_PRESENT)
     else:
         cc = CheckCondition(SenseKey.NO_SENSE, NO_ADDITIONAL_SENSE)

@@ -422,7 +422,7 @@ def _resolve(lu: LogicalUnit, nexus: Nexus, cscds: tuple[Cscd, ...], ident: int,
         raise _copy_aborted(INCORRECT_COPY_TARGET_DEVICE_TYPE, cscd.offset + 1)
     if cscd.block_length != target.block_size:
         raise _copy_aborted(PARAMETER_VALUE_INVALID, cscd.offset + 29)
-    if not getattr(target, "medium_present", True):
+    if not target.medium_present:
         raise _copy_aborted(MEDIUM_NOT_PRESENT, cscd.offset)
     return target, cscd
 
@@ -466,7 +466,9 @@ def _move(src: LogicalUnit, src_at: int, dst: LogicalUnit, dst_at: int, nbytes: 
     for off in starts:
         n = min(CHUNK, nbytes - off)
         try:
-            data = bytes(src.store.read(src_at + off, n))
+            data = src.store.read(src_at + off, n)
+            if src.store is dst.store:  # a view into what the writes change: take a copy
+                data = bytes(data)
         except StoreError:
             raise _copy_aborted(UNRECOVERED_READ_ERROR, read_field) from None
         try:
@@ -512,7 +514,7 @@ def _segment(lu: LogicalUnit, task: ScsiTask, params: ParameterList, seg: Segmen
         raise _copy_aborted(NO_ADDITIONAL_SENSE, src_lba_field)
     if dst_end > dst.num_blocks * dbs:
         raise _copy_aborted(NO_ADDITIONAL_SENSE, dst_lba_field)
-    if dst.read_only or dst.mode.swp:
+    if dst.mode.write_protected:
         raise _copy_aborted(WRITE_PROTECTED, at + 6)
     if nbytes:
         _move(src, src_start, dst, dst_start, nbytes, src_lba_field, dst_lba_field)
