@@ -3,7 +3,7 @@
     scsi-target serve [--config FILE] [--portal HOST:PORT ...] [--target-iqn IQN]
                       [--size SIZE] [--block-size 512|4096] [--backing PATH]
                       [--read-only] [--port-file FILE] [--log-file FILE] [-v]
-                      [--trace FILE] [--trace-live]
+                      [--trace FILE] [--trace-live] [--event-loop uvloop|asyncio]
                   [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
                   [--rotational] [--rpm N] [--seek-ms MS]
     scsi-target status [--control SOCKET] [--json]
@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="record every command, decoded, as JSON lines in FILE")
     s.add_argument("--trace-live", action="store_true",
                    help="print one line per command as it completes")
+    s.add_argument("--event-loop", choices=("uvloop", "asyncio"),
+                   help="the event loop (default: uvloop when it is installed, else "
+                        "asyncio's own)")
     sc = s.add_argument_group("task set of the (first) LUN (config: [target.lun.scheduler])")
     sc.add_argument("--elevator", choices=("disksort", "fifo"),
                     help="order of queued SIMPLE tasks (default disksort)")
@@ -238,6 +241,12 @@ def serve(args: argparse.Namespace) -> int:
                         filename=str(args.log_file) if args.log_file else None,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = effective_config(args)
+    if args.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ConfigError("--event-loop uvloop: uvloop is not installed (it comes with "
+                              "`make venv`, or pip install uvloop)") from None
     application = appmod.build(cfg)
     listen = [cfgmod.parse_listen(p, "listen") for p in cfg.listen]
 
@@ -268,7 +277,7 @@ def serve(args: argparse.Namespace) -> int:
                            control=Control(application, faults),
                            control_path=args.control or default_socket(), faults=faults)
     try:
-        srvmod.run(server, on_stop=application.close)
+        srvmod.run(server, on_stop=application.close, event_loop=args.event_loop)
     finally:
         application.close()
         if tracer is not None:

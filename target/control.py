@@ -8,7 +8,8 @@ Rules:
   {"command": "fault-list"}, {"command": "fault-clear", "id": N} (no id: all).
   {"command": "status"} -> the targets, their LUNs (size, block size, the task
   set's policy, depth and metrics: commands queued, maximum depth, seek distance,
-  reorders, starvation-bound hits, TASK SET FULL answers, aborts) and the sessions.
+  reorders, starvation-bound hits, TASK SET FULL answers, aborts), the sessions and the
+  event loop ("uvloop" or "asyncio").
   Unknown commands and malformed requests get {"ok": false, "error": "..."} naming the
   problem; the connection stays usable.
 - Where the socket is: `serve --control PATH`, or by default
@@ -19,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -108,7 +110,12 @@ class Control:
             sessions.append({"initiator": p.initiator_name, "target": p.target_name,
                              "isid": f"0x{p.isid:012x}", "tsih": p.tsih,
                              "peer": getattr(conn, "peer", "")})
+        try:
+            loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        except RuntimeError:  # asked outside the server (tests)
+            loop = None
         return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
+                "event_loop": loop,
                 "listen": list(app.portal.addresses), "targets": targets, "sessions": sessions,
                 "faults": self.faults.describe() if self.faults is not None else []}
 

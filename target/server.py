@@ -15,7 +15,7 @@ Rules:
   (target.dispatch: elevator, dispatch depth, rotational model); tasks for a LUN with no
   LU are answered by the device at once. When a connection aborted queued tasks, the
   task sets are pumped again.
-- uvloop is used when it is installed.
+- The event loop is uvloop when it is installed, or asyncio's own (`--event-loop`).
 - The control socket (target.control) is served here too: a unix socket, JSON lines.
 - Shutdown (SIGINT/SIGTERM): stop accepting, ask every full-feature session to log out
   (Async Message, event 1, RFC 7143 11.9.1), wait a short while, drop what is left, then
@@ -365,17 +365,24 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
+def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
+    """uvloop's loop or asyncio's own: `kind` "uvloop" or "asyncio"; None takes uvloop when
+    it is installed."""
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
     try:
         import uvloop
     except ImportError:
+        if kind == "uvloop":
+            raise
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
 
-def run(server: Server, on_stop: Callable[[], None] | None = None) -> None:
+def run(server: Server, on_stop: Callable[[], None] | None = None,
+        event_loop: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then shut down cleanly."""
-    loop = new_event_loop()
+    loop = new_event_loop(event_loop)
     asyncio.set_event_loop(loop)
 
     async def main() -> None:
