@@ -4,6 +4,9 @@ Rules:
 - This module alone touches sockets and the event loop (DESIGN.md principle 1).
 - Receiving: recv_into() the buffer the Connection offers (its scratch space, or the
   write buffer of the command whose data is arriving), so data is received in place.
+  Under uvloop a socket error (a reset) calls the reader once and ends the watch; when a
+  reader returns without having drained the socket, the pending socket error is looked at
+  so that a reset behind unread bytes still closes the link (issue 11).
 - Sending: the Connection's output buffers go out with socket.sendmsg() as they are
   (header bytes and memoryviews of read data, never joined); what the kernel does not
   take waits in a queue and the connection stops reading past a high-water mark.
@@ -81,11 +84,13 @@ class Link:
     def _on_readable(self) -> None:
         conn = self.conn
         recv_into = self.sock.recv_into
+        drained = False  # a receive found nothing more (EAGAIN)
         for _ in range(RECV_ROUNDS):
             buf = conn.get_buffer()
             try:
                 n = recv_into(buf)
             except (BlockingIOError, InterruptedError):
+                drained = True
                 break
             except OSError as exc:
                 log.info("%s: receive failed: %s", conn.peer, exc)
@@ -101,7 +106,26 @@ class Link:
                 self._pump_all()
             if conn.want_close or n < len(buf):
                 break
+        if not drained and self.server.reader_called_once_on_error and not self.closed \
+                and self._socket_error():
+            return
         self._flush()
+
+    def _socket_error(self) -> bool:
+        """uvloop reports a socket error (POLLERR: a reset) by calling the reader once and
+        then no longer watching the socket; a reset behind unread bytes then shows only as
+        a short read. The pending error (SO_ERROR) says whether that happened: if so the
+        link is closed now, or it would stay open for good with its session, reservations
+        and buffers."""
+        try:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            err = errno.EBADF
+        if not err:
+            return False
+        log.info("%s: connection lost: %s", self.conn.peer, os.strerror(err))
+        self.close()
+        return True
 
     def _run_tasks(self) -> None:
         """Hand the tasks the connection made ready to their LUs' task sets, then let each
@@ -237,10 +261,13 @@ class Server:
         self.dispatchers: dict = {}  # LogicalUnit -> target.dispatch.Dispatcher
         self.bound: list[tuple[str, int]] = []
         self._stop: asyncio.Event | None = None
+        # uvloop calls a reader once on a socket error and stops watching (see Link).
+        self.reader_called_once_on_error = False
 
     def start(self) -> list[tuple[str, int]]:
         """Bind and listen; returns the bound (host, port) pairs."""
         self.loop = asyncio.get_running_loop()
+        self.reader_called_once_on_error = type(self.loop).__module__.startswith("uvloop")
         for name, entry in self.portal.targets.items():
             for lu in entry.device.luns.values():
                 self.dispatchers[lu] = Dispatcher(self.loop, lu, self.tracer, self.faults, name)

@@ -2,8 +2,9 @@
 
 Rules:
 - Offsets and lengths are in bytes; the logical unit has checked them against `size`.
-- read() returns a buffer the caller may send as it is (a memoryview into the store is
-  allowed, DESIGN.md principle 5); the caller does not keep it past the command.
+- read() returns a buffer that holds the medium as it was at the call and that nothing
+  changes afterwards (no view into storage that later writes change): the caller sends it
+  as it is, however long the send takes (DESIGN.md principle 5, SAM-5 task order).
 - write() takes any buffer (memoryview of a receive buffer) and does not keep it.
 - flush() makes every completed write durable (fdatasync for files): SYNCHRONIZE CACHE,
   FUA, and writes when the write cache is disabled (WCE=0, SBC-4 4.15).

@@ -3,9 +3,12 @@
 Rules:
 - The mapping is made with mmap(-1, size): pages cost memory only once written, so the
   default 1 GiB LUN starts at (almost) nothing.
-- read() returns a memoryview into the mapping; it is sent as it is (no copy). An
-  initiator sees a command's data only after its status, so a later overlapping write
-  cannot change data already being sent for a completed read.
+- read() returns a copy of the blocks (bytes): the medium as it was when the read was
+  processed (SAM-5 8.6, SPC-4 7.5.8). A view into the mapping would be sent as it is
+  only after later commands ran, so a WRITE to the same blocks processed after the READ
+  (in the same receive burst, or from another session while the Data-In waits in the
+  send queue) would change the READ's data before it left. The copy is the one memcpy a
+  file store's preadv also makes; nothing is copied again on the way out.
 - discard() gives the pages back (MADV_DONTNEED on a private anonymous mapping reads
   back as zeros) and extents() reports which pages were written since: a page map (one
   byte per page, set by write(), cleared for the whole pages discard() releases) answers
@@ -31,8 +34,8 @@ class MemoryStore(Store):
         self._view = memoryview(self._map)
         self._mapped = bytearray(-(-size // PAGE))  # 1: the page holds written data
 
-    def read(self, offset: int, length: int) -> memoryview:
-        return self._view[offset : offset + length]
+    def read(self, offset: int, length: int) -> bytes:
+        return self._view[offset : offset + length].tobytes()
 
     def write(self, offset: int, data: Buffer) -> None:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
@@ -81,6 +84,6 @@ class MemoryStore(Store):
             self._view.release()
             self._map.close()
         except BufferError:
-            # A slice is still referenced (data of a read being sent on a connection that
-            # is going away); the mapping is freed with the last reference.
+            # A slice is still referenced (a write's source or a caller's view); the
+            # mapping is freed with the last reference.
             pass

@@ -80,6 +80,7 @@ DATA_OFFSET_ERROR = Asc(0x4B, 0x05)
 # Eight-byte LUN fields of LUNs 0..255 in peripheral device addressing (SAM-5 4.6.6).
 _LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
+_RECEIVED = ()  # a held CmdSN slot that counts as received with no command to run
 
 
 class Phase(Enum):
@@ -117,7 +118,7 @@ class Command:
 
     __slots__ = ("task", "itt", "cmdsn", "lun_raw", "edtl", "read", "write", "buf", "view",
                  "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
-                 "outstanding", "admitted", "queued", "aborted", "data_pdus")
+                 "outstanding", "admitted", "queued", "aborted", "data_pdus", "gap")
 
     def __init__(self, task: ScsiTask, bhs: Bhs) -> None:
         self.task = task
@@ -140,6 +141,7 @@ class Command:
         self.queued = False
         self.aborted = False
         self.data_pdus = 0  # R2Ts or Data-Ins sent, for ExpDataSN
+        self.gap: tuple[int, int] | None = None  # unsolicited range left unsent (F bit)
 
 
 class Connection:
@@ -341,26 +343,45 @@ class Connection:
             self._admit(bhs, data, cmd)
 
     def _admit(self, bhs: Bhs, data, cmd: Command | None) -> None:
-        """CmdSN ordering (RFC 7143 4.2.2.1)."""
+        """CmdSN ordering (RFC 7143 4.2.2.1): a command beyond ExpCmdSN waits for the ones
+        before it; a CmdSN outside the window, or one already received, is ignored."""
         session = self.session
         assert session is not None
         cmdsn = bhs.cmdsn
         if cmdsn != session.exp_cmdsn:
-            if pdu.sn_lt(session.exp_cmdsn, cmdsn) and pdu.sn_le(cmdsn, session.max_cmdsn):
+            if self._in_window(cmdsn) and cmdsn not in self._held:
                 self._held[cmdsn] = (bhs, data, cmd)
             else:
-                log.info("%s: ignoring CmdSN %#x outside [%#x, %#x]", self.peer, cmdsn,
-                         session.exp_cmdsn, session.max_cmdsn)
+                log.info("%s: ignoring CmdSN %#x outside [%#x, %#x] or received already",
+                         self.peer, cmdsn, session.exp_cmdsn, session.max_cmdsn)
                 if cmd is not None:
                     self._forget(cmd)
             return
+        self._advance((bhs, data, cmd))
+
+    def _advance(self, entry: tuple) -> None:
+        """Execute the command at ExpCmdSN (`entry`, or _RECEIVED for a CmdSN that counts as
+        received with nothing to run), then every held one that follows without a gap."""
+        session = self.session
         while True:
             session.exp_cmdsn = (session.exp_cmdsn + 1) & 0xFFFFFFFF
-            self._execute(bhs, data, cmd)
-            held = self._held.pop(session.exp_cmdsn, None)
-            if held is None:
+            if entry is not _RECEIVED:
+                self._execute(*entry)
+            entry = self._held.pop(session.exp_cmdsn, None)
+            if entry is None:
                 return
-            bhs, data, cmd = held
+
+    def _in_window(self, cmdsn: int) -> bool:
+        session = self.session
+        return pdu.sn_le(session.exp_cmdsn, cmdsn) and pdu.sn_le(cmdsn, session.max_cmdsn)
+
+    def _consider_received(self, cmdsn: int) -> None:
+        """RFC 7143 11.5.1 b): an ABORT TASK named a CmdSN in the window that never arrived;
+        it counts as received, so the commands waiting behind it are not held for good."""
+        if cmdsn == self.session.exp_cmdsn:
+            self._advance(_RECEIVED)
+        elif cmdsn not in self._held:
+            self._held[cmdsn] = _RECEIVED
 
     def _execute(self, bhs: Bhs, data, cmd: Command | None) -> None:
         op = bhs.opcode
@@ -458,7 +479,9 @@ class Connection:
             cmd.view = memoryview(cmd.buf)
             task.data_out = cmd.view
             cmd.received = bhs.dsl  # immediate data lands at offset 0
-            unsolicited = 0 if p.initial_r2t else min(p.first_burst_length, edtl)
+            # Unsolicited Data-Out follows only with InitialR2T=No and F=0 (11.3.1).
+            unsolicited = 0 if p.initial_r2t or flags & F_FINAL else min(
+                p.first_burst_length, edtl)
             cmd.unsol_end = max(unsolicited, bhs.dsl)
             cmd.unsol_next = bhs.dsl
             cmd.r2t_next = cmd.unsol_end
@@ -493,21 +516,32 @@ class Connection:
             self.ready.append(cmd.task)
 
     def _send_r2ts(self, cmd: Command) -> None:
+        """R2Ts (11.8) for what is not asked for yet, at most MaxBurstLength each and
+        MaxOutstandingR2T at a time: first a gap an unsolicited burst left (ended early by
+        its F bit), then onwards from r2t_next."""
         p = self.params
         session = self.session
         assert session is not None
-        while cmd.r2t_next < cmd.edtl and cmd.outstanding < p.max_outstanding_r2t:
-            length = min(p.max_burst_length, cmd.edtl - cmd.r2t_next)
+        while cmd.outstanding < p.max_outstanding_r2t:
+            gap = cmd.gap
+            if gap is not None:
+                offset = gap[0]
+                length = min(p.max_burst_length, gap[1] - offset)
+                cmd.gap = (offset + length, gap[1]) if offset + length < gap[1] else None
+            elif cmd.r2t_next < cmd.edtl:
+                offset = cmd.r2t_next
+                length = min(p.max_burst_length, cmd.edtl - offset)
+                cmd.r2t_next += length
+            else:
+                return
             ttt = self._next_ttt
             self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
-            r2t = R2T(ttt, cmd, cmd.r2t_next, length)
-            self._r2ts[ttt] = r2t
+            self._r2ts[ttt] = R2T(ttt, cmd, offset, length)
             self._send(pdu.pack(Op.R2T, F_FINAL, 0, 0, 0, cmd.lun_raw, cmd.itt, ttt,
                                 self.stat_sn, session.exp_cmdsn, session.max_cmdsn, cmd.r2tsn,
-                                r2t.offset, length))
+                                offset, length))
             cmd.r2tsn += 1
             cmd.data_pdus += 1
-            cmd.r2t_next += length
             cmd.outstanding += 1
 
     def _data_out_destination(self, bhs: Bhs) -> memoryview | None:
@@ -568,6 +602,12 @@ class Connection:
         if bhs.ttt == RESERVED_TAG:
             cmd.unsol_next += n
             cmd.unsol_datasn += 1
+            if bhs.flags & F_FINAL and cmd.unsol_next < cmd.unsol_end:
+                # 11.7.1: F ends the unsolicited burst; what it did not carry is solicited.
+                cmd.gap = (cmd.unsol_next, cmd.unsol_end)
+                cmd.unsol_end = cmd.unsol_next
+                if cmd.admitted:
+                    self._send_r2ts(cmd)
         else:
             r2t = self._r2ts[bhs.ttt]
             r2t.next_offset += n
@@ -603,7 +643,7 @@ class Connection:
                 resid_flag, resid, n = F_OVERFLOW, n - limit, limit
             elif n < limit:
                 resid_flag, resid = F_UNDERFLOW, limit - n
-        elif cmd.write:
+        elif cmd.write or task.out_length:  # W=0 but the CDB wants Data-Out: overflow
             wanted = task.out_length if task.out_length is not None else edtl
             if wanted > edtl:
                 resid_flag, resid = F_OVERFLOW, wanted - edtl
@@ -732,13 +772,18 @@ class Connection:
         device = self.session.device
         response = TmfResponse.COMPLETE
         cold = False
+        received = None  # a CmdSN that ABORT TASK makes count as received (11.5.1 b)
         if function == TmfFunction.ABORT_TASK:
             cmd = self._cmds.get(bhs.referenced_task_tag)
-            # Commands are admitted in CmdSN order, so a task we do not hold has either
-            # completed or is aborted already: "Task does not exist" (11.6.1).
+            ref = bhs.ref_cmdsn
             if cmd is not None and not cmd.aborted:
-                self._abort(cmd)
+                self._abort(cmd)  # 11.5.1 a)
+            elif self._in_window(ref) and pdu.sn_lt(ref, bhs.cmdsn):
+                # 11.5.1 b): never received (or received under another tag): Function
+                # complete, and the CmdSN counts as received, after this response.
+                received = ref
             else:
+                # 11.5.1 c): completed, aborted already, or RefCmdSN outside the window.
                 response = TmfResponse.TASK_DOES_NOT_EXIST
         elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
                           TmfFunction.LOGICAL_UNIT_RESET):
@@ -783,6 +828,8 @@ class Connection:
         session = self.session
         self._send(pdu.pack(Op.TASK_MGMT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
                             self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn))
+        if received is not None:
+            self._consider_received(received)
         if cold:
             # TARGET COLD RESET: after the response, every connection ends (11.5.1).
             for other in self._other_connections():

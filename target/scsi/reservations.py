@@ -37,7 +37,10 @@ Rules:
   held until then; if the file cannot be written or removed the state goes back to what it
   was before the command, no unit attention is sent, and the command ends in HARDWARE
   ERROR / INTERNAL TARGET FAILURE (44h/00h). Nothing is persisted without APTPL.
-- At start an existing state file is restored: the same registrations with the same keys,
+- At start, temporary files of a write that was interrupted before its rename
+  (`<image>.pr.XXXX.tmp`, the target killed mid-update) are removed: the command they
+  belonged to never got its status. Then an existing state file is restored: the same
+  registrations with the same keys,
   the reservation and its type, APTPL on (5.13.5.1). The PRgeneration restarts at 0:
   "Regardless of the APTPL bit value the PRgeneration value shall be set to zero by a
   power on" (6.15.2); the saved generation is informational. A state file that cannot
@@ -65,6 +68,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -164,8 +168,10 @@ class Reservations:
         path = self.state_path
         self.ptpl_capable = path is not None and (
             os.path.exists(path) or os.access(os.path.dirname(path) or ".", os.W_OK))
-        if path is not None and os.path.lexists(path):
-            self._restore(path)
+        if path is not None:
+            _remove_stale_temporaries(path)
+            if os.path.lexists(path):
+                self._restore(path)
 
     # --- the check before dispatch ------------------------------------------------------
 
@@ -449,6 +455,25 @@ class Reservations:
         self._saved = raw
         log.info("LUN %d: restored %d registration(s)%s from %s (APTPL)", self.lu.lun,
                  len(regs), " and the reservation" if reservation else "", path)
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Temporary files of a state-file write that never reached its rename (the target was
+    killed between mkstemp and os.replace): they hold no acknowledged state, as the command
+    got its status only after the rename. Only this state file's own temporaries go."""
+    directory = os.path.dirname(path) or "."
+    pattern = re.compile(re.escape(os.path.basename(path)) + r"\.[A-Za-z0-9_]+\.tmp")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if pattern.fullmatch(name):
+            try:
+                os.unlink(os.path.join(directory, name))
+                log.warning("removed %s, left by an interrupted update of %s", name, path)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", name, exc.strerror)
 
 
 def _parse_state(raw: bytes) -> tuple[list[tuple[Nexus, int]], tuple[int, PrType] | None]:

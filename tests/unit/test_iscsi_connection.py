@@ -52,9 +52,9 @@ def _write10(lu, task):
 class Harness:
     """One connection in full feature phase plus the loop a shell would run."""
 
-    def __init__(self, **params) -> None:
-        self.store = MemoryStore(16 << 20)
-        self.lu = LogicalUnit(0, self.store, CMDS, block_size=BS)
+    def __init__(self, *, store=None, commands=CMDS, **params) -> None:
+        self.store = store if store is not None else MemoryStore(16 << 20)
+        self.lu = LogicalUnit(0, self.store, commands, block_size=BS)
         self.device = ScsiDevice("iqn.2026-11.local.test:t", [self.lu])
         self.portal = SimpleNamespace(max_recv_data_segment_length=262144,
                                       registry=SessionRegistry())
@@ -107,8 +107,10 @@ class Harness:
         return out
 
     def command(self, cdb: bytes, edtl: int, *, read=False, write=False, data=b"",
-                immediate=False, cmdsn=None, itt=None) -> bytes:
-        flags = pdu.F_FINAL | (pdu.F_READ if read else 0) | (pdu.F_WRITE if write else 0) | 1
+                immediate=False, cmdsn=None, itt=None, final=True) -> bytes:
+        """A SCSI Command PDU; final=False when unsolicited Data-Out follows (11.3.1)."""
+        flags = ((pdu.F_FINAL if final else 0) | (pdu.F_READ if read else 0)
+                 | (pdu.F_WRITE if write else 0) | 1)
         if cmdsn is None:
             cmdsn = self.cmdsn
             if not immediate:
@@ -210,7 +212,7 @@ def test_unsolicited_data_out_up_to_first_burst():
     """11.7 / 13.11: with InitialR2T=No, Data-Out with TTT ffffffff up to FirstBurstLength."""
     h = Harness(immediate_data=False, initial_r2t=False, first_burst_length=16384)
     payload = b"\xa5" * 20480
-    h.feed(h.command(write10(0, 40), 20480, write=True))
+    h.feed(h.command(write10(0, 40), 20480, write=True, final=False))
     (r2t, _), = h.pdus()  # solicited only beyond the first burst, asked for at once
     assert r2t.opcode == Op.R2T and (r2t.w40, r2t.w44) == (16384, 4096)
     h.feed(h.data_out(1, 0xFFFFFFFF, 0, 0, payload[:8192], final=False),
@@ -227,7 +229,7 @@ def test_write_data_received_in_any_chunking(step):
     """Bytes may arrive split anywhere; the result is the same (TCP is a byte stream)."""
     h = Harness(immediate_data=True, initial_r2t=False, first_burst_length=65536)
     payload = bytes(range(256)) * 16
-    stream = h.command(write10(8, 8), 4096, write=True, data=payload[:1024])
+    stream = h.command(write10(8, 8), 4096, write=True, data=payload[:1024], final=False)
     stream += h.data_out(1, 0xFFFFFFFF, 0, 1024, payload[1024:])
     stream += h.command(read10(8, 8), 4096, read=True)
     h.feed(stream, step=step)

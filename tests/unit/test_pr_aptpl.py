@@ -388,3 +388,25 @@ def test_corrupt_state_file_stops_the_configured_target(image):
     assert "LUN 3" in str(info.value) and pr_file(image) in str(info.value)
     os.unlink(pr_file(image))
     build_device(t, "test.toml").close()
+
+
+def test_temporary_files_of_an_interrupted_write_are_removed_at_start(image, tmp_path):
+    """A PERSISTENT RESERVE OUT killed while its state file was being written leaves the
+    temporary file (`<image>.pr.XXXX.tmp`) behind; the next start removes those of this
+    image (they were never renamed into place, so they hold no acknowledged state) and
+    keeps the `.pr` file itself and everything that belongs to other images."""
+    lu = file_lu(image)
+    ok(prout(lu, I1, REGISTER, 0, 0xA1, flags=APTPL))
+    lu.close()
+    stale = [tmp_path / f"{image.name}.pr.{tag}.tmp" for tag in ("k3j_0x", "a1b2c3d4")]
+    for p in stale:
+        p.write_bytes(b'{"format": "scsi-target persistent reservations", "vers')
+    other = tmp_path / "other.img.pr.zz9.tmp"
+    other.write_bytes(b"x")
+    kept = tmp_path / f"{image.name}.pr.backup"
+    kept.write_bytes(b"y")
+    lu = file_lu(image)
+    assert [p.exists() for p in stale] == [False, False]
+    assert other.exists() and kept.exists()
+    assert read_keys(lu) == (0, [0xA1])
+    lu.close()
