@@ -83,6 +83,8 @@ def build_device(t: TargetConfig, source: str) -> ScsiDevice:
             raise ConfigError(f"{where}: {exc}") from None
         lu.taskset = build_taskset(lu, lun.scheduler)
         lu.sanitize.rate = lun.sanitize_mb_s * 1e6
+        if lun.io_threads is not None:
+            lu.io_threads = lun.io_threads
         device.add(lu)
     return device
 

@@ -7,7 +7,8 @@
                   [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
                   [--rotational] [--rpm N] [--seek-ms MS]
     scsi-target status [--control SOCKET] [--json]
-    scsi-target fault add --action check-condition|busy|task-set-full|delay|drop [--lun N]
+    scsi-target fault add --action check-condition|busy|task-set-full|delay|medium-delay|drop
+                      [--lun N]
                       [--op NAME] [--lba FROM-TO] [--initiator IQN] [--every N|--first N|
                       --once] [--sense KEY/ASC/ASCQ] [--delay-ms MS]
     scsi-target fault list | clear [ID]
@@ -92,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     fsub = fa.add_subparsers(dest="action", required=True)
     fadd = fsub.add_parser("add", help="add a rule (target.faults)")
     fadd.add_argument("--action", required=True, dest="fault_action",
-                      choices=("check-condition", "busy", "task-set-full", "delay", "drop"))
+                      choices=("check-condition", "busy", "task-set-full", "delay",
+                               "medium-delay", "drop"))
     fadd.add_argument("--target", help="target IQN (default: any)")
     fadd.add_argument("--lun", type=int)
     fadd.add_argument("--op", action="append", help="command name, e.g. WRITE(10), or 0x2a "
@@ -104,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     count.add_argument("--first", type=int, metavar="N", help="the first N matching commands")
     count.add_argument("--once", action="store_true", help="the first matching command")
     fadd.add_argument("--sense", metavar="KEY/ASC/ASCQ", help="hex, e.g. 03/11/00")
-    fadd.add_argument("--delay-ms", type=float, help="for --action delay")
+    fadd.add_argument("--delay-ms", type=float, help="for --action delay and medium-delay")
     flist = fsub.add_parser("list", help="list the rules and their hits")
     fclr = fsub.add_parser("clear", help="remove one rule, or all")
     fclr.add_argument("id", type=int, nargs="?")

@@ -33,6 +33,8 @@ Example:
     removable = false           # removable medium: START STOP UNIT LOEJ, PREVENT ALLOW
     physical_block_size = 4096  # optional: e.g. 512-byte logical on 4096-byte physical
     sanitize_mb_s = 0           # SANITIZE speed in MB/s, as a real drive's (0: unthrottled)
+    io_threads = 8              # worker threads for the store's calls; 0: on the event loop
+                                # (default 0 for memory and tmpfs files, 8 otherwise)
 
     [target.lun.scheduler]      # optional: the task set (defaults shown)
     elevator = "disksort"       # or "fifo"
@@ -49,7 +51,7 @@ Example:
     media_mb_s = 150
 
     [[fault]]                   # optional: fault injection (target.faults)
-    action = "check-condition"  # busy, task-set-full, delay (delay_ms), drop
+    action = "check-condition"  # busy, task-set-full, delay, medium-delay (delay_ms), drop
     lun = 0
     op = "WRITE(10)"            # or ops = [...], hex opcodes "0x2a"
     lba = "131072-140000"       # FROM-TO (TO exclusive)
@@ -120,6 +122,7 @@ class LunConfig:
     removable: bool = False
     physical_block_size: int | None = None
     sanitize_mb_s: float = 0.0
+    io_threads: int | None = None  # None: 0 for stores that never sleep, 8 for the others
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -247,6 +250,12 @@ def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfi
                               f"block (at most 2^15 of them)")
         lun.physical_block_size = physical
     lun.sanitize_mb_s = _number(r, "sanitize_mb_s", 0.0, 0.0)
+    threads = r.get("io_threads", int, None)
+    if threads is not None:
+        if isinstance(threads, bool) or not 0 <= threads <= 256:
+            raise ConfigError(f"{r.path('io_threads')}: expected 0 to 256 worker threads, "
+                              f"not {threads!r}")
+        lun.io_threads = threads
     sched = r.get("scheduler", dict, None)
     if sched is not None:
         lun.scheduler = _scheduler(sched, f"{where}.scheduler", source)

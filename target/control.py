@@ -99,9 +99,11 @@ class Control:
         for tc, device in zip(app.config.targets, app.devices, strict=True):
             luns = []
             for number, lu in sorted(device.luns.items()):
+                io = lu.io_stats.as_dict() if lu.io_stats is not None else {
+                    "threads": lu.io_threads}
                 luns.append({"lun": number, "size": lu.store.size, "block_size": lu.block_size,
                              "store": lu.store.description, "read_only": lu.read_only,
-                             "task_set": lu.taskset.as_dict()})
+                             "task_set": lu.taskset.as_dict(), "io": io})
             targets.append({"iqn": tc.iqn, "luns": luns})
         sessions = []
         for s in list(app.portal.registry.sessions.values()):
@@ -188,6 +190,13 @@ def render_status(st: dict[str, Any]) -> str:
             lines.append(f"    elevator: {ev['served']} served, seek {ev['seek_distance']} "
                          f"LBAs (mean {ev['mean_seek']:.0f}), {ev['reorders']} reordered, "
                          f"{ev['sweeps']} sweeps, {ev['starvation_hits']} starvation-bound hits")
+            io = lun.get("io") or {}
+            if io.get("threads") or io.get("offloaded"):
+                lines.append(f"    medium access: {io.get('threads', 0)} worker threads, "
+                             f"{io.get('offloaded', 0)} off the event loop, "
+                             f"{io.get('in_flight', 0)} in flight")
+            else:
+                lines.append("    medium access: on the event loop")
     for f in st.get("faults", []):
         lines.append("fault " + " ".join(f"{k}={v}" for k, v in f.items()))
     lines.append(f"sessions: {len(st['sessions'])}")

@@ -7,30 +7,45 @@ Rules:
   (up to its dispatch depth), executes it against the LU at once, and completes it
   either at once or, with a rotational disk model, after the model's service time
   (loop.call_later). The data moves when the task starts; only the completion waits.
+- Medium access off the event loop (DESIGN.md principle 7): a LU whose store can sleep
+  (a file on a disk, a block device; lu.io_threads > 0) leaves each command's store calls
+  in task.io (LogicalUnit.io). They run on the LU's own worker threads, as tgt's bs_rdwr
+  threads do, while the loop goes on serving every other session, LU, NOP-In and TMF; the
+  worker hands the task back with call_soon_threadsafe and the LU finishes it on the loop
+  (complete_io), then it completes like any other. A task stays RUNNING in the task set
+  while its access runs, so the ordering rules (QAM=0 overlaps, ORDERED, atomic commands,
+  HEAD OF QUEUE) hold against it; a task the idle fast path started is adopted() into
+  the set for that time. Stores that never sleep (memory, tmpfs) keep the synchronous
+  path: measured, a round trip through a worker costs more than the copy itself.
 - A task the task set does not queue (INQUIRY, REPORT LUNS, REQUEST SENSE, unknown
   opcodes) runs at once; one refused with TASK SET FULL completes at once as it is.
 - A completed task goes back to the connection that sent it (task.shell holds the Link
   and the start time while the task is in the task set) unless it was aborted while
-  running; every Link that got output is flushed after the pump.
+  running or its link is gone; every Link that got output is flushed after the pump.
 - Completing a task can enable others (ORDERED, QAM=0 overlaps, depth): pump() loops
   until nothing more may start; a completion that arrives while pumping (the synchronous
   case) just releases its dependents for the loop in progress.
 - Fault rules (target.faults), when there are any, are matched first: an error status
   completes the task at once without running it, "drop" closes the link, "delay" runs it
-  at once and holds its completion (outside the task set).
+  at once (its medium access in the task set while it runs) and holds its completion,
+  "medium-delay" makes its medium access take longer, on a worker thread whatever the
+  store, as a slow disk would (the loop and the other LUs are not held up).
 - With a tracer, each command is recorded at completion with its latency from submit
   (queueing included) and the task set's state.
 - Background operations (a SANITIZE, SBC-4 4.11): the dispatcher makes the LU start them
   rather than run them to the end (lu.sanitize.background) and drives them a step at a
-  time on the loop (call_soon, or call_later at the LU's sanitize rate). A task the LU
-  marks `deferred` (IMMED=0) leaves the task set at once, so it holds nothing back, and
-  is completed when the operation ends (lu.finished_deferred()); if it was aborted or its
-  connection went away meanwhile, the transport drops the completion.
+  time (call_soon, or call_later at the LU's sanitize rate; each step's store calls on a
+  worker thread when the LU has them). A task the LU marks `deferred` (IMMED=0) leaves the
+  task set at once, so it holds nothing back, and is completed when the operation ends
+  (lu.finished_deferred()); if it was aborted or its connection went away meanwhile, the
+  transport drops the completion.
+- close() waits for the medium accesses in flight (at shutdown, before the stores close).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from target.faults import Faults
@@ -42,11 +57,69 @@ if TYPE_CHECKING:
     from target.scsi.task import ScsiTask
     from target.trace import Tracer
 
+FORCED_IO_THREADS = 4  # workers of a LU without its own, for medium-delay faults
+
+
+def run_ready(link, dispatchers: dict, tracer: Tracer | None = None) -> None:
+    """Hand the tasks the link's connection made ready (a whole receive burst) to their LUs'
+    task sets, then let each task set start what it may; a task for a LUN with no LU is
+    answered by the device at once. `dispatchers` maps each LU to its Dispatcher."""
+    conn = link.conn
+    ready = conn.ready
+    device = conn.session.device if conn.session is not None else None
+    touched = []
+    while ready:
+        task = ready.popleft()
+        lu = device.luns.get(task.lun)
+        if lu is None:
+            start = time.perf_counter_ns()
+            device.execute(task)
+            conn.complete(task)
+            if tracer is not None:
+                tracer.record(conn.peer, task, start, time.perf_counter_ns())
+            continue
+        d = dispatchers[lu]
+        d.submit(link, task)
+        if d not in touched:
+            touched.append(d)
+    for d in touched:
+        d.pump(link)
+
+
+def pump_all(link, dispatchers: dict) -> None:
+    """Task sets changed outside a submit (the link's connection aborted tasks): start what
+    may start now on every LU of its target."""
+    conn = link.conn
+    conn.taskset_changed = False
+    device = conn.session.device if conn.session is not None else None
+    if device is None:
+        return
+    for lu in device.luns.values():
+        d = dispatchers.get(lu)
+        if d is not None:
+            d.pump(link)
+
+
+class IoStats:
+    """Medium access run off the event loop, for `scsi-target status`."""
+
+    __slots__ = ("threads", "offloaded", "in_flight", "max_in_flight")
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.offloaded = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def as_dict(self) -> dict:
+        return {"threads": self.threads, "offloaded": self.offloaded,
+                "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+
 
 class Dispatcher:
     def __init__(self, loop: asyncio.AbstractEventLoop, lu: LogicalUnit,
                  tracer: Tracer | None = None, faults: Faults | None = None,
-                 target: str = "") -> None:
+                 target: str = "", executor=None) -> None:
         self.loop = loop
         self.lu = lu
         self.faults = faults if faults is not None else Faults()
@@ -58,6 +131,12 @@ class Dispatcher:
         lu.sanitize.background = True
         self._driving = False
         self._deferred: dict[ScsiTask, tuple[object, int]] = {}  # task -> (link, start)
+        threads = lu.io_threads
+        lu.inline_io = threads == 0 and executor is None
+        self.io = lu.io_stats = IoStats(threads)
+        self._executor = executor  # anything with submit(fn, *args); made when first needed
+
+    # --- entering -----------------------------------------------------------------------
 
     def submit(self, link, task: ScsiTask) -> None:
         """A task whose data is all in: into the task set, or run at once (bypass)."""
@@ -70,6 +149,13 @@ class Dispatcher:
             return
         if task.status == 0:  # bypass: not TASK SET FULL
             self.lu.execute(task)
+            if task.io is not None:
+                # The idle fast path started it and its medium access goes on off the loop:
+                # a running member of the task set until it ends.
+                ts.adopt(task, self.loop.time())
+                task.shell = (link, start)
+                self._offload(task, self._io_finished)
+                return
             if (task.deferred or self.lu.sanitize.active is not None) \
                     and self._background(task, link, start):
                 return
@@ -91,13 +177,30 @@ class Dispatcher:
             task.data_in = None
             self._complete(link, task, start)
             return True
+        if fault.medium_delay:
+            task.medium_delay = fault.medium_delay
+            return False  # the normal path, with a slow medium access
         # delay: runs at once, outside the task set; its completion waits
         self.lu.execute(task)
+        if task.io is not None:
+            self.taskset.adopt(task, self.loop.time())
+            task.shell = (link, start)
+            self._offload(task, lambda t: self._delayed(t, fault.delay))
+            return True
         if (task.deferred or self.lu.sanitize.active is not None) \
                 and self._background(task, link, start):
             return True  # a deferred task completes when its operation ends
         self.loop.call_later(fault.delay, self._complete_later, link, task, start)
         return True
+
+    def _delayed(self, task: ScsiTask, delay: float) -> None:
+        """A "delay" task's medium access ended: out of the task set, completion held."""
+        link, start = task.shell
+        task.shell = None
+        aborted = self.taskset.done(task, self.loop.time())
+        self.pump()
+        if not aborted:
+            self.loop.call_later(delay, self._complete_later, link, task, start)
 
     def _complete(self, link, task: ScsiTask, start: int) -> None:
         link.conn.complete(task)
@@ -108,6 +211,8 @@ class Dispatcher:
         if not link.closed:
             self._complete(link, task, start)
             link.flush()
+
+    # --- running ------------------------------------------------------------------------
 
     def pump(self, current=None) -> None:
         """Start every task the task set lets start; flush the links that got output
@@ -122,19 +227,68 @@ class Dispatcher:
         try:
             while (task := ts.dispatch(loop.time())) is not None:
                 execute(task)
+                if task.io is not None:
+                    self._offload(task, self._io_finished)
+                    continue
                 if (task.deferred or sanitize.active is not None) \
                         and self._background(task, *task.shell):
                     task.shell = None
                     ts.done(task, loop.time())
                     continue
-                delay = ts.service_time(task)
-                if delay > 0:
-                    loop.call_later(delay, self._finish_later, task)
-                else:
-                    self._finish(task)
+                self._service(task)
         finally:
             self._pumping = False
         self._flush_dirty(current)
+
+    def _service(self, task: ScsiTask) -> None:
+        """The task has done its work: complete it now, or after the disk model's time."""
+        delay = self.taskset.service_time(task)
+        if delay > 0:
+            self.loop.call_later(delay, self._finish_later, task)
+        else:
+            self._finish(task)
+
+    # --- medium access on worker threads ---------------------------------------------------
+
+    def _offload(self, task: ScsiTask, then) -> None:
+        """Run task.io on a worker thread; then(task) on the loop once the LU finished it."""
+        io = self.io
+        io.offloaded += 1
+        io.in_flight += 1
+        if io.in_flight > io.max_in_flight:
+            io.max_in_flight = io.in_flight
+        self._workers().submit(self._perform, task, then)
+
+    def _workers(self):
+        """The LU's worker threads (made at first use; a LU that runs its store on the loop
+        gets a few for medium-delay faults)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.io.threads or FORCED_IO_THREADS,
+                                                thread_name_prefix=f"lun{self.lu.lun}-io")
+        return self._executor
+
+    def _perform(self, task: ScsiTask, then) -> None:
+        """On a worker thread: the medium access (after a slow medium's delay)."""
+        if task.medium_delay:
+            time.sleep(task.medium_delay)
+        error = self.lu.perform_io(task)
+        self.loop.call_soon_threadsafe(self._io_done, task, error, then)
+
+    def _io_done(self, task: ScsiTask, error: Exception | None, then) -> None:
+        self.io.in_flight -= 1
+        self.lu.complete_io(task, error)
+        then(task)
+
+    def _io_finished(self, task: ScsiTask) -> None:
+        self._service(task)
+        self.pump()
+        self._flush_dirty()
+
+    def close(self) -> None:
+        """Wait for the medium accesses in flight (their completions are then dropped)."""
+        executor, self._executor = self._executor, None
+        if executor is not None and hasattr(executor, "shutdown"):
+            executor.shutdown(wait=True)
 
     # --- background operations -----------------------------------------------------------
 
@@ -150,7 +304,31 @@ class Dispatcher:
         return True
 
     def _advance(self) -> None:
-        delay = self.lu.sanitize.advance()
+        """One step of the background operation, on the loop or on a worker thread."""
+        sanitize = self.lu.sanitize
+        if self.lu.inline_io:
+            self._advanced(sanitize.advance())
+            return
+        step = sanitize.next_step()
+        if step is None:
+            self._advanced(None)
+            return
+        op, budget = step
+        self._workers().submit(self._step, op, budget)
+
+    def _step(self, op, budget: int) -> None:
+        """On a worker thread: one step of a sanitize operation's store calls."""
+        before = op.done
+        try:
+            outcome: bool | Exception = op.step(budget)
+        except Exception as exc:
+            outcome = exc
+        self.loop.call_soon_threadsafe(self._stepped, op, before, outcome)
+
+    def _stepped(self, op, before: int, outcome) -> None:
+        self._advanced(self.lu.sanitize.stepped(op, before, outcome))
+
+    def _advanced(self, delay: float | None) -> None:
         if delay is not None:
             if delay > 0:
                 self.loop.call_later(delay, self._advance)
@@ -163,6 +341,8 @@ class Dispatcher:
             if not link.closed:
                 self._complete(link, task, start)
                 link.flush()
+
+    # --- completing ------------------------------------------------------------------------
 
     def _finish(self, task: ScsiTask) -> None:
         link, start = task.shell

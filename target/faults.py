@@ -14,6 +14,10 @@ Rules:
     writes); the command is not executed (a failed write changes nothing).
   - "busy": BUSY status; "task-set-full": TASK SET FULL status (SAM-5 5.3); not executed.
   - "delay": executed, its completion held for delay_ms.
+  - "medium-delay": executed, its medium access (the store's reads, writes, flushes)
+    taking delay_ms longer, as on a slow disk: the time is spent on a worker thread, so
+    the event loop, the other LUs and the other sessions go on (commands without medium
+    access are not slowed).
   - "drop": the connection is closed without a response (the initiator sees the link go).
 - The first matching rule in rule order wins; its `hits` counts what it did.
 - Rules come from the config's [[fault]] tables and from the control socket at run time
@@ -30,7 +34,7 @@ from target.scsi import extent
 from target.scsi.sense import Asc, CheckCondition, SenseKey
 from target.scsi.task import ScsiTask, Status
 
-ACTIONS = ("check-condition", "busy", "task-set-full", "delay", "drop")
+ACTIONS = ("check-condition", "busy", "task-set-full", "delay", "medium-delay", "drop")
 
 
 class FaultError(ValueError):
@@ -72,6 +76,7 @@ class Fault:
     status: int | None = None          # complete with this status, not executed
     sense: bytes = b""
     delay: float = 0.0                 # seconds to hold the completion
+    medium_delay: float = 0.0          # seconds its medium access takes longer
     drop: bool = False
 
 
@@ -164,8 +169,8 @@ def parse_rule(data: dict[str, Any]) -> FaultRule:
     delay = data.get("delay_ms", 0.0)
     if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
         raise FaultError(f"delay_ms: expected milliseconds >= 0, not {delay!r}")
-    if action == "delay" and not delay:
-        raise FaultError("delay_ms: action delay needs delay_ms > 0")
+    if action in ("delay", "medium-delay") and not delay:
+        raise FaultError(f"delay_ms: action {action} needs delay_ms > 0")
     rule.delay_ms = float(delay)
     return rule
 
@@ -225,6 +230,8 @@ class Faults:
             return Fault(rule, status=Status.TASK_SET_FULL)
         if action == "delay":
             return Fault(rule, delay=rule.delay_ms / 1000)
+        if action == "medium-delay":
+            return Fault(rule, medium_delay=rule.delay_ms / 1000)
         if action == "drop":
             return Fault(rule, drop=True)
         if rule.sense:

@@ -34,12 +34,11 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from target.dispatch import Dispatcher
+from target.dispatch import Dispatcher, pump_all, run_ready
 from target.faults import Faults
 from target.iscsi.connection import Connection, Phase
 from target.iscsi.portal import Portal
@@ -128,45 +127,10 @@ class Link:
         return True
 
     def _run_tasks(self) -> None:
-        """Hand the tasks the connection made ready to their LUs' task sets, then let each
-        task set start what it may (target.dispatch)."""
-        conn = self.conn
-        ready = conn.ready
-        device = conn.session.device if conn.session is not None else None
-        dispatchers = self.server.dispatchers
-        touched = []
-        while ready:
-            task = ready.popleft()
-            lu = device.luns.get(task.lun)
-            if lu is None:  # no LU: answered by the device at once
-                self._run_without_lu(device, task)
-                continue
-            d = dispatchers[lu]
-            d.submit(self, task)
-            if d not in touched:
-                touched.append(d)
-        for d in touched:
-            d.pump(self)
-
-    def _run_without_lu(self, device, task) -> None:
-        tracer = self.server.tracer
-        start = time.perf_counter_ns()
-        device.execute(task)
-        self.conn.complete(task)
-        if tracer is not None:
-            tracer.record(self.conn.peer, task, start, time.perf_counter_ns())
+        run_ready(self, self.server.dispatchers, self.server.tracer)
 
     def _pump_all(self) -> None:
-        """Task sets changed outside a submit (tasks aborted): start what may start now."""
-        conn = self.conn
-        conn.taskset_changed = False
-        device = conn.session.device if conn.session is not None else None
-        if device is None:
-            return
-        for lu in device.luns.values():
-            d = self.server.dispatchers.get(lu)
-            if d is not None:
-                d.pump(self)
+        pump_all(self, self.server.dispatchers)
 
     def flush(self) -> None:
         """Send what the connection has queued (another link's task completed here)."""
@@ -386,6 +350,10 @@ class Server:
             await asyncio.sleep(0.05)
         for link in list(self.links):
             link.close()
+        # Medium accesses still running on worker threads end before the stores close.
+        for d in self.dispatchers.values():
+            await self.loop.run_in_executor(None, d.close)
+        await asyncio.sleep(0)  # their completions (dropped: the links are closed)
 
 
 def _address(host: str, port: int) -> str:

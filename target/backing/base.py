@@ -10,6 +10,11 @@ Rules:
   FUA, and writes when the write cache is disabled (WCE=0, SBC-4 4.15).
 - discard() deallocates a range; reads of it return zeros afterwards (LBPRZ, SBC-4 4.7.4).
 - extents() reports mapped and deallocated ranges (GET LBA STATUS, SBC-4 5.8).
+- `blocking` says whether its calls can sleep on a device (a file on a disk, a block
+  device): the server then runs them on worker threads, off the event loop (DESIGN.md
+  principle 7). A store whose calls only copy memory (the memory store, a file on tmpfs)
+  is not blocking and is called on the loop. Calls may come from several threads at once,
+  for different block ranges (the task set orders overlapping ones).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class StoreError(Exception):
 class Store(ABC):
     size: int  # bytes
     description: str
+    blocking: bool = False  # its calls can sleep on a device: run them off the event loop
 
     @abstractmethod
     def read(self, offset: int, length: int) -> Buffer: ...

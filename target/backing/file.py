@@ -3,8 +3,8 @@
 Rules:
 - A regular file is served at its size, or created sparse at `size` (ftruncate) when
   `create` is set and it does not exist; a block device is served at its size
-  (BLKGETSIZE64). A directory, a missing file without `create`, or an explicit size that
-  differs from an existing file's are errors that name the path.
+  (BLKGETSIZE64). A directory, a missing file without `create` (or for a read-only LU),
+  or an explicit size that differs from an existing file's are errors that name the path.
 - read() fills a fresh buffer with preadv (short reads at the end are zero-filled);
   write() hands the caller's memoryview to pwritev, looping over short writes.
 - flush() is fdatasync (SYNCHRONIZE CACHE, FUA, WCE=0).
@@ -13,6 +13,8 @@ Rules:
   writes zeros where neither works; extents() reads the holes with
   SEEK_DATA/SEEK_HOLE.
 - OSError during I/O becomes StoreError, which the SCSI layer reports as MEDIUM ERROR.
+- `blocking` (base.py) is False for a regular file on tmpfs or ramfs (fstatfs), whose
+  calls are memory copies, and True for every other file and for block devices.
 """
 
 from __future__ import annotations
@@ -35,6 +37,19 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+
+
+def _on_memory_fs(fd: int) -> bool:
+    """True when the file lives on tmpfs or ramfs (struct statfs begins with f_type)."""
+    buf = ctypes.create_string_buffer(256)  # larger than struct statfs on every ABI
+    if _fstatfs(fd, buf) != 0:
+        return False
+    f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return f_type in (TMPFS_MAGIC, RAMFS_MAGIC)
 
 
 class FileStore(Store):
@@ -45,6 +60,9 @@ class FileStore(Store):
         if not exists and not create:
             raise FileNotFoundError(errno.ENOENT, f"backing store {self.path} does not exist "
                                     "(give a size to create it)")
+        if not exists and read_only:
+            raise FileNotFoundError(errno.ENOENT, f"backing store {self.path} does not exist, "
+                                    "and a read-only LUN does not create its image")
         if exists and os.path.isdir(self.path):
             raise IsADirectoryError(errno.EISDIR, f"backing store {self.path} is a directory")
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
@@ -83,6 +101,7 @@ class FileStore(Store):
             raise
         kind = "block device" if self.block_device else "file"
         self.description = f"{kind} {self.path}"
+        self.blocking = self.block_device or not _on_memory_fs(self.fd)
 
     def _current_size(self) -> int:
         if self.block_device:

@@ -184,6 +184,7 @@ class Connection:
         self._tail = 0
         self._direct = False
         self._incoming: Command | None = None
+        self._stray = False  # the Data-Out being received was rejected: drop it
 
     # --- receive -----------------------------------------------------------------------
 
@@ -548,6 +549,16 @@ class Connection:
         cmd = self._cmds.get(bhs.itt)
         if cmd is None or cmd.view is None:
             return None  # data for a task we no longer have (aborted): discarded (11.5.1)
+        if cmd.queued:
+            # All its data is in and the command is with the SCSI layer (perhaps being
+            # written to the store right now): a Data-Out beyond it is the initiator's
+            # error alone. Reject it and drop its data; the command is left alone and its
+            # buffer is not touched.
+            log.warning("%s: Data-Out for ITT %#x after all of its data; rejected",
+                        self.peer, cmd.itt)
+            self._reject(bhs, RejectReason.PROTOCOL_ERROR)
+            self._stray = True
+            return None
         offset = bhs.buffer_offset
         end = offset + bhs.dsl
         if bhs.ttt == RESERVED_TAG:
@@ -596,7 +607,8 @@ class Connection:
 
     def _data_out(self, bhs: Bhs) -> None:
         cmd = self._cmds.get(bhs.itt)
-        if cmd is None or cmd.view is None:
+        if cmd is None or cmd.view is None or self._stray:
+            self._stray = False
             return
         n = bhs.dsl
         if bhs.ttt == RESERVED_TAG:

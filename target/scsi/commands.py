@@ -12,6 +12,10 @@ Rules:
   held by another I_T nexus makes it conflict (SPC-2 7.21.2).
 - `queue` says whether the command may wait behind queued I/O in the task set, or is
   served at once (INQUIRY, REPORT LUNS, REQUEST SENSE: issue 4's "never held").
+- `serial` commands run one at a time on a LU, each after the previous one ended, whatever
+  the task attributes and the queue algorithm modifier: PERSISTENT RESERVE OUT, whose
+  transaction (state file written off the event loop, then commit or rollback) must start
+  from the state the previous one left.
 - `requires` names the LU features the command exists for ("thin": UNMAP). A LU without
   them uses the table restricted() to its features: the command is then unsupported
   there in every respect (INVALID COMMAND OPERATION CODE, absent from RSOC), as its VPD
@@ -60,6 +64,7 @@ class Command:
     reserve6: bool = True
     queue: bool = True
     requires: frozenset[str] = frozenset()
+    serial: bool = False
 
     def __post_init__(self) -> None:
         if len(self.usage) != self.cdb_length:
@@ -88,12 +93,13 @@ class CommandSet:
         reserve6: bool = True,
         queue: bool = True,
         requires: frozenset[str] = frozenset(),
+        serial: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering `handler` as the entry for opcode (and service action)."""
 
         def register(handler: Handler) -> Handler:
             self.add(Command(opcode, name, len(usage), direction, handler, bytes(usage),
-                             service_action, access, reserve6, queue, requires))
+                             service_action, access, reserve6, queue, requires, serial))
             return handler
 
         return register

@@ -12,12 +12,22 @@ Rules (SAM-5 5.14, SPC-4 5.13, SPC-4 4.5):
   format D_SENSE of the control mode page asks for.
 - Unit attentions are kept per I_T nexus; a nexus seen for the first time gets
   POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h).
+- Medium access is separate from the checks (DESIGN.md principles 1 and 7): a handler
+  does every check and state change itself, then hands what touches the store to io() as
+  one function of the task and the stores. With `inline_io` (the default, and what the
+  server sets for stores that never sleep) it runs at once, inside execute(); otherwise
+  it is left in task.io and the shell runs it on a worker thread (perform_io(), which
+  touches nothing but the task and the stores) and then finishes the command on the
+  event loop (complete_io()). Either way its CheckCondition becomes sense in the one
+  place below, and a `then` continuation (PERSISTENT RESERVE OUT's commit) runs on the
+  loop after it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from target.scsi import reservations, vpd_sbc, xcopy
 from target.scsi.modepages import ModePages
@@ -42,6 +52,8 @@ if TYPE_CHECKING:
     from target.scsi.device import ScsiDevice
 
 log = logging.getLogger(__name__)
+
+DEFAULT_IO_THREADS = 8  # per LU whose store can sleep (tgt's bs_rdwr runs 16 per LU)
 
 # Commands a pending unit attention does not stop (SAM-5 5.14).
 _UA_EXEMPT = frozenset({0x12, 0xA0, 0x03})  # INQUIRY, REPORT LUNS, REQUEST SENSE
@@ -136,6 +148,12 @@ class LogicalUnit:
         self.reservations = reservations.Reservations(self)
         self.sanitize = SanitizeState()
         self.taskset = TaskSet(self)
+        # Medium access runs inside execute() (True), or is left in task.io for the shell to
+        # run off the event loop (False: set by the server for stores that can sleep).
+        self.inline_io = True
+        # Worker threads the server gives the store's calls (0: on the event loop).
+        self.io_threads = DEFAULT_IO_THREADS if store.blocking else 0
+        self.io_stats = None  # target.dispatch.IoStats, under the server
 
     @property
     def num_blocks(self) -> int:
@@ -175,6 +193,53 @@ class LogicalUnit:
                 SenseKey.HARDWARE_ERROR, Asc(0x44, 0x00)
             ).sense(self.mode.d_sense)
             task.data_in = None
+
+    # --- medium access ------------------------------------------------------------------
+
+    def io(self, task: ScsiTask, fn: Callable[..., None], *args: Any,
+           then: Callable[[ScsiTask, Exception | None], None] | None = None) -> None:
+        """The command's medium access: fn(task, *args) touches only the task and stores and
+        may raise CheckCondition (MEDIUM ERROR, MISCOMPARE); then(task, error), when given,
+        runs on the event loop afterwards with what fn raised (or None) and decides the
+        outcome by what it raises. Runs now when inline, else is left for the shell."""
+        if self.inline_io and not task.medium_delay:
+            if then is None:
+                fn(task, *args)
+                return
+            try:
+                fn(task, *args)
+            except Exception as exc:
+                then(task, exc)
+                return
+            then(task, None)
+            return
+        task.io = (fn, args, then)
+
+    @staticmethod
+    def perform_io(task: ScsiTask) -> Exception | None:
+        """Run a task's medium access (any thread): what it raised, or None."""
+        fn, args, _then = task.io
+        try:
+            fn(task, *args)
+        except Exception as exc:
+            return exc
+        return None
+
+    def complete_io(self, task: ScsiTask, error: Exception | None) -> None:
+        """On the event loop, after perform_io(): the continuation, and errors become sense."""
+        _fn, _args, then = task.io
+        task.io = None
+        try:
+            if then is not None:
+                then(task, error)
+            elif error is not None:
+                raise error
+        except CheckCondition as cc:
+            self._check_condition(task, cc)
+        except Exception:
+            log.exception("medium access of command %s failed", bytes(task.cdb).hex())
+            self._check_condition(task, CheckCondition(SenseKey.HARDWARE_ERROR,
+                                                       Asc(0x44, 0x00)))
 
     def check_medium(self) -> None:
         """NOT READY, MEDIUM NOT PRESENT for a removable LU whose medium is ejected."""

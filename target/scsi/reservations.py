@@ -354,30 +354,48 @@ class Reservations:
     def commit(self) -> None:
         """The command succeeded: write (APTPL=1) or remove (APTPL=0) the state file when
         it changed, then send the held unit attentions. If the file cannot be written, roll
-        back and raise HARDWARE ERROR / INTERNAL TARGET FAILURE. No-op outside begin()."""
+        back and raise HARDWARE ERROR / INTERNAL TARGET FAILURE. No-op outside begin().
+        The same in three steps, for a write off the event loop: pending_state(),
+        write_state() (file calls only) and committed() or failed()."""
         if self._undo is None:
             return
-        try:
-            self._persist()
-        except OSError as exc:
-            log.error("persistent reservations of LUN %d: cannot update %s: %s; the "
-                      "PERSISTENT RESERVE OUT fails and changes nothing", self.lu.lun,
-                      self.state_path, exc.strerror or exc)
-            self.rollback()
-            raise CheckCondition(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE) from None
+        changed, data = self.pending_state()
+        if changed:
+            try:
+                self.write_state(data)
+            except OSError as exc:
+                self.failed(exc)
+        self.committed(data)
+
+    def pending_state(self) -> tuple[bool, bytes | None]:
+        """Whether the state file must change, and its new contents (None: no file)."""
+        if self.state_path is None:
+            return False, self._saved
+        data = self.state_bytes() if self.aptpl else None
+        return data != self._saved, data
+
+    def committed(self, data: bytes | None) -> None:
+        """The state file holds `data`: the transaction is over, its UAs are sent."""
+        self._saved = data
         held = self._held_ua
         self._undo = None
         self._held_ua = []
         for code, nexus in held:
             self.lu.ua.establish(code, nexus=nexus)
 
-    def _persist(self) -> None:
+    def failed(self, exc: OSError) -> None:
+        """The state file could not be written: everything goes back; HARDWARE ERROR."""
+        log.error("persistent reservations of LUN %d: cannot update %s: %s; the "
+                  "PERSISTENT RESERVE OUT fails and changes nothing", self.lu.lun,
+                  self.state_path, exc.strerror or exc)
+        self.rollback()
+        raise CheckCondition(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE) from None
+
+    def write_state(self, data: bytes | None) -> None:
+        """Write the state file (temporary file, fsync, rename, fsync of the directory) or
+        remove it (None). Touches nothing but the file system: it may run on a worker."""
         path = self.state_path
-        if path is None:
-            return
-        data = self.state_bytes() if self.aptpl else None
-        if data == self._saved:
-            return
+        assert path is not None
         directory = os.path.dirname(path) or "."
         if data is None:
             try:
@@ -404,7 +422,6 @@ class Reservations:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self._saved = data
 
     def state_bytes(self) -> bytes:
         """The state file's contents for the current state (JSON, one registration per

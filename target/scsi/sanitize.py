@@ -214,15 +214,22 @@ class SanitizeState:
             return True
         try:
             done = op.step(budget)
-        except StoreError:
+        except Exception as exc:
+            return self._outcome(op, exc)
+        return self._outcome(op, done)
+
+    def _outcome(self, op: Operation, outcome: bool | Exception) -> bool:
+        """After op.step(): True when the operation has ended (completed, or failed on a
+        StoreError); any other exception is a bug: the operation fails and it is raised."""
+        if isinstance(outcome, StoreError):
             self._end(op, ok=False)
             return True
-        except Exception:  # a bug: the medium is half sanitized; say so, and let lu log it
+        if isinstance(outcome, Exception):
             self._end(op, ok=False)
-            raise
-        if done:
+            raise outcome
+        if outcome:
             self._end(op, ok=True)
-        return done
+        return outcome
 
     def run(self, op: Operation) -> bool:
         """Start `op` and drive it to its end; True when it completed without error."""
@@ -234,14 +241,32 @@ class SanitizeState:
     def advance(self) -> float | None:
         """One step of a background operation: seconds to wait before the next one, None
         when it has ended (the IMMED=0 tasks are then in `ended`)."""
+        step = self.next_step()
+        if step is None:
+            return None
+        op, budget = step
+        before = op.done
+        try:
+            outcome: bool | Exception = op.step(budget)
+        except Exception as exc:
+            outcome = exc
+        return self.stepped(op, before, outcome)
+
+    def next_step(self) -> tuple[Operation, int] | None:
+        """The running operation and the bytes its next step may do (the shell may run the
+        step, op.step(budget), on a worker thread: it touches only the store), or None."""
         op = self.active
         if op is None:
             return None
-        before = op.done
         # At a rate, steps of a twentieth of a second's worth (at least 64 KiB), then wait.
         budget = STEP_BYTES if self.rate <= 0 else min(STEP_BYTES, max(64 << 10,
                                                                        int(self.rate / 20)))
-        if self.step(budget):
+        return op, budget
+
+    def stepped(self, op: Operation, before: int, outcome: bool | Exception) -> float | None:
+        """After a step (what op.step returned or raised): seconds to wait before the next
+        one, None when the operation has ended."""
+        if self._outcome(op, outcome):
             return None
         return (op.done - before) / self.rate if self.rate > 0 else 0.0
 

@@ -19,6 +19,11 @@ Rules:
 - VERIFY/COMPARE AND WRITE miscompares report MISCOMPARE / MISCOMPARE DURING VERIFY
   OPERATION with the offset of the first differing byte in INFORMATION (SBC-4 5.3, 5.34).
 - Store failures (StoreError) become MEDIUM ERROR: UNRECOVERED READ ERROR or WRITE ERROR.
+- Medium access goes through lu.io(): every handler checks first, then hands one function
+  of (task, store, ...) that does the store calls (and the compare of VERIFY and COMPARE
+  AND WRITE); the server may run it on a worker thread (lu.py), so it touches nothing but
+  the task and the store. The task set keeps overlapping tasks apart meanwhile (QAM=0,
+  and COMPARE AND WRITE / WRITE ATOMIC always: taskset.py).
 - Thin provisioning (lu.thin): UNMAP and WRITE SAME with UNMAP deallocate through
   store.discard(); GET LBA STATUS reports store.extents(). A fully provisioned LU has no
   UNMAP command (its table lacks it: `requires`) and refuses WRITE SAME's UNMAP bit
@@ -87,16 +92,44 @@ def _no_protection(flags: int) -> None:
         raise invalid_field_in_cdb(1, bit=7)
 
 
+def _read_error(lba: int) -> CheckCondition:
+    return CheckCondition(SenseKey.MEDIUM_ERROR, UNRECOVERED_READ_ERROR, info=lba)
+
+
+def _write_error(lba: int) -> CheckCondition:
+    return CheckCondition(SenseKey.MEDIUM_ERROR, WRITE_ERROR, info=lba)
+
+
+def _read_io(task, store, offset: int, length: int, lba: int) -> None:
+    try:
+        task.data_in = store.read(offset, length)
+    except StoreError:
+        raise _read_error(lba) from None
+
+
+def _write_io(task, store, offset: int, data, flush: bool, lba: int) -> None:
+    try:
+        store.write(offset, data)
+        if flush:
+            store.flush()
+    except StoreError:
+        raise _write_error(lba) from None
+
+
+def _flush_io(task, store, lba: int) -> None:
+    try:
+        store.flush()
+    except StoreError:
+        raise _write_error(lba) from None
+
+
 def _read(lu, task, lba: int, count: int) -> None:
     if lba + count > lu.num_blocks:
         raise lba_out_of_range()
     if count > lu.max_transfer_blocks:
         raise _too_long(task)
     bs = lu.block_size
-    try:
-        task.data_in = lu.store.read(lba * bs, count * bs)
-    except StoreError:
-        raise CheckCondition(SenseKey.MEDIUM_ERROR, UNRECOVERED_READ_ERROR, info=lba) from None
+    lu.io(task, _read_io, lu.store, lba * bs, count * bs, lba)
 
 
 def _write(lu, task, lba: int, count: int, fua: bool) -> None:
@@ -112,12 +145,8 @@ def _write(lu, task, lba: int, count: int, fua: bool) -> None:
     have = len(data) if data is not None else 0
     use = need if have >= need else have - have % bs
     if use:
-        try:
-            lu.store.write(lba * bs, data[:use] if use != have else data)
-            if fua or not lu.mode.wce:
-                lu.store.flush()
-        except StoreError:
-            raise CheckCondition(SenseKey.MEDIUM_ERROR, WRITE_ERROR, info=lba) from None
+        lu.io(task, _write_io, lu.store, lba * bs, data[:use] if use != have else data,
+              bool(fua or not lu.mode.wce), lba)
 
 
 # --- READ ------------------------------------------------------------------------------
@@ -229,6 +258,21 @@ def write_atomic16(lu, task) -> None:
 
 # --- VERIFY, WRITE AND VERIFY, ORWRITE ---------------------------------------------------
 
+def _first_difference(a: bytes, b: bytes) -> int:
+    return next(i for i in range(len(a)) if a[i] != b[i])
+
+
+def _compare_io(task, store, offset: int, expected: bytes, lba: int) -> None:
+    """The medium against `expected`: MISCOMPARE with the offset of the first difference."""
+    try:
+        medium = bytes(store.read(offset, len(expected)))
+    except StoreError:
+        raise _read_error(lba) from None
+    if medium != expected:
+        raise CheckCondition(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY,
+                             info=_first_difference(medium, expected))
+
+
 def _compare(lu, task, lba: int, count: int, bytchk: int) -> None:
     """Compare the Data-Out buffer with the medium (SBC-4 5.33, BYTCHK 01b and 11b)."""
     bs = lu.block_size
@@ -237,11 +281,8 @@ def _compare(lu, task, lba: int, count: int, bytchk: int) -> None:
     task.out_length = want
     if len(data) < want:
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR)
-    medium = bytes(lu.store.read(lba * bs, count * bs))
     expected = data[:want] if bytchk == 1 else data[:bs] * count
-    if medium != expected:
-        first = next(i for i in range(len(medium)) if medium[i] != expected[i])
-        raise CheckCondition(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY, info=first)
+    lu.io(task, _compare_io, lu.store, lba * bs, expected, lba)
 
 
 def _verify(lu, task, flags: int, lba: int, count: int) -> None:
@@ -330,10 +371,18 @@ def orwrite16(lu, task) -> None:
     data = bytes(task.data_out or b"")
     n = min(n, len(data) - len(data) % bs)
     if n:
-        old = int.from_bytes(lu.store.read(lba * bs, n), "big")
-        lu.store.write(lba * bs, (old | int.from_bytes(data[:n], "big")).to_bytes(n, "big"))
-        if flags & 0x08 or not lu.mode.wce:
-            lu.store.flush()
+        lu.io(task, _orwrite_io, lu.store, lba * bs, data[:n],
+              bool(flags & 0x08 or not lu.mode.wce), lba)
+
+
+def _orwrite_io(task, store, offset: int, data: bytes, flush: bool, lba: int) -> None:
+    n = len(data)
+    try:
+        old = int.from_bytes(store.read(offset, n), "big")
+    except StoreError:
+        raise _read_error(lba) from None
+    _write_io(task, store, offset, (old | int.from_bytes(data, "big")).to_bytes(n, "big"),
+              flush, lba)
 
 
 # --- cache, prefetch ----------------------------------------------------------------------
@@ -341,7 +390,7 @@ def orwrite16(lu, task) -> None:
 def _sync(lu, task, lba: int, count: int) -> None:
     lu.check_medium()
     _check_range(lu, lba, count)
-    lu.store.flush()
+    lu.io(task, _flush_io, lu.store, lba)
 
 
 @COMMANDS.command(0x35, "SYNCHRONIZE CACHE(10)", _usage(0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F,
@@ -417,18 +466,35 @@ def _write_same(lu, task, flags: int, lba: int, count: int, ndob: bool) -> None:
         block = bytes(data)
     if unmap:
         if count:
-            lu.store.discard(lba * bs, count * bs)
+            lu.io(task, _discard_io, lu.store, [(lba * bs, count * bs)], lba)
         return
+    if count:
+        lu.io(task, _write_same_io, lu.store, block, lba, count, not lu.mode.wce)
+
+
+def _write_same_io(task, store, block: bytes, lba: int, count: int, flush: bool) -> None:
+    """The block repeated over [lba, lba + count), a MiB of pattern per store.write()."""
+    bs = len(block)
     chunk_blocks = max(1, (1 << 20) // bs)
-    pattern = block * min(count, chunk_blocks)
-    view = memoryview(pattern)
+    view = memoryview(block * min(count, chunk_blocks))
     done = 0
-    while done < count:
-        n = min(chunk_blocks, count - done)
-        lu.store.write((lba + done) * bs, view[:n * bs])
-        done += n
-    if not lu.mode.wce:
-        lu.store.flush()
+    try:
+        while done < count:
+            n = min(chunk_blocks, count - done)
+            store.write((lba + done) * bs, view[:n * bs])
+            done += n
+        if flush:
+            store.flush()
+    except StoreError:
+        raise _write_error(lba + done) from None
+
+
+def _discard_io(task, store, ranges: list[tuple[int, int]], lba: int) -> None:
+    try:
+        for offset, length in ranges:
+            store.discard(offset, length)
+    except StoreError:
+        raise _write_error(lba) from None
 
 
 @COMMANDS.command(0x41, "WRITE SAME(10)", _usage(0x41, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF,
@@ -480,9 +546,9 @@ def unmap(lu, task) -> None:
             raise invalid_field_in_parameter_list(off + 8)
         ranges.append((lba, count))
     bs = lu.block_size
-    for lba, count in ranges:
-        if count:
-            lu.store.discard(lba * bs, count * bs)
+    spans = [(lba * bs, count * bs) for lba, count in ranges if count]
+    if spans:
+        lu.io(task, _discard_io, lu.store, spans, spans[0][0] // bs)
 
 
 @COMMANDS.command(0x9E, "GET LBA STATUS", _usage(0x9E, 0x12, *[0xFF] * 12, 0, CONTROL),
@@ -499,11 +565,25 @@ def get_lba_status(lu, task) -> None:
         task.data_in = b""
         return
     bs = lu.block_size
-    room = max(1, (min(alloc, 8 + 16 * 64) - 8) // 16)
     span = min(lu.num_blocks - lba, 0xFFFFFFFF)
+    if lu.thin:
+        lu.io(task, _lba_status_io, lu.store, bs, lba, span, alloc)
+    else:  # a fully provisioned LU has every LBA mapped (SBC-4 4.7.2)
+        _lba_status(task, [(lba * bs, span * bs, True)], bs, alloc)
+
+
+def _lba_status_io(task, store, bs: int, lba: int, span: int, alloc: int) -> None:
+    try:
+        runs = store.extents(lba * bs, span * bs)
+    except StoreError:
+        raise _read_error(lba) from None
+    _lba_status(task, runs, bs, alloc)
+
+
+def _lba_status(task, runs, bs: int, alloc: int) -> None:
+    """The LBA status descriptors of (offset, length, mapped) runs, as many as fit."""
+    room = max(1, (min(alloc, 8 + 16 * 64) - 8) // 16)
     descs = []
-    # A fully provisioned LU has every LBA mapped (SBC-4 4.7.2), whatever the store holds.
-    runs = lu.store.extents(lba * bs, span * bs) if lu.thin else [(lba * bs, span * bs, True)]
     for offset, length, mapped in runs:
         first = offset // bs
         n = -(-(offset + length) // bs) - first
@@ -566,7 +646,13 @@ def start_stop_unit(lu, task) -> None:
     if lu.prevent:
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, MEDIUM_REMOVAL_PREVENTED)
     if not start and lu.medium_present and not no_flush:
-        lu.store.flush()
+        def ejected(task, error: Exception | None) -> None:
+            if error is not None:
+                raise error
+            lu.medium_present = False
+
+        lu.io(task, _flush_io, lu.store, 0, then=ejected)  # the cache is written, then out
+        return
     lu.medium_present = bool(start)
 
 
@@ -596,8 +682,8 @@ def prevent_allow_medium_removal(lu, task) -> None:
                   access=Access.WRITE)
 def compare_and_write(lu, task) -> None:
     """SBC-4 5.3: compare the first half of the Data-Out with the medium; if equal, write
-    the second half. Execution is one synchronous step, so it is atomic against every
-    other command on the LU."""
+    the second half. The medium access is one step, and the task set lets no overlapping
+    task run beside it, so it is atomic against every other command on the LU."""
     flags, lba, count = _CAW.unpack_from(task.cdb)
     _no_protection(flags)
     lu.check_medium()
@@ -615,12 +701,14 @@ def compare_and_write(lu, task) -> None:
         raise invalid_field_in_cdb(13)
     if count == 0:
         return
-    medium = bytes(lu.store.read(lba * bs, n))
-    verify = bytes(data[:n])
-    if medium != verify:
-        first = next(i for i in range(n) if medium[i] != verify[i])
-        raise CheckCondition(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY, info=first)
-    lu.store.write(lba * bs, data[n:2 * n])
-    if flags & 0x08 or not lu.mode.wce:
-        lu.store.flush()
+    lu.io(task, _compare_and_write_io, lu.store, lba * bs, bytes(data[:n]), data[n:2 * n],
+          bool(flags & 0x08 or not lu.mode.wce), lba)
+
+
+def _compare_and_write_io(task, store, offset: int, verify: bytes, write, flush: bool,
+                          lba: int) -> None:
+    """Compare, then write only when equal: one step, which nothing overlapping interleaves
+    with (the task set orders COMPARE AND WRITE against every overlapping task)."""
+    _compare_io(task, store, offset, verify, lba)
+    _write_io(task, store, offset, write, flush, lba)
 

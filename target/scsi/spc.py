@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import struct
@@ -483,14 +484,18 @@ def _check_key(lu: LogicalUnit, nexus: Nexus, key: int) -> None:
 def _pr_out(sa: int, name: str) -> Callable[[Handler], Handler]:
     usage = [0x5F, sa, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04]
 
-    def wrap(body: Handler) -> Handler:
+    def wrap(body: Callable[[LogicalUnit, ScsiTask], Callable[[], None] | None]) -> Handler:
         def handler(lu: LogicalUnit, task: ScsiTask) -> None:
             # One transaction per command: the state file (APTPL) is written and the unit
-            # attentions are sent only when the action succeeded (reservations.py).
+            # attentions are sent only when the action succeeded (reservations.py). The
+            # write is the command's medium access (lu.io: off the event loop when the LU's
+            # store can sleep); the table marks the command serial, so the next PERSISTENT
+            # RESERVE OUT starts only from a committed or rolled back state. A body may
+            # return what to do once committed (PREEMPT AND ABORT: abort the tasks).
             res = lu.reservations
             res.begin()
             try:
-                body(lu, task)
+                after = body(lu, task)
             except _Conflict:
                 res.rollback()
                 task.status = Status.RESERVATION_CONFLICT
@@ -499,12 +504,19 @@ def _pr_out(sa: int, name: str) -> Callable[[Handler], Handler]:
             except BaseException:
                 res.rollback()
                 raise
-            res.commit()
+            changed, data = res.pending_state()
+            if not changed:
+                res.committed(data)
+                if after is not None:
+                    after()
+                return
+            lu.io(task, _write_pr_state, res, data,
+                  then=functools.partial(_pr_committed, res, data, after))
 
         handler.__name__ = body.__name__
         handler.__doc__ = body.__doc__
         COMMANDS.command(0x5F, name, usage, Direction.OUT, service_action=sa,
-                         access=Access.ALLOWED, reserve6=False)(handler)
+                         access=Access.ALLOWED, reserve6=False, serial=True)(handler)
         return handler
 
     return wrap
@@ -587,6 +599,23 @@ def pr_out_release(lu: LogicalUnit, task: ScsiTask) -> None:
     res.release(task.nexus)
 
 
+def _write_pr_state(task: ScsiTask, res, data: bytes | None) -> None:
+    res.write_state(data)
+
+
+def _pr_committed(res, data: bytes | None, after: Callable[[], None] | None, task: ScsiTask,
+                  error: Exception | None) -> None:
+    """After the state file's write: commit (UAs sent, then `after`), or roll back."""
+    if error is not None:
+        if not isinstance(error, OSError):
+            res.rollback()
+            raise error
+        res.failed(error)
+    res.committed(data)
+    if after is not None:
+        after()
+
+
 @_pr_out(CLEAR, "PERSISTENT RESERVE OUT/CLEAR")
 def pr_out_clear(lu: LogicalUnit, task: ScsiTask) -> None:
     key, _sa_key, _flags = _basic_params(task)
@@ -615,13 +644,14 @@ def pr_out_preempt(lu: LogicalUnit, task: ScsiTask) -> None:
 
 
 @_pr_out(PREEMPT_AND_ABORT, "PERSISTENT RESERVE OUT/PREEMPT AND ABORT")
-def pr_out_preempt_and_abort(lu: LogicalUnit, task: ScsiTask) -> None:
-    """SPC-4 5.13.11.4.5: PREEMPT, then the task set aborts the victims' tasks."""
+def pr_out_preempt_and_abort(lu: LogicalUnit, task: ScsiTask) -> Callable[[], None] | None:
+    """SPC-4 5.13.11.4.5: PREEMPT, then the task set aborts the victims' tasks (once the
+    state is saved, APTPL, and the UAs are sent)."""
     victims = _preempt(lu, task)
-    lu.reservations.commit()  # state saved (APTPL) and UAs sent before any task is aborted
     abort = getattr(lu, "abort_tasks_of", None)
     if victims and abort is not None:
-        abort(victims, task)
+        return functools.partial(abort, victims, task)
+    return None
 
 
 def _parse_transport_id(data: bytes, pos: int) -> tuple[str, int | None]:

@@ -11,6 +11,9 @@ Rules:
 - data_in may be any buffer (bytes, bytearray, memoryview of a store); the transport
   sends at most the Expected Data Transfer Length of it and reports the rest as
   residual overflow, or the shortfall as underflow.
+- Medium access (the store calls of READ, WRITE, SYNCHRONIZE CACHE ...) may be left in
+  `io` for the shell to run on a worker thread (LogicalUnit.io); the task is complete
+  only when the LU has finished it (LogicalUnit.complete_io).
 - An I_T nexus is named by its initiator and target port names (RFC 7143 section 4.2.7.1:
   "iqn...,i,0x<ISID>" and "iqn...,t,0x<TPGT>"); the SCSI layer keys unit attentions,
   reservations and registrations on it.
@@ -99,6 +102,8 @@ class ScsiTask:
         "transport",
         "shell",
         "deferred",
+        "io",
+        "medium_delay",
     )
 
     def __init__(
@@ -128,6 +133,10 @@ class ScsiTask:
         # The device server ends it later (SANITIZE with IMMED=0 run in the background):
         # the shell completes it when the LU hands it back (LogicalUnit.finished_deferred).
         self.deferred = False
+        # Its medium access, when the LU leaves it to the shell to run off the event loop:
+        # (function, args, then), see LogicalUnit.io(); None otherwise.
+        self.io: tuple | None = None
+        self.medium_delay = 0.0  # seconds a slow medium adds to its access (fault rule)
 
     def __repr__(self) -> str:
         return f"<ScsiTask tag={self.tag:#x} lun={self.lun} cdb={bytes(self.cdb).hex()}>"

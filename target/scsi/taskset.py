@@ -4,8 +4,11 @@ Rules:
 - Sans-IO: the shell submits tasks, asks dispatch() for the next one to run (while fewer
   than `depth` run), runs it, waits the service time the rotational model gives (if
   any), and reports done(). `now` (seconds) is passed in; there is no clock here.
-- Idle fast path: with no task in the set and no disk model, a task runs at once (the
-  stores complete synchronously, so the set stays empty and nothing could be reordered).
+- Idle fast path: with no task in the set and no disk model, a task runs at once. When
+  its medium access completes inside execute() (inline stores) the set stays empty and
+  nothing could be reordered; when it goes on off the event loop, the shell adopts() the
+  task as a running member, so every later task is ordered against it as if it had been
+  dispatched from the set.
 - Bypass (never queued, never held): commands whose table entry has queue=False
   (INQUIRY, REPORT LUNS, REQUEST SENSE) and CDBs the table does not know (the LU rejects
   them at once). submit() returns False for them and the shell runs them right away.
@@ -13,7 +16,10 @@ Rules:
   HEAD OF QUEUE task has completed; an ORDERED task once every older task has completed,
   and it holds back every newer SIMPLE and ORDERED task until it completes; a HEAD OF
   QUEUE task is enabled at once and goes before every enabled task (several: the newest
-  first, each put at the head of the queue). ACA: this device server never establishes
+  first, each put at the head of the queue), except that it waits for a running task
+  whose range overlaps its own (either writing), and holds back the overlapping older
+  ones not yet started: a task's medium access may run off the event loop, and two
+  overlapping ones never run side by side. ACA: this device server never establishes
   an ACA condition (NACA=1 is rejected), so a task with the ACA attribute is answered
   CHECK CONDITION, ILLEGAL REQUEST, INVALID MESSAGE ERROR (SAM-5 8.6.5) by the LU.
 - Queue algorithm modifier (SPC-4 7.5.8, control mode page): with QAM=0 (restricted
@@ -22,7 +28,10 @@ Rules:
   range that can change the LU (Access WRITE/EXCLUSIVE: MODE SELECT, UNMAP, FORMAT, PR
   OUT...) is ordered against every block task both ways; other commands without a block
   range (TEST UNIT READY, READ CAPACITY, MODE SENSE) are ordered against nothing. With
-  QAM=1 only the task attributes order tasks.
+  QAM=1 only the task attributes order tasks, except for atomic commands (COMPARE AND
+  WRITE, WRITE ATOMIC: extent.py), which are ordered against overlapping tasks both ways
+  under any QAM (SBC-4 5.3, 4.29: all or nothing for every other command). Serial
+  commands (commands.py: PERSISTENT RESERVE OUT) wait for every older serial task.
 - Enabled block tasks go through the elevator (target.scsi.elevator: fifo or disksort
   with its starvation bound); enabled tasks without a block range are served FIFO ahead
   of the elevator (they cost no seek).
@@ -61,7 +70,8 @@ class Entry:
     """One task in the task set."""
 
     __slots__ = ("task", "seq", "attr", "lba", "end", "blocks", "writes", "ranged",
-                 "deps", "dependents", "preds", "state", "aborted", "arrival", "service")
+                 "atomic", "serial", "deps", "dependents", "preds", "state", "aborted",
+                 "arrival", "service")
 
     def __init__(self, task: ScsiTask, seq: int, now: float) -> None:
         self.task = task
@@ -72,6 +82,8 @@ class Entry:
         self.blocks = 0
         self.writes = False
         self.ranged = False     # has a block range (goes through the elevator)
+        self.atomic = False     # COMPARE AND WRITE, WRITE ATOMIC: ordered by range always
+        self.serial = False     # PERSISTENT RESERVE OUT: after every older serial task
         self.deps = 0           # older tasks it waits for
         self.dependents: list[Entry] = []
         self.preds: list[Entry] = []   # the older tasks it waits for
@@ -123,6 +135,8 @@ class TaskSet:
         self._ordered_pending: list[Entry] = []     # ORDERED tasks not completed, oldest first
         self._hoq_pending: list[Entry] = []         # HEAD OF QUEUE tasks not completed
         self._barriers: list[Entry] = []            # uncompleted range-less LU changers
+        self._serial: list[Entry] = []              # uncompleted serial tasks
+        self._atomics = 0                           # uncompleted atomic tasks
 
     # --- queries ------------------------------------------------------------------------
 
@@ -169,40 +183,111 @@ class TaskSet:
             task.sense = b""
             task.data_in = None
             return False
+        e = self._entry(task, cmd, now)
+        attr = task.attr
+        if attr == TaskAttr.HEAD_OF_QUEUE:
+            if e.end > e.lba:
+                self._head_of_queue_overlaps(e)
+        elif attr == TaskAttr.ORDERED:
+            for older in self._entries.values():
+                self._depend(e, older)
+        else:
+            if self._ordered_pending:  # the newest waits for all the older ones
+                self._depend(e, self._ordered_pending[-1])
+            for older in self._hoq_pending:
+                self._depend(e, older)
+            if e.end > e.lba:
+                if self._qam() == 0:
+                    self._order_by_range(e)
+                elif e.atomic or self._atomics:
+                    self._order_atomics(e)
+        if e.serial:
+            for older in self._serial:
+                self._depend(e, older)
+        self._admit(e)
+        self.stats.submitted += 1
+        if e.deps == 0:
+            self._enable(e, now)
+        else:
+            self.stats.held_by_order += 1
+        return True
+
+    def adopt(self, task: ScsiTask, now: float = 0.0) -> None:
+        """A task the idle fast path started (submit() returned False, the set was empty)
+        whose medium access goes on off the event loop: it joins the set as running, and
+        the shell reports done() when it ends."""
+        e = self._entry(task, task.command, now)
+        e.state = RUNNING
+        self._running += 1
+        self._admit(e)
+        if e.ranged and e.end != extent.TO_END:
+            self.head = e.end
+
+    def _entry(self, task: ScsiTask, cmd, now: float) -> Entry:
         self._seq += 1
         e = Entry(task, self._seq, now)
         ext = extent.decode(task.cdb)
         if ext is not None:
             e.ranged = True
             e.lba, e.end, e.blocks, e.writes = ext.lba, ext.end, ext.blocks, ext.writes
-        elif cmd.access in (Access.WRITE, Access.EXCLUSIVE):
+            e.atomic = ext.atomic
+        elif cmd is not None and cmd.access in (Access.WRITE, Access.EXCLUSIVE):
             e.lba, e.end = WHOLE
             e.writes = True
-        attr = task.attr
-        if attr == TaskAttr.HEAD_OF_QUEUE:
+        e.serial = cmd is not None and cmd.serial
+        return e
+
+    def _admit(self, e: Entry) -> None:
+        """Into the set (the bookkeeping newer tasks are ordered by)."""
+        if e.attr == TaskAttr.HEAD_OF_QUEUE:
             self._hoq_pending.append(e)
-        elif attr == TaskAttr.ORDERED:
-            for older in self._entries.values():
-                self._depend(e, older)
+        elif e.attr == TaskAttr.ORDERED:
             self._ordered_pending.append(e)
-        else:
-            if self._ordered_pending:  # the newest waits for all the older ones
-                self._depend(e, self._ordered_pending[-1])
-            for older in self._hoq_pending:
-                self._depend(e, older)
-            if e.end > e.lba and self._qam() == 0:
-                self._order_by_range(e)
         if e.writes and not e.ranged:
             self._barriers.append(e)
-        self._entries[task] = e
-        self.stats.submitted += 1
+        if e.serial:
+            self._serial.append(e)
+        if e.atomic:
+            self._atomics += 1
+        self._entries[e.task] = e
         if len(self._entries) > self.stats.max_depth:
             self.stats.max_depth = len(self._entries)
-        if e.deps == 0:
-            self._enable(e, now)
+
+    def _order_atomics(self, e: Entry) -> None:
+        """QAM=1: an atomic task waits for every older overlapping task, and any task for an
+        older overlapping atomic one (SBC-4 5.3, 4.29: all or nothing for every command)."""
+        lba, end = e.lba, e.end
+        for older in self._entries.values():
+            if (older.ranged and (e.atomic or older.atomic) and older.lba < end
+                    and lba < older.end):
+                self._depend(e, older)
+
+    def _head_of_queue_overlaps(self, e: Entry) -> None:
+        """A HEAD OF QUEUE task goes before the older tasks that have not started, and after
+        the ones running (they cannot be called back): where their ranges overlap and either
+        writes, it waits for a running one, and a waiting one now waits for it, so the two
+        never run side by side (a read never sees half of a write)."""
+        lba, end = e.lba, e.end
+        for older in list(self._entries.values()):
+            if not ((e.writes or older.writes) and older.end > older.lba and older.lba < end
+                    and lba < older.end):
+                continue
+            if older.state == RUNNING:
+                self._depend(e, older)
+            elif older.state in (BLOCKED, ENABLED):
+                if older.state == ENABLED:
+                    self._withdraw(older)
+                    older.state = BLOCKED
+                self._depend(older, e)
+
+    def _withdraw(self, e: Entry) -> None:
+        """Take an enabled task out of the queue it waits in to be dispatched."""
+        if e.attr == TaskAttr.HEAD_OF_QUEUE:
+            self._hoq.remove(e)
+        elif e.ranged:
+            self.elevator.remove(e)
         else:
-            self.stats.held_by_order += 1
-        return True
+            self._plain.remove(e)
 
     def _lookup(self, task: ScsiTask):
         lu = self.lu
@@ -297,6 +382,10 @@ class TaskSet:
             self._hoq_pending.remove(e)
         if e.writes and not e.ranged:
             self._barriers.remove(e)
+        if e.serial:
+            self._serial.remove(e)
+        if e.atomic:
+            self._atomics -= 1
         for d in e.dependents:
             if d.state == DONE:  # discarded before e finished
                 continue
@@ -318,12 +407,7 @@ class TaskSet:
             e.aborted = True
             return False
         if e.state == ENABLED:
-            if e.attr == TaskAttr.HEAD_OF_QUEUE:
-                self._hoq.remove(e)
-            elif e.ranged:
-                self.elevator.remove(e)
-            else:
-                self._plain.remove(e)
+            self._withdraw(e)
         # What waited for e waited, through e, for what e waited for (a SIMPLE task waits
         # only for the newest ORDERED one): hand those waits on before e goes.
         for d in e.dependents:

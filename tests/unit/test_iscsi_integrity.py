@@ -217,3 +217,22 @@ def test_write6_of_256_blocks_without_the_w_bit_reports_the_overflow():
     assert resp.flags & pdu.F_OVERFLOW and resp.w44 == 256 * BS
     assert bytes(h.store.read(0, 256 * BS)) == b"\x77" * (256 * BS)
 
+
+
+def test_data_out_after_all_of_a_commands_data_leaves_the_command_alone():
+    """A Data-Out for a command whose data is complete (it is with the SCSI layer, its
+    buffer perhaps being written to the store) is Rejected (11.17) and its data dropped:
+    the command and what it writes are unchanged, and the session goes on."""
+    h = Harness(immediate_data=True, initial_r2t=True)
+    # Received but not executed (the harness's run() is not called): a running command.
+    h.conn.receive_data(h.command(write10(8, 1), 512, write=True, data=b"b" * 512, itt=77))
+    task = h.conn.ready.popleft()  # all of its data is in
+    h.conn.receive_data(h.data_out(77, 0xFFFFFFFF, 0, 0, b"X" * 512))
+    (rej, data), = h.pdus()
+    assert rej.opcode == Op.REJECT and rej.b2 == pdu.RejectReason.PROTOCOL_ERROR
+    assert bytes(task.data_out) == b"b" * 512
+    h.device.execute(task)
+    h.conn.complete(task)
+    (resp, _), = h.pdus()
+    assert resp.itt == 77 and resp.b3 == 0 and not h.conn.want_close
+    assert bytes(h.store.read(8 * BS, BS)) == b"b" * 512

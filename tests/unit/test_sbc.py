@@ -3,7 +3,9 @@ file stores (the flush-counting store double is the only test double)."""
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -230,6 +232,34 @@ def test_file_store_errors_name_the_path(tmp_path):
     FileStore(tmp_path / "a.img", size=1 << 20, create=True).close()
     with pytest.raises(ValueError, match="a.img has 1048576 bytes"):
         FileStore(tmp_path / "a.img", size=2 << 20)
+    with pytest.raises(FileNotFoundError, match="ro.img does not exist, and a read-only"):
+        FileStore(tmp_path / "ro.img", size=1 << 20, create=True, read_only=True)
+    assert not (tmp_path / "ro.img").exists()
+
+
+def test_file_store_blocking_by_file_system(tmp_path):
+    """A file on tmpfs is served on the event loop (its calls copy memory); a file on
+    another file system is blocking: its calls run on worker threads (base.py)."""
+    on_disk = FileStore(tmp_path / "d.img", size=1 << 20, create=True)
+    assert on_disk.blocking == (_fs_type(tmp_path) not in ("tmpfs", "ramfs"))
+    on_disk.close()
+    if _fs_type(Path("/dev/shm")) == "tmpfs":
+        shm = FileStore(f"/dev/shm/st-{os.getpid()}.img", size=1 << 20, create=True)
+        assert not shm.blocking
+        shm.close()
+        os.unlink(shm.path)
+    assert not MemoryStore(1 << 20).blocking
+
+
+def _fs_type(path) -> str:
+    """The file system type of `path`, from /proc/self/mounts (longest mount prefix)."""
+    best, kind = "", ""
+    real = os.path.realpath(path)
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _dev, mnt, fstype = line.split()[:3]
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+            best, kind = mnt, fstype
+    return kind
 
 
 def test_file_store_is_sparse_and_punches_holes(tmp_path):

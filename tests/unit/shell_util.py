@@ -1,0 +1,209 @@
+"""Test doubles for the asyncio shell, so the real Dispatcher and Connection run in-process
+under the test's control: a loop whose time and callbacks the test advances, worker
+threads whose jobs the test runs one at a time in the order it chooses, and a link that
+keeps a connection's output until the test takes it (a peer that has not read it yet).
+
+Only unit tests use these; the product's shell is target.server and target.dispatch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from collections import deque
+from types import SimpleNamespace
+
+from target.dispatch import Dispatcher, pump_all, run_ready
+from target.iscsi import pdu
+from target.iscsi.connection import Connection
+from target.iscsi.pdu import Bhs, Op
+from target.iscsi.session import Session, SessionParams, SessionRegistry
+from target.scsi.device import ScsiDevice
+
+
+class FakeLoop:
+    """time(), call_soon(), call_soon_threadsafe(), call_later(): nothing runs until the
+    test calls run() or advance()."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.ready: deque = deque()
+        self.timers: list = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(self, cb, *args) -> None:
+        self.ready.append((cb, args))
+
+    call_soon_threadsafe = call_soon
+
+    def call_later(self, delay: float, cb, *args) -> None:
+        heapq.heappush(self.timers, (self.now + delay, next(self._seq), cb, args))
+
+    def run(self) -> None:
+        """Run the callbacks that are ready (and those they make ready)."""
+        while self.ready:
+            cb, args = self.ready.popleft()
+            cb(*args)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on, firing the timers that fall due, in order."""
+        end = self.now + seconds
+        while self.timers and self.timers[0][0] <= end:
+            when, _, cb, args = heapq.heappop(self.timers)
+            self.now = max(self.now, when)
+            cb(*args)
+            self.run()
+        self.now = end
+        self.run()
+
+
+class FakeWorkers:
+    """The executor a Dispatcher submits medium accesses to; run(i) does job i now (its
+    completion is then posted to the loop, as a worker thread's would be)."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def submit(self, fn, *args) -> None:
+        self.jobs.append((fn, args))
+
+    def run(self, index: int = 0) -> None:
+        fn, args = self.jobs.pop(index)
+        fn(*args)
+
+    def run_all(self, loop: FakeLoop) -> None:
+        while self.jobs:
+            self.run(0)
+            loop.run()
+
+
+class FakeLink:
+    """A Link without a socket: feed() is a receive burst, take() what the peer reads."""
+
+    def __init__(self, conn: Connection, dispatchers: dict, loop: FakeLoop) -> None:
+        self.conn = conn
+        self.dispatchers = dispatchers
+        self.loop = loop
+        self.closed = False
+        conn.notify = self._notified
+
+    def feed(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        if self.conn.ready:
+            run_ready(self, self.dispatchers)
+        if self.conn.taskset_changed:
+            pump_all(self, self.dispatchers)
+
+    def flush(self) -> None:
+        """The output stays queued until take(): a peer slow to read."""
+
+    def _notified(self) -> None:
+        if self.conn.taskset_changed:
+            self.loop.call_soon(pump_all, self, self.dispatchers)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.connection_lost()
+
+    def take(self) -> list[tuple[Bhs, bytes]]:
+        """The PDUs sent so far (no digests), decoded."""
+        raw = b"".join(bytes(b) for b in self.conn.take_output())
+        out, pos = [], 0
+        while pos < len(raw):
+            bhs = Bhs(raw[pos:pos + 48])
+            pos += 48
+            out.append((bhs, raw[pos:pos + bhs.dsl]))
+            pos += bhs.dsl + pdu.pad_len(bhs.dsl)
+        return out
+
+
+class Initiator:
+    """PDUs of one session (CmdSN, ITT) in full feature phase on a FakeLink."""
+
+    def __init__(self, shell: Shell, number: int, **params) -> None:
+        portal = shell.portal
+        self.conn = Connection(portal, "127.0.0.1:3260", f"initiator-{number}")
+        p = SessionParams(initiator_name=f"iqn.2026-12.local.test:i{number}",
+                          target_name=shell.device.name, isid=0x400000000000 + number,
+                          tsih=number, immediate_data=True, first_burst_length=262144,
+                          max_burst_length=262144, max_recv_data_segment_length=262144)
+        for k, v in params.items():
+            setattr(p, k, v)
+        self.session = Session(p, shell.device, exp_cmdsn=1)
+        portal.registry.add(self.session)
+        self.conn.enter_full_feature(self.session, 1)
+        self.link = FakeLink(self.conn, shell.dispatchers, shell.loop)
+        self.cmdsn = 1
+        self.itt = 1
+        for lu in shell.device.luns.values():
+            lu.ua._pending[self.conn.nexus] = []  # a known nexus, nothing pending
+
+    def command(self, cdb: bytes, *, lun: int = 0, read: int = 0, data: bytes = b"",
+                attr: int = 1) -> tuple[int, bytes]:
+        """(ITT, the PDU bytes) of a SCSI Command with all its data immediate."""
+        itt, self.itt = self.itt, self.itt + 1
+        flags = (pdu.F_FINAL | (pdu.F_READ if read else 0) | (pdu.F_WRITE if data else 0)
+                 | attr)
+        hdr = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, len(data),
+                                 bytes((0, lun, 0, 0, 0, 0, 0, 0)), itt,
+                                 read or len(data), self.cmdsn, 0))
+        self.cmdsn += 1
+        hdr[32:32 + len(cdb)] = cdb
+        return itt, bytes(hdr) + data + pdu.padding(len(data))
+
+    def send(self, cdb: bytes, **kw) -> int:
+        itt, raw = self.command(cdb, **kw)
+        self.link.feed(raw)
+        return itt
+
+    def tmf(self, function: int, *, ref_itt: int = 0xFFFFFFFF, lun: int = 0) -> None:
+        itt, self.itt = self.itt, self.itt + 1
+        self.link.feed(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | function, 0, 0, 0,
+                                bytes((0, lun, 0, 0, 0, 0, 0, 0)), itt, ref_itt, self.cmdsn,
+                                0, self.cmdsn - 1))
+
+    def responses(self) -> dict[int, tuple[int, bytes, bytes]]:
+        """ITT -> (status, Data-In bytes, sense) of every command answered since last time."""
+        done: dict[int, tuple[int, bytes, bytes]] = {}
+        data: dict[int, bytearray] = {}
+        for bhs, payload in self.link.take():
+            if bhs.opcode == Op.DATA_IN:
+                buf = data.setdefault(bhs.itt, bytearray())
+                buf[bhs.buffer_offset:bhs.buffer_offset + len(payload)] = payload
+                if bhs.flags & pdu.F_STATUS:
+                    done[bhs.itt] = (bhs.b3, bytes(data.pop(bhs.itt)), b"")
+            elif bhs.opcode == Op.SCSI_RESPONSE:
+                sense = b""
+                if len(payload) >= 2:
+                    sense = payload[2:2 + struct.unpack_from(">H", payload)[0]]
+                done[bhs.itt] = (bhs.b3, bytes(data.pop(bhs.itt, b"")), sense)
+            elif bhs.opcode == Op.TASK_MGMT_RESPONSE:
+                done[bhs.itt] = (bhs.b2, b"", b"")
+        return done
+
+
+class Shell:
+    """A SCSI device with its LUs' Dispatchers on a FakeLoop; `workers` run the medium
+    access of every LU (offloaded, whatever its store, unless inline_luns names it)."""
+
+    def __init__(self, lus, *, inline_luns=()) -> None:
+        self.loop = FakeLoop()
+        self.workers = FakeWorkers()
+        self.device = ScsiDevice("iqn.2026-12.local.test:t", lus)
+        self.portal = SimpleNamespace(max_recv_data_segment_length=262144,
+                                      registry=SessionRegistry())
+        self.dispatchers = {}
+        for lu in lus:
+            if lu.lun in inline_luns:
+                lu.io_threads = 0
+                self.dispatchers[lu] = Dispatcher(self.loop, lu)
+            else:
+                self.dispatchers[lu] = Dispatcher(self.loop, lu, executor=self.workers)
+
+    def initiator(self, number: int, **params) -> Initiator:
+        return Initiator(self, number, **params)
