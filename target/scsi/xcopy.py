@@ -18,8 +18,8 @@ Rules:
   and segment descriptor lists together (else PARAMETER LIST LENGTH ERROR, 1Ah/00h; this is
   checked before the counts), MAX_SEGMENT_LENGTH bytes per segment (INVALID FIELD IN
   PARAMETER LIST at its length field), no inline data (INLINE DATA LENGTH EXCEEDED,
-  26h/0Bh), no held data (HELD DATA LIMIT 0), one copy at a time (the copy runs to its end
-  inside the command).
+  26h/0Bh), no held data (HELD DATA LIMIT 0), one copy at a time per LU (the command is
+  Access.WRITE: its task set lets no other changer of the LU run beside it).
 - Order of the checks on the parameter list (errors detected before segment processing,
   ILLEGAL REQUEST with a field pointer into the parameter list, C/D=0): PARAMETER LIST
   LENGTH 0 is GOOD and does nothing; a list shorter than its header or than the lengths
@@ -60,10 +60,16 @@ Rules:
   held data, always none here. A LIST IDENTIFIER the copy manager has nothing for is
   INVALID FIELD IN CDB pointing at CDB byte 2. nexus_lost() and reset() are the hooks for
   I_T nexus loss and logical unit reset (which discard what was kept).
-- Data moves from store to store in CHUNK pieces (each copied out of the source first, so a
-  copy inside one store never reads what it has already written: overlapping ranges copy
-  backwards when the destination is above the source); a destination with WCE=0 is
-  flushed after each segment (SBC-4 4.15).
+- Every segment is checked before any data moves; the data then moves as the command's
+  medium access (LogicalUnit.io: on a worker thread when the LU has them), in segment
+  order, up to a segment whose check failed, which ends the copy there as above. The
+  copy's writes to another LU of the device do not go through that LU's task set, as a
+  copy manager's own writes would not (other commands to those blocks meanwhile may see
+  a chunk before or after it, not a defined order).
+- Data moves from store to store in CHUNK pieces (each read of the source is a copy of the
+  medium, so a copy inside one store never reads what it has already written: overlapping
+  ranges copy backwards when the destination is above the source); a destination with
+  WCE=0 is flushed after each segment (SBC-4 4.15).
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from target.backing.base import StoreError
+from target.backing.base import Store, StoreError
 from target.scsi.commands import Access, Command, CommandSet
 from target.scsi.sense import (
     INCORRECT_COPY_TARGET_DEVICE_TYPE,
@@ -457,35 +463,56 @@ def _conflicts(lu: LogicalUnit, task: ScsiTask, params: ParameterList) -> bool:
 # --- moving the data ---------------------------------------------------------------------
 
 
-def _move(src: LogicalUnit, src_at: int, dst: LogicalUnit, dst_at: int, nbytes: int,
-          read_field: int, write_field: int) -> None:
-    """Copy nbytes between the stores, overlap-safe; StoreError becomes COPY ABORTED."""
+def _move(src: Store, src_at: int, dst: Store, dst_at: int, nbytes: int, read_field: int,
+          write_field: int) -> None:
+    """Copy nbytes between the stores, overlap-safe (a read is a copy of the medium, never a
+    view that the writes change: base.py); StoreError becomes COPY ABORTED."""
     starts = range(0, nbytes, CHUNK)
-    if src.store is dst.store and src_at < dst_at < src_at + nbytes:
+    if src is dst and src_at < dst_at < src_at + nbytes:
         starts = reversed(starts)
     for off in starts:
         n = min(CHUNK, nbytes - off)
         try:
-            data = src.store.read(src_at + off, n)
-            if src.store is dst.store:  # a view into what the writes change: take a copy
-                data = bytes(data)
+            data = src.read(src_at + off, n)
         except StoreError:
             raise _copy_aborted(UNRECOVERED_READ_ERROR, read_field) from None
         try:
-            dst.store.write(dst_at + off, data)
+            dst.write(dst_at + off, data)
         except StoreError:
             raise _copy_aborted(WRITE_ERROR, write_field) from None
 
 
-def _zero_fill(dst: LogicalUnit, at: int, nbytes: int, field: int) -> None:
-    try:
-        dst.store.write(at, bytes(nbytes))
-    except StoreError:
-        raise _copy_aborted(WRITE_ERROR, field) from None
+@dataclass
+class _Plan:
+    """One segment, checked: what its medium access moves (store calls only)."""
+
+    src: Store
+    src_start: int
+    dst: Store
+    dst_start: int
+    nbytes: int
+    pad: int            # zeros written after the data, to the destination's block end
+    flush: bool         # the destination has WCE=0
+    src_field: int      # segment-pointer targets for a read or write error
+    dst_field: int
+
+    def run(self) -> int:
+        """Move the data (any thread); the number of bytes written."""
+        if self.nbytes:
+            _move(self.src, self.src_start, self.dst, self.dst_start, self.nbytes,
+                  self.src_field, self.dst_field)
+        try:
+            if self.pad:
+                self.dst.write(self.dst_start + self.nbytes, bytes(self.pad))
+            if (self.nbytes or self.pad) and self.flush:
+                self.dst.flush()
+        except StoreError:
+            raise _copy_aborted(WRITE_ERROR, self.dst_field) from None
+        return self.nbytes + self.pad
 
 
-def _segment(lu: LogicalUnit, task: ScsiTask, params: ParameterList, seg: Segment) -> int:
-    """Process one segment descriptor (SPC-4 6.4.6); the number of bytes written."""
+def _segment(lu: LogicalUnit, task: ScsiTask, params: ParameterList, seg: Segment) -> _Plan:
+    """Check one segment descriptor (SPC-4 6.4.6) and plan its data movement."""
     at = seg.offset
     src, src_cscd = _resolve(lu, task.nexus, params.cscds, seg.src, at + 4)
     dst, dst_cscd = _resolve(lu, task.nexus, params.cscds, seg.dst, at + 6)
@@ -516,16 +543,8 @@ def _segment(lu: LogicalUnit, task: ScsiTask, params: ParameterList, seg: Segmen
         raise _copy_aborted(NO_ADDITIONAL_SENSE, dst_lba_field)
     if dst.mode.write_protected:
         raise _copy_aborted(WRITE_PROTECTED, at + 6)
-    if nbytes:
-        _move(src, src_start, dst, dst_start, nbytes, src_lba_field, dst_lba_field)
-    if pad:
-        _zero_fill(dst, dst_start + nbytes, pad, dst_lba_field)
-    if (nbytes or pad) and not dst.mode.wce:
-        try:
-            dst.store.flush()
-        except StoreError:
-            raise _copy_aborted(WRITE_ERROR, dst_lba_field) from None
-    return nbytes + pad
+    return _Plan(src.store, src_start, dst.store, dst_start, nbytes, pad, not dst.mode.wce,
+                 src_lba_field, dst_lba_field)
 
 
 # --- EXTENDED COPY (LID1) ----------------------------------------------------------------
@@ -551,25 +570,55 @@ def extended_copy(lu: LogicalUnit, task: ScsiTask) -> None:
         return  # PARAMETER LIST LENGTH 0: nothing is copied and nothing changes
     params = parse(data)
     status = copy_manager(lu).begin(task.nexus, params)
-    number = 0
     try:
         if _conflicts(lu, task, params):
             status.state, status.scsi_status = FAILED, Status.RESERVATION_CONFLICT
             task.status = Status.RESERVATION_CONFLICT
             return
-        for number, seg in enumerate(params.segments):
-            status.transferred += _segment(lu, task, params, seg)
+    except Exception as exc:
+        _copy_ended(lu, status, task, exc)
+    # Every segment is checked now; the data moves as the command's medium access (off the
+    # event loop when the LU has worker threads), segment after segment, up to the first
+    # one whose check failed, which then ends the copy as if found when it was reached.
+    plans: list[_Plan] = []
+    failure: tuple[int, CheckCondition] | None = None
+    for number, seg in enumerate(params.segments):
+        try:
+            plans.append(_segment(lu, task, params, seg))
+        except CheckCondition as cc:
+            failure = (number, cc)
+            break
+    lu.io(task, _copy_io, status, plans, failure,
+          then=lambda task, error: _copy_ended(lu, status, task, error))
+
+
+def _copy_io(task: ScsiTask, status: CopyStatus, plans: list[_Plan],
+             failure: tuple[int, CheckCondition] | None) -> None:
+    """The copy's data movement (store calls and the status counters only)."""
+    number = 0
+    try:
+        for number, plan in enumerate(plans):
+            status.transferred += plan.run()
             status.segments = number + 1
+        if failure is not None:
+            number, cc = failure
+            raise cc
     except CheckCondition as cc:
         if cc.key == SenseKey.COPY_ABORTED:
             cc.cmd_info = number
-        status.state, status.scsi_status = FAILED, Status.CHECK_CONDITION
-        status.sense = cc.sense(lu.mode.d_sense)
         raise
-    except Exception:
-        status.state, status.scsi_status = FAILED, Status.CHECK_CONDITION
-        raise
-    status.state = COMPLETED
+
+
+def _copy_ended(lu: LogicalUnit, status: CopyStatus, task: ScsiTask,
+                error: Exception | None) -> None:
+    """On the event loop: the copy's status for RECEIVE COPY RESULTS, and its outcome."""
+    if error is None:
+        status.state = COMPLETED
+        return
+    status.state, status.scsi_status = FAILED, Status.CHECK_CONDITION
+    if isinstance(error, CheckCondition):
+        status.sense = error.sense(lu.mode.d_sense)
+    raise error
 
 
 # --- RECEIVE COPY RESULTS ------------------------------------------------------------------

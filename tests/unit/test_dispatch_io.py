@@ -221,3 +221,106 @@ def test_medium_delay_fault_moves_an_inline_lus_access_to_a_worker():
     assert s.responses()[w][0] == GOOD and bytes(lu.store.read(0, BS)) == block(9)
     r = s.send(read10(0, 1), read=BS)  # not matched: inline again
     assert shell.workers.jobs == [] and s.responses()[r] == (GOOD, block(9), b"")
+
+
+def prout_register(key: int, aptpl: bool = True) -> tuple[bytes, bytes]:
+    """PERSISTENT RESERVE OUT, REGISTER (SPC-4 6.16): (CDB, parameter list)."""
+    params = struct.pack(">QQIBBH", 0, key, 0, 0x01 if aptpl else 0, 0, 0)
+    return struct.pack(">BBBBBIB", 0x5F, 0, 0, 0, 0, 24, 0), params
+
+
+def test_persistent_reserve_out_writes_its_state_on_a_worker_one_at_a_time(tmp_path):
+    """SPC-4 5.13.5.1 (APTPL): the state file is written before the command's status, on a
+    worker thread; a second PERSISTENT RESERVE OUT (from another nexus) starts only once
+    the first has committed, so each transaction starts from a committed state."""
+    from target.backing.file import FileStore
+
+    image = tmp_path / "lun.img"
+    lu = make_disk(0, FileStore(image, size=1 << 20, create=True))
+    shell = Shell([lu])
+    a, b = shell.initiator(1), shell.initiator(2)
+    cdb, params = prout_register(0xA1)
+    ra = a.send(cdb, data=params)
+    cdb, params = prout_register(0xB2)
+    rb = b.send(cdb, data=params)
+    assert len(shell.workers.jobs) == 1, "two PERSISTENT RESERVE OUT transactions at once"
+    assert a.responses() == {} and not (tmp_path / "lun.img.pr").exists()
+    shell.workers.run(0)
+    shell.loop.run()
+    assert a.responses()[ra][0] == GOOD and (tmp_path / "lun.img.pr").exists()
+    assert len(shell.workers.jobs) == 1  # now the second one's write
+    shell.workers.run_all(shell.loop)
+    assert b.responses()[rb][0] == GOOD
+    state = (tmp_path / "lun.img.pr").read_text()
+    assert "0x00000000000000a1" in state and "0x00000000000000b2" in state
+    lu.close()
+
+
+def test_state_file_write_failing_on_a_worker_rolls_back(tmp_path, monkeypatch):
+    """The write fails on the worker: HARDWARE ERROR, INTERNAL TARGET FAILURE (44h/00h)
+    and nothing of the command remains (reservations.py)."""
+    from target.backing.file import FileStore
+    from target.scsi import reservations
+
+    lu = make_disk(0, FileStore(tmp_path / "lun.img", size=1 << 20, create=True))
+    shell = Shell([lu])
+    a = shell.initiator(1)
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(reservations.os, "replace", fail)
+    cdb, params = prout_register(0xA1)
+    r = a.send(cdb, data=params)
+    shell.workers.run_all(shell.loop)
+    status, _, sense = a.responses()[r]
+    assert status == CHECK_CONDITION and (sense[2] & 0x0F, sense[12]) == (0x04, 0x44)
+    assert lu.reservations.registrations == {} and lu.reservations.generation == 0
+    lu.close()
+
+
+def test_sanitize_steps_run_on_workers_while_the_loop_answers():
+    """SBC-4 4.11: while a sanitize runs (its steps' store calls on workers), other
+    commands get NOT READY, SANITIZE IN PROGRESS (04h/1Bh); the IMMED=0 SANITIZE completes
+    with GOOD when the last step has run."""
+    lu = make_disk(0, MemoryStore(20 << 20), thin=True)
+    shell = Shell([lu])
+    s = shell.initiator(1)
+    san = s.send(struct.pack(">BB5xHB", 0x48, 0x02, 0, 0))  # BLOCK ERASE, IMMED=0
+    shell.loop.run()
+    assert len(shell.workers.jobs) == 1 and s.responses() == {}
+    t = s.send(bytes(6))  # TEST UNIT READY meanwhile
+    status, _, sense = s.responses()[t]
+    assert status == CHECK_CONDITION and (sense[2] & 0x0F, sense[12], sense[13]) == (2, 4, 0x1B)
+    steps = 0
+    while shell.workers.jobs:
+        shell.workers.run(0)
+        shell.loop.run()
+        steps += 1
+    assert steps == 3  # 20 MiB in steps of 8 MiB
+    assert s.responses()[san][0] == GOOD
+
+
+def test_extended_copy_moves_its_data_on_a_worker():
+    """SPC-4 6.4: the copy's segments are checked when the command is processed and its
+    data moves as the medium access (here on a worker); COPY STATUS answers meanwhile
+    (IN PROGRESS) and afterwards (COMPLETED, SPC-4 6.27), and a segment that fails its
+    check ends the copy with COPY ABORTED after the segments before it are copied."""
+    from tests.unit.test_xcopy import b2b, e4, params, rcr_cdb, xcopy_cdb
+
+    src, dst = make_disk(0, MemoryStore(1 << 20)), make_disk(1, MemoryStore(1 << 20))
+    shell = Shell([src, dst])
+    s = shell.initiator(1)
+    src.store.write(0, block(0x3C, 8))
+    plist = params([e4(src), e4(dst)], [b2b(0, 1, 8, 0, 16), b2b(0, 1, 8, 1 << 30, 0)])
+    x = s.send(xcopy_cdb(len(plist)), data=plist)
+    assert len(shell.workers.jobs) == 1
+    st = s.send(rcr_cdb(0x00), read=1024)  # COPY STATUS
+    assert s.responses()[st][1][4] & 0x7F == 0x00  # IN PROGRESS
+    shell.workers.run_all(shell.loop)
+    status, _, sense = s.responses()[x]
+    assert status == CHECK_CONDITION and sense[2] & 0x0F == 0x0A  # COPY ABORTED
+    assert struct.unpack_from(">I", sense, 8)[0] == 1  # the second segment failed
+    assert bytes(dst.store.read(16 * BS, 8 * BS)) == block(0x3C, 8)  # the first is copied
+    st = s.send(rcr_cdb(0x00), read=1024)
+    assert s.responses()[st][1][4] & 0x7F == 0x02  # FAILED
