@@ -25,11 +25,11 @@ demo: deps-test venv
 	$(PY) tools/demo
 
 test: deps-test venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/guest-smoke tools/demo
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/isolation_bench.py tools/guest-smoke tools/demo
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/guest-smoke tools/demo
+	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/isolation_bench.py tools/guest-smoke tools/demo
 
 venv: $(VENV)/.installed
 

@@ -15,7 +15,8 @@ Rules of this module:
   is chosen at random among those whose lock file no live process holds (/proc/locks),
   so instances in parallel (pytest -n 2, other users' tgtd) do not meet.
 - Our server: `python -m target serve --portal 127.0.0.1:0 --port-file FILE ...`;
-  the CLI writes the bound port (decimal, newline) to FILE once it listens.
+  the CLI writes the bound port (decimal, newline) to FILE once it listens. It runs the
+  code of this checkout, or of another one given as `repo` (benchmarks of two commits).
 """
 
 from __future__ import annotations
@@ -301,7 +302,7 @@ class OurTarget(_Server):
     def __init__(self, args: Sequence[str] = (), config: Path | None = None, *,
                  workdir: Path | None = None, iqn: str | None = None, lun: int = 0,
                  start_timeout: float = 30.0, python: str = sys.executable,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, repo: Path | None = None) -> None:
         args = [str(a) for a in args]
         iqn = iqn or _option_value(args, "--target-iqn") or OUR_DEFAULT_IQN
         super().__init__(iqn, lun, workdir, "ours-")
@@ -310,6 +311,7 @@ class OurTarget(_Server):
         self.start_timeout = start_timeout
         self.python = python
         self.env = env
+        self.repo = Path(repo) if repo is not None else REPO_ROOT  # whose server code runs
         stem = f"ours-{os.getpid()}-{next(_counter)}"
         self.port_file = self.workdir / f"{stem}.port"
         self.ports: list[int] = []  # every bound portal's port (a second --portal: multipath)
@@ -326,7 +328,7 @@ class OurTarget(_Server):
     def start(self) -> None:
         self.port_file.unlink(missing_ok=True)
         env = dict(os.environ if self.env is None else self.env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.repo),
                                                           env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.stdout_path, "wb") as out, open(self.log_path, "wb") as err:
