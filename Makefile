@@ -9,6 +9,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2
+LINT := target tests images qemu tools/conformance tools/bench tools/crashtest \
+        tools/elevator_bench.py tools/isolation_bench.py tools/guest-smoke tools/demo
 
 # Debian packages: what building the venv needs, and the real peers the tests use
 # (QEMU and its iscsi:// driver, libiscsi's tools, tgtd, sg3_utils, the guest image tools).
@@ -25,11 +27,11 @@ demo: deps-test venv
 	$(PY) tools/demo
 
 test: deps-test venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/isolation_bench.py tools/guest-smoke tools/demo
+	$(PY) -m ruff check $(LINT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(PY) -m ruff check target tests images qemu tools/conformance tools/bench tools/elevator_bench.py tools/isolation_bench.py tools/guest-smoke tools/demo
+	$(PY) -m ruff check $(LINT)
 
 venv: $(VENV)/.installed
 
