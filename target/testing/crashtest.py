@@ -9,7 +9,8 @@ Rules of this module (the oracle is the standard's durability rules, never our c
 - Writers (one session each, own initiator name and ISID) own disjoint extents of LUN 0
   and write whole blocks in one of three modes:
   (a) WRITE(10)/(16) with FUA=1: the write is durable when it completes with GOOD
-      (SBC-4 4.15, 5.40 and 5.43: FUA=1 writes to the medium before GOOD);
+      (SBC-4 4.15 and the FUA bit of WRITE(10)/WRITE(16): the device server writes the
+      blocks to the medium or a non-volatile cache before GOOD);
   (b) FUA=0 with the write cache on, a SYNCHRONIZE CACHE(10) of the whole medium after a
       few writes: the writes that completed before it was sent are durable once it
       returns GOOD (SBC-4 5.26); until then a write may read back old or new;
@@ -32,8 +33,8 @@ Rules of this module (the oracle is the standard's durability rules, never our c
   older than the newest durably acknowledged one is stale; zeros where a durable write
   was acknowledged are lost. An LBA with no durable write may hold zeros or any
   generation sent to it (in flight at the kill, or acknowledged but not yet durable).
-  Multi-block writes are not atomic (SBC-4 4.28 atomic writes aside), so each block is
-  judged on its own.
+  A multi-block write is not atomic (only WRITE ATOMIC is), so each block is judged on
+  its own.
 - APTPL (SPC-4 5.13.5.1, 6.16.3): one more session loops PERSISTENT RESERVE OUT on LUN 1
   (REGISTER and REGISTER AND IGNORE EXISTING KEY with new keys and APTPL=1, RESERVE,
   RELEASE, unregistering). After the restart the target must start at all (it exits
