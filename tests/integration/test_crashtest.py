@@ -58,8 +58,8 @@ def test_quick_trials_lose_nothing_acknowledged(tmp_path):
     assert total["restart_failures"] == 0 and total["errors"] == 0, proc.stdout
     assert total["unexpected_status"] == 0, proc.stdout
     assert sum(total["modes"].values()) == 12
-    # A leftover temporary state file fails the trial (and has its own test below).
-    assert proc.returncode == (1 if total["leftover_tmp_files"] else 0), proc.stdout
+    # A leftover temporary state file would fail the trial (it has its own test below).
+    assert total["leftover_tmp_files"] == 0 and proc.returncode == 0, proc.stdout
 
 
 def _pwrite(path: Path, offset: int, data: bytes) -> None:
@@ -165,16 +165,11 @@ class LeftoverTempFile(AssertionError):
     """A temporary state file is still beside the image after the restart."""
 
 
-@pytest.mark.xfail(
-    raises=LeftoverTempFile, strict=True,
-    reason="product bug: a PERSISTENT RESERVE OUT killed between mkstemp and os.replace "
-           "leaves <image>.pr.XXXX.tmp beside the image, and a restart does not remove it "
-           "(target/scsi/reservations.py _persist); the fix is being made separately: "
-           "remove this marker with it")
 def test_no_temporary_state_file_is_left_by_a_kill_mid_update(tmp_path):
     """Kill while the state file's temporary copy exists (it is seen in the directory);
     after the restart the state is the last acknowledged or the in-flight one, and no
-    temporary file is left beside the image (tools/crashtest --kill-at pr-tmp)."""
+    temporary file is left beside the image (tools/crashtest --kill-at pr-tmp): the
+    restart removes it (target/scsi/reservations.py). Fails on 180a2fc."""
     opts = Options(size=16 << 20, sessions=1, extents=4, kill_min=0.2, kill_max=0.3,
                    kill_at="pr-tmp")
     for attempt in range(5):
