@@ -70,6 +70,8 @@ read_only = true
      "at least 0.8"),
     ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n[target.lun.scheduler.disk]\n'
      'spin = 1\n', "target[0].lun[0].scheduler.disk", "unknown key(s): spin"),
+    ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nio_threads = -1\n',
+     "target[0].lun[0].io_threads", "0 to 256 worker threads"),
 ])
 def test_errors_name_file_key_and_problem(tmp_path, body, where, what):
     f = tmp_path / "bad.toml"
@@ -117,5 +119,28 @@ def test_scheduler_table_reaches_the_task_set(tmp_path):
         assert ts.elevator.max_passes is None and ts.elevator.deadline == 0.25
         assert ts.model.rpm == 5400 and ts.model.average_seek_ms == 12
         assert ts.model.capacity_blocks == (8 << 20) // 512
+    finally:
+        built.close()
+
+
+def test_io_threads_reach_the_lu(tmp_path):
+    """io_threads: the worker threads of a LU's medium access (0: on the event loop); by
+    default 0 for a memory LU and 8 for a file on a disk (target.app, base.py)."""
+    from target import app
+
+    f = tmp_path / "io.toml"
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    f.write_text(f'[[target]]\niqn = "iqn.2026-11.a.b:c"\n'
+                 f'[[target.lun]]\nlun = 0\nsize = "1M"\n'
+                 f'[[target.lun]]\nlun = 1\nsize = "1M"\nio_threads = 2\n'
+                 f'[[target.lun]]\nlun = 2\nstore = "file"\npath = "{a}"\n'
+                 f'size = "1M"\n'
+                 f'[[target.lun]]\nlun = 3\nstore = "file"\npath = "{b}"\n'
+                 f'size = "1M"\nio_threads = 0\n')
+    built = app.build(config.load(f))
+    try:
+        luns = built.devices[0].luns
+        file_default = 8 if luns[2].store.blocking else 0
+        assert [luns[n].io_threads for n in range(4)] == [0, 2, file_default, 0]
     finally:
         built.close()
