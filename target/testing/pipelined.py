@@ -664,7 +664,9 @@ class Session:
         last = 0    # items whose `after` has not run
         for end, pause in pieces:
             while sent < end:
-                while first < len(items) and starts[first] <= sent:
+                # Stamp every item this send() may start; some may not leave yet, and so
+                # carry a stamp earlier than their first byte: never a later one.
+                while first < len(items) and starts[first] < end:
                     if items[first].before is not None:
                         items[first].before(self.clock())
                     first += 1

@@ -3,7 +3,8 @@
 What must hold (RFC 7143; SBC-4 for the data):
 - Many commands in flight per session: 32 READ/WRITE(10) at once, each read returning what
   was written at its LBA (SBC-4 5.16/5.38), in whatever order the statuses come back;
-  more commands than the CmdSN window holds wait for MaxCmdSN (4.2.2.1) and all complete.
+  more commands than the CmdSN window holds wait for MaxCmdSN (4.2.2.1) and all complete,
+  each with its timing stamps (sent before its first byte left, done after its status).
 - Writes through R2T (11.8): with ImmediateData=No, InitialR2T=Yes and a small
   MaxBurstLength, a write of N bytes is asked for in ceil(N / MaxBurstLength) R2Ts, never
   more outstanding than MaxOutstandingR2T (13.17), each answered with Data-Out of at most
@@ -165,6 +166,9 @@ def test_more_commands_than_the_cmdsn_window_all_complete(peer):
             got = await asyncio.gather(*cmds)
             assert all(r.status == Status.GOOD for r in got)
             assert s.window_waits > 0, f"window {window} never filled by {n} commands"
+            # Every command has its timing stamps, sent before done, in CmdSN order.
+            assert all(c.sent is not None and c.sent < c.done for c in cmds)
+            assert [c.sent for c in cmds] == sorted(c.sent for c in cmds)
             peer.check_errors(s)
 
     run(main())
