@@ -32,8 +32,10 @@ Happens-before (what is known to have run before what):
   commands act block by block, but a read sees an atomic write whole or not at all.
 
 Checks, for every block a read returns (and the verify data of a GOOD COMPARE AND WRITE):
-- no-writer: nothing wrote that value at that block (misplaced or torn data);
-  failed-writer: only a command that failed wrote it;
+- no-writer: nothing wrote that value at that block (misplaced data); torn: the block
+  holds parts of several writes (with QAM=1 allowed when each part is, SPC-4 7.5.8 leaves
+  concurrent SIMPLE tasks' data integrity to the application client, but never for an
+  atomic write); failed-writer: only a command that failed wrote it;
 - forced-after: the writer is known to run after the read;
 - shadowed: another write of the block that took effect is known to run after the writer
   and before the read;
@@ -46,8 +48,10 @@ Checks, for every block a read returns (and the verify data of a GOOD COMPARE AN
   hold its verify data.
 Every violation reported is certain under the rules above (the checker is sound); it may
 miss violations that only several reads together reveal (reads are checked one by one
-against the known order, not against each other) or that need a search over many
-alternative writers (more than MAX_COMBINATIONS choices of zero-writers).
+against the known order, not against each other), that need a search over many
+alternative writers (more than MAX_COMBINATIONS choices of zero-writers), or, with QAM=1,
+that tie a read's blocks together through the known order alone (its blocks are checked
+jointly only where an atomic write touches them).
 """
 
 from __future__ import annotations
@@ -93,8 +97,9 @@ def encode_block(op_id: int, lba: int, block_size: int) -> bytes:
 
 
 def decode_block(block: bytes | memoryview) -> Hashable:
-    """ZERO, ("tag", op id, lba), or ("garbage", digest) for anything else (a block torn
-    between two writers, or data nobody wrote)."""
+    """ZERO; ("tag", op id, lba); ("torn", parts) for a block made of the records of
+    several writers (each part (op id, lba) or ZERO, in block order); ("garbage", digest)
+    for anything else. Neither of the last two is data any command wrote."""
     block = bytes(block)
     if not block.strip(b"\0"):
         return ZERO
@@ -103,6 +108,22 @@ def decode_block(block: bytes | memoryview) -> Hashable:
         if magic == _MAGIC and check == _check(op_id, lba) \
                 and block == encode_block(op_id, lba, len(block)):
             return ("tag", op_id, lba)
+        parts: list[Hashable] = []
+        size = _RECORD.size
+        for pos in range(0, len(block) - len(block) % size, size):
+            piece = block[pos:pos + size]
+            if not piece.strip(b"\0"):
+                part: Hashable = ZERO
+            else:
+                magic, op_id, lba, check = _RECORD.unpack(piece)
+                if magic != _MAGIC or check != _check(op_id, lba):
+                    parts = []
+                    break
+                part = (op_id, lba)
+            if not parts or parts[-1] != part:
+                parts.append(part)
+        if len(parts) > 1:
+            return ("torn", tuple(parts))
     return ("garbage", hashlib.blake2b(block, digest_size=8).hexdigest())
 
 
@@ -316,9 +337,10 @@ def _waits_for(a: Op, b: Op, qam: int) -> bool:
 class _Block:
     """The writers of one block: definite ones sorted by start, maybe ones, by value."""
 
-    __slots__ = ("definite", "starts", "longest", "maybe", "by_value")
+    __slots__ = ("definite", "starts", "longest", "maybe", "by_value", "atomic")
 
     def __init__(self) -> None:
+        self.atomic = False     # an atomic operation writes it (or may have)
         self.definite: list[int] = []
         self.starts: list[float] = []
         self.longest = 0.0
@@ -354,6 +376,8 @@ class Checker:
                 if blk is None:
                     blk = self.blocks[(op.lu, lba)] = _Block()
                 blk.by_value.setdefault(value, []).append(i)
+                if op.kind in ATOMIC and op.status in (GOOD, None):
+                    blk.atomic = True
                 if op.status == GOOD:
                     blk.definite.append(i)
                 elif op.status is None:
@@ -416,47 +440,84 @@ class Checker:
             self._check_read(r, report)
         return report
 
+    def _judge(self, r: int, lba: int, value: Hashable) -> tuple[list[int], list[tuple]]:
+        """The writers the read may show for `value` at `lba`, and why the others may not:
+        (rule, writer, shadowing write or None, message)."""
+        reach = self.order.reach
+        ok: list[int] = []
+        reasons: list[tuple[str, int, int | None, str]] = []
+        for w in self._candidates(r, lba, value):
+            if not self._effective(w):
+                reasons.append(("failed-writer", w, None,
+                                f"{self._name(w)} failed, so wrote nothing"))
+            elif w != _INIT and reach(r, w):
+                reasons.append(("forced-after", w, None,
+                                f"{self._name(w)} is known to run after the read"))
+            elif (x := self._shadow(r, lba, w)) is not None:
+                reasons.append(("shadowed", w, x,
+                                f"{self._name(x)} overwrote it in between: it runs after "
+                                f"{self._name(w)} and before the read"))
+            else:
+                ok.append(w)
+        return ok, reasons
+
+    def _refuse(self, r: int, lba: int, value: Hashable, reasons: list[tuple],
+                report: Report, what: str = "") -> None:
+        op = self.ops[r]
+        if not reasons:
+            rule = "torn" if isinstance(value, tuple) and value[:1] == ("torn",) \
+                else "no-writer"
+            report.violations.append(Violation(
+                rule, op.id, lba, value, [op.id],
+                f"{op.label()} returned {value!r}{what} at LBA {lba}, which no operation "
+                f"wrote there"))
+            return
+        order = ("shadowed", "forced-after", "failed-writer")
+        reasons = sorted(reasons, key=lambda t: order.index(t[0]))
+        rule = reasons[0][0]
+        involved = [op.id] + [self.ops[w].id for _, w, _, _ in reasons if w != _INIT] \
+            + [self.ops[x].id for _, _, x, _ in reasons if x is not None]
+        shown = [m for _, _, _, m in reasons[:4]]
+        if len(reasons) > 4:
+            shown.append(f"and {len(reasons) - 4} more")
+        report.violations.append(Violation(
+            rule, op.id, lba, value, involved,
+            f"{op.label()} returned {value!r}{what} at LBA {lba}, but " + "; ".join(shown)))
+
     def _check_read(self, r: int, report: Report) -> None:
         op = self.ops[r]
-        reach = self.order.reach
         allowed: dict[int, list[int]] = {}
         for lba, value in sorted(op.observed.items()):
             report.blocks_checked += 1
-            cands = self._candidates(r, lba, value)
-            if not cands:
-                report.violations.append(Violation(
-                    "no-writer", op.id, lba, value, [op.id],
-                    f"{op.label()} returned {value!r} at LBA {lba}, which no operation "
-                    f"wrote there"))
-                return
-            ok = []
-            reasons: list[tuple[str, int, int | None, str]] = []
-            for w in cands:
-                if not self._effective(w):
-                    reasons.append(("failed-writer", w, None,
-                                    f"{self._name(w)} failed, so wrote nothing"))
-                elif w != _INIT and reach(r, w):
-                    reasons.append(("forced-after", w, None,
-                                    f"{self._name(w)} is known to run after the read"))
-                elif (x := self._shadow(r, lba, w)) is not None:
-                    reasons.append(("shadowed", w, x,
-                                    f"{self._name(x)} overwrote it in between: it runs after "
-                                    f"{self._name(w)} and before the read"))
-                else:
-                    ok.append(w)
+            if (isinstance(value, tuple) and value[:1] == ("torn",) and self._divisible(r)):
+                # QAM=1: tasks may be processed in any order, "data integrity exposures" are
+                # the application client's (SPC-4 7.5.8): a read concurrent with a write it
+                # overlaps may find a block part written. Each part must be allowed, and no
+                # part may come from an atomic write (SBC-4 4.29).
+                for part in value[1]:
+                    part_value = ZERO if part == ZERO else tag(*part)
+                    ok, reasons = self._judge(r, lba, part_value)
+                    if not ok:
+                        self._refuse(r, lba, part_value, reasons, report,
+                                     f" (part of the torn block {value!r})")
+                        return
+                    atomic = [w for w in ok if w != _INIT and self.ops[w].kind in ATOMIC]
+                    if atomic and len(atomic) == len(ok):
+                        report.violations.append(Violation(
+                            "torn", op.id, lba, value, [op.id, self.ops[atomic[0]].id],
+                            f"{op.label()} returned {value!r} at LBA {lba}: part of a block "
+                            f"of atomic {self._name(atomic[0])}"))
+                        return
+                continue
+            ok, reasons = self._judge(r, lba, value)
             if not ok:
-                codes = {c for c, _, _, _ in reasons}
-                rule = next(c for c in ("forced-after", "shadowed", "failed-writer")
-                            if c in codes)
-                involved = [op.id] + [self.ops[w].id for _, w, _, _ in reasons if w != _INIT] \
-                    + [self.ops[x].id for _, _, x, _ in reasons if x is not None]
-                report.violations.append(Violation(
-                    rule, op.id, lba, value, involved,
-                    f"{op.label()} returned {value!r} at LBA {lba}, but "
-                    + "; ".join(m for _, _, _, m in reasons)))
+                self._refuse(r, lba, value, reasons, report)
                 return
             allowed[lba] = ok
-        if len(allowed) > 1:
+        if len(allowed) > 1 and (not self._divisible(r) or any(
+                self.blocks[(op.lu, b)].atomic for b in allowed if (op.lu, b) in self.blocks)):
+            # A read that acts block by block can only be inconsistent through an atomic
+            # write; one that is one step, through any write of its blocks.
             self._check_mix(r, allowed, report)
 
     # --- multi-block consistency ---------------------------------------------------------

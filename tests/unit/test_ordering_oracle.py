@@ -342,7 +342,9 @@ def test_block_tags_round_trip_and_torn_blocks_are_garbage(bs):
     assert len(block) == bs and o.decode_block(block) == tag(12345, 678)
     assert o.decode_block(bytes(bs)) == ZERO
     torn = block[:bs // 2] + o.encode_block(12346, 678, bs)[bs // 2:]
-    assert o.decode_block(torn)[0] == "garbage"
+    assert o.decode_block(torn) == ("torn", ((12345, 678), (12346, 678)))
+    assert o.decode_block(block[:bs - 32] + bytes(32)) == ("torn", ((12345, 678), ZERO))
+    assert o.decode_block(b"\1" + block[1:])[0] == "garbage"
     data = o.encode_block(1, 5, bs) + bytes(bs)
     assert o.decode_blocks(data, bs, 5) == {5: tag(1, 5), 6: ZERO}
 
@@ -408,3 +410,20 @@ def test_serial_executions_are_always_accepted(history):
     assert report.ok, "\n".join(str(v) for v in report.violations)
     report = check(ops, knowledge="strong", qam=qam)
     assert report.ok, "\n".join(str(v) for v in report.violations)
+
+
+def test_a_torn_block_only_with_qam1_and_only_of_allowed_parts():
+    """A block holding parts of two writes: with QAM=0 (conflicting tasks never interleave)
+    a violation; with QAM=1 (SPC-4 7.5.8: data integrity of concurrent SIMPLE tasks is the
+    application client's) allowed when each part is, never for an atomic write."""
+    w1 = write(1, 0, 1, session="A", order=0, **t(1, 2))
+    w2 = write(2, 0, 1, session="B", order=0, **t(3, 6))
+    torn = ("torn", ((1, 0), (2, 0)))
+    r = read(3, 0, [torn], session="C", order=0, **t(4, 5))
+    assert rules(check([w1, w2, r])) == ["torn"]
+    assert check([w1, w2, r], qam=1).ok
+    stale = ("torn", (ZERO, (2, 0)))  # zeros are older than w1, which completed before
+    assert rules(check([w1, w2, read(3, 0, [stale], session="C", order=0, **t(4, 5))],
+                       qam=1)) == ["shadowed"]
+    a2 = write(2, 0, 1, kind=WRITE_ATOMIC, session="B", order=0, **t(3, 6))
+    assert rules(check([w1, a2, r], qam=1)) == ["torn"]
