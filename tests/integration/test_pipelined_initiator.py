@@ -337,3 +337,27 @@ def test_abort_task_and_task_set_end_queued_commands(tmp_path):
     with OurTarget(["--backing", str(backing), "--rotational", "--dispatch-depth", "1"],
                    workdir=tmp_path) as t:
         run(main(t))
+
+
+def test_target_pings_are_answered(tmp_path):
+    """RFC 7143 11.19: a NOP-In with a Target Transfer Tag asks for a NOP-Out that echoes
+    it; our target (nop_interval 0.05 s) drops a connection whose last ping went
+    unanswered, so a session that lives through many pings, with commands in flight,
+    answered them all."""
+    cfg = tmp_path / "nop.toml"
+    cfg.write_text('nop_interval = 0.05\n[[target]]\niqn = "iqn.2026-11.local.test:nop"\n'
+                   '[[target.lun]]\nsize = "8M"\n')
+
+    async def main(t: OurTarget) -> None:
+        async with Session("127.0.0.1", t.port, t.iqn,
+                           initiator_name=initiator_iqn("nop-in")) as s:
+            await clear_unit_attention(s, 0)
+            for _ in range(40):
+                cmds = [s.submit(cdb.read10(8 * j, 8), read=8 * BS) for j in range(8)]
+                assert all(r.status == Status.GOOD for r in await asyncio.gather(*cmds))
+                await asyncio.sleep(0.01)
+            assert s.nop_ins_answered >= 4, s.nop_ins_answered
+            assert not s.closed and not s.target_errors, s.target_error_examples
+
+    with OurTarget([], config=cfg, workdir=tmp_path, iqn="iqn.2026-11.local.test:nop") as t:
+        run(main(t))
