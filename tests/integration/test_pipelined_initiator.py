@@ -21,7 +21,9 @@ What must hold (RFC 7143; SBC-4 for the data):
   queued commands without status, later commands run; LOGICAL UNIT RESET answers
   Function complete and the next command reports the reset's unit attention 29h/03h
   (SAM-5 5.14, 6.3.3).
-- NOP-Out ping echoes its data (11.18, 11.19); Logout answers "closed successfully" (11.15).
+- NOP-Out ping echoes its data (11.18); the target's NOP-In pings are answered with the
+  TTT echoed (11.19), commands in flight meanwhile; Logout answers "closed successfully"
+  (11.15).
 Each test also asserts that the initiator saw no protocol error from the target, except
 tgtd's known one: it sends Data-In sequences longer than MaxBurstLength (13.13 limits a
 Data-In sequence too), recorded and tolerated there only.
