@@ -61,27 +61,33 @@ FORCED_IO_THREADS = 4  # workers of a LU without its own, for medium-delay fault
 
 
 def run_ready(link, dispatchers: dict, tracer: Tracer | None = None) -> None:
-    """Hand the tasks the link's connection made ready (a whole receive burst) to their LUs'
-    task sets, then let each task set start what it may; a task for a LUN with no LU is
-    answered by the device at once. `dispatchers` maps each LU to its Dispatcher."""
+    """Hand the tasks the link's connection admitted (a whole receive burst) to their LUs'
+    task sets, and then the ones whose Data-Out is now all in; then let each task set start
+    what it may. A task for a LUN with no LU is answered by the device at once (when its
+    data is in). `dispatchers` maps each LU to its Dispatcher."""
     conn = link.conn
-    ready = conn.ready
     device = conn.session.device if conn.session is not None else None
     touched = []
-    while ready:
-        task = ready.popleft()
-        lu = device.luns.get(task.lun)
-        if lu is None:
-            start = time.perf_counter_ns()
-            device.execute(task)
-            conn.complete(task)
-            if tracer is not None:
-                tracer.record(conn.peer, task, start, time.perf_counter_ns())
-            continue
-        d = dispatchers[lu]
-        d.submit(link, task)
-        if d not in touched:
-            touched.append(d)
+    for queue, data_in in ((conn.ready, False), (conn.data_ready, True)):
+        while queue:
+            task = queue.popleft()
+            lu = device.luns.get(task.lun)
+            if lu is None:
+                if task.data_pending:
+                    continue  # answered when its data is in
+                start = time.perf_counter_ns()
+                device.execute(task)
+                conn.complete(task)
+                if tracer is not None:
+                    tracer.record(conn.peer, task, start, time.perf_counter_ns())
+                continue
+            d = dispatchers[lu]
+            if data_in:
+                d.data_ready(link, task)
+            else:
+                d.submit(link, task)
+            if d not in touched:
+                touched.append(d)
     for d in touched:
         d.pump(link)
 
@@ -139,11 +145,19 @@ class Dispatcher:
     # --- entering -----------------------------------------------------------------------
 
     def submit(self, link, task: ScsiTask) -> None:
-        """A task whose data is all in: into the task set, or run at once (bypass)."""
+        """A task admitted in CmdSN order: into the task set, or run at once (bypass). One
+        whose Data-Out is still arriving (task.data_pending) takes its place in the task
+        set now and runs after data_ready(); a bypass command waits outside for its data."""
         start = time.perf_counter_ns() if self.tracer is not None else 0
+        ts = self.taskset
+        if task.data_pending:
+            if ts.submit(task, self.loop.time(), data_ready=False):
+                task.shell = (link, start)
+            elif task.status:  # TASK SET FULL: answered now, its late data is dropped
+                self._complete(link, task, start)
+            return  # (bypass: submitted again by data_ready())
         if self.faults.rules and self._inject(link, task, start):
             return
-        ts = self.taskset
         if ts.submit(task, self.loop.time()):
             task.shell = (link, start)
             return
@@ -163,35 +177,58 @@ class Dispatcher:
         if self.tracer is not None:
             self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns())
 
+    def data_ready(self, link, task: ScsiTask) -> None:
+        """The Data-Out of a submitted task is all in: it may run now (the caller pumps)."""
+        ts = self.taskset
+        if task not in ts:
+            self.submit(link, task)  # a bypass command, waiting outside the set
+            return
+        if self.faults.rules:
+            fault = self.faults.match(task, self.target, self.lu.mode.d_sense)
+            if fault is not None and not fault.medium_delay:
+                # The other actions treat the task as not in the set (target.faults).
+                link, start = task.shell
+                task.shell = None
+                ts.discard(task, self.loop.time())
+                self._apply(fault, link, task, start)
+                return
+            if fault is not None:
+                task.medium_delay = fault.medium_delay
+        ts.data_ready(task, self.loop.time())
+
     def _inject(self, link, task: ScsiTask, start: int) -> bool:
         """Apply a matching fault rule (target.faults); True when the task is taken care of."""
         fault = self.faults.match(task, self.target, self.lu.mode.d_sense)
         if fault is None:
             return False
+        if fault.medium_delay:
+            task.medium_delay = fault.medium_delay
+            return False  # the normal path, with a slow medium access
+        self._apply(fault, link, task, start)
+        return True
+
+    def _apply(self, fault, link, task: ScsiTask, start: int) -> None:
+        """A fault rule's action other than medium-delay, outside the task set."""
         if fault.drop:
             link.close()
-            return True
+            return
         if fault.status is not None:
             task.status = fault.status
             task.sense = fault.sense
             task.data_in = None
             self._complete(link, task, start)
-            return True
-        if fault.medium_delay:
-            task.medium_delay = fault.medium_delay
-            return False  # the normal path, with a slow medium access
+            return
         # delay: runs at once, outside the task set; its completion waits
         self.lu.execute(task)
         if task.io is not None:
             self.taskset.adopt(task, self.loop.time())
             task.shell = (link, start)
             self._offload(task, lambda t: self._delayed(t, fault.delay))
-            return True
+            return
         if (task.deferred or self.lu.sanitize.active is not None) \
                 and self._background(task, link, start):
-            return True  # a deferred task completes when its operation ends
+            return  # a deferred task completes when its operation ends
         self.loop.call_later(fault.delay, self._complete_later, link, task, start)
-        return True
 
     def _delayed(self, task: ScsiTask, delay: float) -> None:
         """A "delay" task's medium access ended: out of the task set, completion held."""

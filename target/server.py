@@ -99,7 +99,7 @@ class Link:
                 self.close()
                 return
             conn.buffer_updated(n)
-            if conn.ready:
+            if conn.ready or conn.data_ready:
                 self._run_tasks()
             if conn.taskset_changed:
                 self._pump_all()

@@ -9,8 +9,12 @@ Rules:
 - Output is a list of buffers (take_output()): BHS bytes, and Data-In payloads as
   memoryviews of the SCSI layer's data, never joined. The shell sends them with one
   sendmsg() each time.
-- Commands reach the SCSI layer through `ready` (a deque of ScsiTask) only once all of
-  their data is in; the shell executes each and hands it back with complete(task).
+- Commands reach the SCSI layer through `ready` (a deque of ScsiTask) when they are
+  admitted, in CmdSN order (3.2.2.1: delivered for execution in CmdSN order), so that the
+  task set orders newer tasks after them (SAM-5 8.6, SPC-4 7.5.8 QAM=0) even while their
+  Data-Out is still arriving: such a task has `data_pending` set, and when the last of
+  its data is in it is put in `data_ready`; the shell runs it only then (target.dispatch)
+  and hands it back with complete(task).
 - Login phase: only Login Requests, handled by target.iscsi.login (RFC 7143 6). Anything
   else closes the connection (6.1: the first PDU must be a Login Request).
 - Full feature phase, ErrorRecoveryLevel 0 (7.1.5, 7.2): non-immediate commands are
@@ -158,6 +162,7 @@ class Connection:
         self.nexus: Nexus | None = None
         self.stat_sn = 0
         self.ready: deque[ScsiTask] = deque()
+        self.data_ready: deque[ScsiTask] = deque()  # tasks of `ready` whose data is now in
         self.want_close = False
         self.taskset_changed = False  # tasks left an LU's task set: the shell pumps it
         self.notify: Callable[[], None] | None = None  # set by the shell: state changed
@@ -508,8 +513,8 @@ class Connection:
             return
         if cmd.write and cmd.received < cmd.edtl:
             self._send_r2ts(cmd)
-        else:
-            self._queue(cmd)
+            cmd.task.data_pending = True  # into the task set now; it runs once its data is in
+        self._queue(cmd)
 
     def _queue(self, cmd: Command) -> None:
         if not cmd.queued:
@@ -549,7 +554,7 @@ class Connection:
         cmd = self._cmds.get(bhs.itt)
         if cmd is None or cmd.view is None:
             return None  # data for a task we no longer have (aborted): discarded (11.5.1)
-        if cmd.queued:
+        if cmd.received >= cmd.edtl:
             # All its data is in and the command is with the SCSI layer (perhaps being
             # written to the store right now): a Data-Out beyond it is the initiator's
             # error alone. Reject it and drop its data; the command is left alone and its
@@ -631,13 +636,21 @@ class Connection:
                     self._send_r2ts(cmd)
         cmd.received += n
         if cmd.received >= cmd.edtl and cmd.admitted and not cmd.aborted:
-            self._queue(cmd)
+            task = cmd.task
+            if task.data_pending:
+                task.data_pending = False
+                if task not in self.ready:  # the shell has it: tell it the data is in
+                    self.data_ready.append(task)
 
     def complete(self, task: ScsiTask) -> None:
         """The SCSI layer is done with `task`: send its data and status."""
         cmd: Command = task.transport
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
+        if cmd.outstanding:  # answered before its data (TASK SET FULL): no more Data-Out
+            for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
+                del self._r2ts[ttt]
+            cmd.outstanding = 0
         if cmd.aborted or self.phase is not Phase.FULL_FEATURE:
             return
         session = self.session
@@ -858,6 +871,8 @@ class Connection:
         for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
             del self._r2ts[ttt]
         if cmd.queued:
+            if cmd.task in self.data_ready:
+                self.data_ready.remove(cmd.task)
             try:
                 self.ready.remove(cmd.task)
             except ValueError:  # handed to the LU's task set already

@@ -104,6 +104,7 @@ class ScsiTask:
         "deferred",
         "io",
         "medium_delay",
+        "data_pending",
     )
 
     def __init__(
@@ -137,6 +138,8 @@ class ScsiTask:
         # (function, args, then), see LogicalUnit.io(); None otherwise.
         self.io: tuple | None = None
         self.medium_delay = 0.0  # seconds a slow medium adds to its access (fault rule)
+        # Its Data-Out is still arriving: it is in the task set (ordered) but may not run.
+        self.data_pending = False
 
     def __repr__(self) -> str:
         return f"<ScsiTask tag={self.tag:#x} lun={self.lun} cdb={bytes(self.cdb).hex()}>"

@@ -9,6 +9,10 @@ Rules:
   nothing could be reordered; when it goes on off the event loop, the shell adopts() the
   task as a running member, so every later task is ordered against it as if it had been
   dispatched from the set.
+- A task may enter the set before its Data-Out has all arrived (submit(data_ready=False):
+  the transport delivers commands in CmdSN order, RFC 7143 3.2.2.1): it takes its place in
+  the order at once, so newer tasks are ordered after it, but it is not dispatched until
+  data_ready() says its data is in (an enabled task waiting for data is parked).
 - Bypass (never queued, never held): commands whose table entry has queue=False
   (INQUIRY, REPORT LUNS, REQUEST SENSE) and CDBs the table does not know (the LU rejects
   them at once). submit() returns False for them and the shell runs them right away.
@@ -71,7 +75,7 @@ class Entry:
 
     __slots__ = ("task", "seq", "attr", "lba", "end", "blocks", "writes", "ranged",
                  "atomic", "serial", "deps", "dependents", "preds", "state", "aborted",
-                 "arrival", "service")
+                 "arrival", "service", "awaiting_data")
 
     def __init__(self, task: ScsiTask, seq: int, now: float) -> None:
         self.task = task
@@ -84,6 +88,7 @@ class Entry:
         self.ranged = False     # has a block range (goes through the elevator)
         self.atomic = False     # COMPARE AND WRITE, WRITE ATOMIC: ordered by range always
         self.serial = False     # PERSISTENT RESERVE OUT: after every older serial task
+        self.awaiting_data = False  # its Data-Out is still arriving: not dispatched yet
         self.deps = 0           # older tasks it waits for
         self.dependents: list[Entry] = []
         self.preds: list[Entry] = []   # the older tasks it waits for
@@ -164,10 +169,12 @@ class TaskSet:
 
     # --- entering -----------------------------------------------------------------------
 
-    def submit(self, task: ScsiTask, now: float = 0.0) -> bool:
+    def submit(self, task: ScsiTask, now: float = 0.0, data_ready: bool = True) -> bool:
         """Put a task in the task set. False: not queued; the caller runs it at once (bypass,
-        or an idle LU) or, when task.status is TASK SET FULL, completes it as it is."""
-        if self.idle_fast_path and not self._entries and self.model is None:
+        or an idle LU) or, when task.status is TASK SET FULL, completes it as it is. With
+        data_ready=False the task waits for data_ready() before it can be dispatched (and
+        the idle fast path does not apply: it cannot run yet)."""
+        if data_ready and self.idle_fast_path and not self._entries and self.model is None:
             # Idle and without a model: nothing to order against and no time to wait; the
             # task runs at once and completes before the next one arrives (synchronous
             # stores), so no queue ever forms - as in a driver whose device is free.
@@ -184,6 +191,7 @@ class TaskSet:
             task.data_in = None
             return False
         e = self._entry(task, cmd, now)
+        e.awaiting_data = not data_ready
         attr = task.attr
         if attr == TaskAttr.HEAD_OF_QUEUE:
             if e.end > e.lba:
@@ -282,6 +290,8 @@ class TaskSet:
 
     def _withdraw(self, e: Entry) -> None:
         """Take an enabled task out of the queue it waits in to be dispatched."""
+        if e.awaiting_data:
+            return  # parked: in no queue
         if e.attr == TaskAttr.HEAD_OF_QUEUE:
             self._hoq.remove(e)
         elif e.ranged:
@@ -324,8 +334,19 @@ class TaskSet:
                     and lba < older.end):
                 self._depend(e, older)
 
+    def data_ready(self, task: ScsiTask, now: float = 0.0) -> None:
+        """The Data-Out of a task submitted with data_ready=False is all in: it may run."""
+        e = self._entries.get(task)
+        if e is None or not e.awaiting_data:
+            return
+        e.awaiting_data = False
+        if e.state == ENABLED:
+            self._enable(e, now)
+
     def _enable(self, e: Entry, now: float) -> None:
         e.state = ENABLED
+        if e.awaiting_data:
+            return  # parked until data_ready()
         if e.attr == TaskAttr.HEAD_OF_QUEUE:
             self._hoq.append(e)
         elif e.ranged:

@@ -22,13 +22,13 @@ SIMPLE/ORDERED/HEAD OF QUEUE, bursts led by READ X + WRITE X in one socket write
 TCP segmentation, multi-PDU Data-In, unsolicited Data-Out; and (the second workload) writes
 through R2T with 1 KiB bursts.
 
-Known defects these tests show on the current code (reproductions in the tests below):
-- DEFECT-A (data corruption): a READ on a memory LU returns data written by a later
-  command: the Data-In is a live view of the store's pages, sent after later writes ran.
-- DEFECT-B (task order): a command enters the LU's task set only when all of its Data-Out
-  is in, so a newer command overtakes an older WRITE (or COMPARE AND WRITE) that waits for
-  R2T data: a newer overlapping READ returns the data from before the older WRITE, and an
-  ORDERED task runs before an older one.
+The defects these tests were written against (issue 11; each test fails on 180a2fc):
+- DEFECT-A (data corruption): a READ on a memory LU returned data written by a later
+  command: the Data-In was a live view of the store's pages, sent after later writes ran.
+- DEFECT-B (task order): a command entered the LU's task set only when all of its
+  Data-Out was in, so a newer command overtook an older WRITE (or COMPARE AND WRITE)
+  waiting for R2T data: a newer overlapping READ returned the data from before the older
+  WRITE, and an ORDERED task ran before an older one.
 
 Run longer: ORDERING_SECONDS=60 ORDERING_SEEDS=1,2,3 pytest tests/integration/test_ordering.py
 (default 2.5 s per workload, seeds 1 and 2), or `python -m target.testing.workload --help`.
@@ -62,10 +62,6 @@ SECONDS = float(os.environ.get("ORDERING_SECONDS", "2.5"))
 SEEDS = [int(s) for s in os.environ.get("ORDERING_SEEDS", "1,2").split(",") if s.strip()]
 IQN = "iqn.2026-11.local.scsi-target:ordering"
 BS = 512
-DEFECT_B = ("DEFECT-B: a command enters the task set only once its Data-Out is in, so newer "
-            "commands overtake an older write waiting for R2T data (RFC 7143 3.2.2.1, "
-            "SAM-5 8.6, SPC-4 7.5.8 QAM=0)")
-
 
 @pytest.fixture
 def shm_dir():
@@ -164,7 +160,6 @@ def test_read_then_write_in_one_burst_returns_the_old_data(two_lus, lun):
     assert wrong == 0, f"{wrong} of 50 READs returned the data of the WRITE sent after them"
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_B)
 @pytest.mark.parametrize("lun", [0, 1], ids=["memory", "file"])
 def test_write_by_r2t_then_read_returns_the_new_data(two_lus, lun):
     """DEFECT-B's trigger. WRITE X whose data goes by R2T (ImmediateData=No), then READ X,
@@ -209,7 +204,6 @@ def test_random_workload_immediate_data(two_lus, seed):
     assert report.ok, text
 
 
-@pytest.mark.xfail(strict=True, reason=DEFECT_B)
 @pytest.mark.parametrize("seed", SEEDS[:1])
 def test_random_workload_with_r2t(two_lus, seed):
     """Writes through R2T (1 KiB bursts, two outstanding, 512-byte Data-Out; a 2 KiB first

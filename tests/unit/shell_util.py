@@ -93,7 +93,7 @@ class FakeLink:
 
     def feed(self, data: bytes) -> None:
         self.conn.receive_data(data)
-        if self.conn.ready:
+        if self.conn.ready or self.conn.data_ready:
             run_ready(self, self.dispatchers)
         if self.conn.taskset_changed:
             pump_all(self, self.dispatchers)
@@ -140,21 +140,28 @@ class Initiator:
         self.link = FakeLink(self.conn, shell.dispatchers, shell.loop)
         self.cmdsn = 1
         self.itt = 1
+        self.immediate_data = p.immediate_data
+        self.out_data: dict[int, bytes] = {}  # ITT -> write data not sent with the command
+        self.r2ts: list[bytes] = []           # Data-Out PDUs answering R2Ts, not yet sent
         for lu in shell.device.luns.values():
             lu.ua._pending[self.conn.nexus] = []  # a known nexus, nothing pending
 
     def command(self, cdb: bytes, *, lun: int = 0, read: int = 0, data: bytes = b"",
                 attr: int = 1) -> tuple[int, bytes]:
-        """(ITT, the PDU bytes) of a SCSI Command with all its data immediate."""
+        """(ITT, the PDU bytes) of a SCSI Command with its data immediate, or (ImmediateData
+        =No) with none: the target then asks for it with R2Ts (answered by take())."""
         itt, self.itt = self.itt, self.itt + 1
         flags = (pdu.F_FINAL | (pdu.F_READ if read else 0) | (pdu.F_WRITE if data else 0)
                  | attr)
-        hdr = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, len(data),
+        immediate = data if self.immediate_data else b""
+        if data and not self.immediate_data:
+            self.out_data[itt] = data
+        hdr = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, len(immediate),
                                  bytes((0, lun, 0, 0, 0, 0, 0, 0)), itt,
                                  read or len(data), self.cmdsn, 0))
         self.cmdsn += 1
         hdr[32:32 + len(cdb)] = cdb
-        return itt, bytes(hdr) + data + pdu.padding(len(data))
+        return itt, bytes(hdr) + immediate + pdu.padding(len(immediate))
 
     def send(self, cdb: bytes, **kw) -> int:
         itt, raw = self.command(cdb, **kw)
@@ -172,6 +179,13 @@ class Initiator:
         done: dict[int, tuple[int, bytes, bytes]] = {}
         data: dict[int, bytearray] = {}
         for bhs, payload in self.link.take():
+            if bhs.opcode == Op.R2T:  # Data-Out for it, sent by the test when it likes
+                out = self.out_data[bhs.itt]
+                offset, length = bhs.w40, bhs.w44
+                self.r2ts.append(pdu.pack(Op.DATA_OUT, pdu.F_FINAL, 0, 0, length, bhs.lun,
+                                          bhs.itt, bhs.w20, 0, 0, 0, 0, offset, 0)
+                                 + out[offset:offset + length] + pdu.padding(length))
+                continue
             if bhs.opcode == Op.DATA_IN:
                 buf = data.setdefault(bhs.itt, bytearray())
                 buf[bhs.buffer_offset:bhs.buffer_offset + len(payload)] = payload

@@ -324,3 +324,22 @@ def test_extended_copy_moves_its_data_on_a_worker():
     assert bytes(dst.store.read(16 * BS, 8 * BS)) == block(0x3C, 8)  # the first is copied
     st = s.send(rcr_cdb(0x00), read=1024)
     assert s.responses()[st][1][4] & 0x7F == 0x02  # FAILED
+
+
+def test_a_write_waiting_for_its_r2t_data_holds_its_place_in_the_task_set(shell):
+    """RFC 7143 3.2.2.1: commands are delivered for execution in CmdSN order, so a WRITE
+    whose Data-Out is still to come (ImmediateData=No: the target asks with an R2T) is in
+    the task set before the READ of the same block sent after it; the READ waits for the
+    WRITE's data and returns it (QAM=0; it failed on 180a2fc: the READ overtook it)."""
+    s = shell.initiator(1, immediate_data=False)
+    w = s.send(write10(40, 1), data=block(0x9A))
+    r = s.send(read10(40, 1), read=BS)
+    ordered = s.send(read10(100, 1), read=BS, attr=ORDERED)
+    shell.workers.run_all(shell.loop)
+    assert s.responses() == {}  # only the R2T went out: nothing may run before the WRITE
+    assert len(s.r2ts) == 1
+    s.link.feed(s.r2ts.pop())
+    shell.workers.run_all(shell.loop)
+    done = s.responses()
+    assert done[w][0] == GOOD and done[r] == (GOOD, block(0x9A), b"")
+    assert list(done) == [w, r, ordered]

@@ -82,10 +82,16 @@ class Harness:
                 self.run()
 
     def run(self) -> None:
-        while self.conn.ready:
-            task = self.conn.ready.popleft()
+        """Execute what the connection delivered, with no task set: a task whose Data-Out
+        is still arriving (data_pending) runs when it comes back through data_ready, and
+        those (admitted earlier) before the newly admitted ones."""
+        conn = self.conn
+        while conn.data_ready or conn.ready:
+            task = (conn.data_ready or conn.ready).popleft()
+            if task.data_pending:
+                continue
             self.device.execute(task)
-            self.conn.complete(task)
+            conn.complete(task)
 
     def pdus(self) -> list[tuple[Bhs, bytes]]:
         raw = b"".join(bytes(b) for b in self.conn.take_output())

@@ -1,21 +1,24 @@
 """The ordering checker in-process: random concurrent workloads through the real iSCSI
 connections, dispatchers, task sets and SBC handlers, checked against the task-set rules
-by the ordering oracle (target.testing.ordering, with strong knowledge: the order tasks
-entered each LU's task set and when each completed).
+by the ordering oracle (target.testing.ordering, with strong knowledge: the order commands
+were delivered for execution, which is the order they must take in the task set, RFC 7143
+3.2.2.1, and when each completed).
 
 Hypothesis chooses the workload (several sessions; three LUs: a thin memory LU and a file
 LU whose medium access runs on "worker threads", and a memory LU served on the loop;
 SIMPLE, ORDERED and HEAD OF QUEUE tasks; READ, WRITE, WRITE SAME, UNMAP, COMPARE AND
-WRITE, WRITE ATOMIC on a few hot blocks; QAM 0 or 1 per LU) and the schedule: how the
+WRITE, WRITE ATOMIC on a few hot blocks; QAM 0 or 1 per LU; one session sending its write
+data only when asked by R2Ts) and the schedule: how the
 sessions' byte streams are cut into receive bursts, in which order the workers' medium
 accesses run and their completions reach the loop, and when each peer reads its
 responses (a READ's Data-In may wait in the send queue while later commands run: the
 defect of issue 11). Every read must show, for each block, a writer the rules allow, and
 COMPARE AND WRITE / WRITE ATOMIC all or nothing (SAM-5 8.6, SPC-4 7.5.8, SBC-4 5.3, 4.29).
 
-The checker can fail: the same search finds the violation of a memory store that returns
-live views of its pages (the store of 180a2fc), and of a task set that forgets the QAM=0
-overlap rule.
+The checker can fail: the same search finds the violations of the two defects of 180a2fc,
+a memory store that returns live views of its pages and a connection that hands a WRITE
+to the task set only once its R2T data is in, and of a task set without the QAM=0 overlap
+rule.
 """
 
 from __future__ import annotations
@@ -103,7 +106,11 @@ class Run:
         for lu in self.lus:
             lu.mode.qam = plan.qam[lu.lun]
         self.shell = Shell(self.lus, inline_luns=(2,))
-        self.inis = [self.shell.initiator(n + 1) for n in range(plan.sessions)]
+        # The last session sends write data only when asked (R2T, ImmediateData=No), so its
+        # WRITEs sit in the task set waiting for their data while newer commands arrive.
+        self.inis = [self.shell.initiator(n + 1, immediate_data=n == 0 or n + 1 < plan.sessions,
+                                          max_burst_length=BS, max_outstanding_r2t=4)
+                     for n in range(plan.sessions)]
         self.clock = itertools.count(1)
         self.entered: dict[tuple[int, int], int] = {}
         self.completed: dict[tuple[int, int], int] = {}
@@ -116,26 +123,23 @@ class Run:
         self.last_written: dict[tuple[int, int], object] = {}
 
     def _hook(self) -> None:
-        """Strong knowledge: when each task enters its LU's task set and completes."""
-        for d in self.shell.dispatchers.values():
-            submit = d.submit
-
-            def entering(link, task, _submit=submit):
-                self.entered[(self._session_of(link), task.tag)] = next(self.clock)
-                _submit(link, task)
-
-            d.submit = entering
+        """Strong knowledge: when each command is delivered for execution (admitted in
+        CmdSN order, RFC 7143 3.2.2.1: what enters the LU's task set, in that order) and
+        when it completes."""
         for n, ini in enumerate(self.inis):
+            start = ini.conn._start_command
             complete = ini.conn.complete
+
+            def admitted(cmd, _start=start, _n=n):
+                self.entered.setdefault((_n, cmd.itt), next(self.clock))
+                _start(cmd)
 
             def completing(task, _complete=complete, _n=n):
                 self.completed.setdefault((_n, task.tag), next(self.clock))
                 _complete(task)
 
+            ini.conn._start_command = admitted
             ini.conn.complete = completing
-
-    def _session_of(self, link) -> int:
-        return next(n for n, ini in enumerate(self.inis) if ini.link is link)
 
     def _command(self, p: Planned) -> bytes:
         """The PDU of one planned command; written blocks are unique tags (oracle)."""
@@ -190,6 +194,8 @@ class Run:
                 actions.append("loop")
             if any(ini.conn.has_output for ini in self.inis):
                 actions.append("take")
+            if any(ini.r2ts for ini in self.inis):
+                actions.append("data")
             if not actions:
                 break
             action = actions[choose(len(actions))]
@@ -202,11 +208,23 @@ class Run:
                 shell.workers.run(choose(len(shell.workers.jobs)))
             elif action == "loop":
                 shell.loop.run()
+            elif action == "data":
+                answering = [ini for ini in self.inis if ini.r2ts]
+                ini = answering[choose(len(answering))]
+                pdus = ini.r2ts[:1 + choose(len(ini.r2ts))]
+                del ini.r2ts[:len(pdus)]
+                ini.link.feed(b"".join(pdus))
             else:
                 talking = [n for n, ini in enumerate(self.inis) if ini.conn.has_output]
                 self.take(talking[choose(len(talking))])
         for n in range(len(self.inis)):
             self.take(n)
+        if any(ini.r2ts for ini in self.inis):  # data the schedule had not sent yet
+            for ini in self.inis:
+                ini.link.feed(b"".join(ini.r2ts))
+                ini.r2ts.clear()
+            self.shell.workers.run_all(self.shell.loop)
+            self.drive()
 
     def send(self, s: int, count: int, cuts: list[int] = ()) -> None:
         """Session s sends its next `count` commands as one byte stream, fed to the target
@@ -318,3 +336,32 @@ def test_a_read_behind_a_write_in_one_burst_on_the_loop(tmp_path):
         assert report.ok == ok, report.violations
         if not ok:
             assert {v.rule for v in report.violations} == {"forced-after"}
+
+
+def test_the_checker_finds_writes_that_enter_the_task_set_after_their_data(tmp_path,
+                                                                            monkeypatch):
+    """The connection of 180a2fc handed a WRITE to the task set only once its R2T data was
+    in, so newer commands overtook it (RFC 7143 3.2.2.1 delivers in CmdSN order)."""
+    from target.iscsi.connection import Connection
+
+    def start_command(self, cmd):
+        cmd.admitted = True
+        if cmd.aborted:
+            return
+        if cmd.write and cmd.received < cmd.edtl:
+            self._send_r2ts(cmd)
+        else:
+            self._queue(cmd)
+
+    data_out = Connection._data_out
+
+    def late_queue(self, bhs):
+        cmd = self._cmds.get(bhs.itt)
+        data_out(self, bhs)
+        if cmd is not None and cmd.received >= cmd.edtl and cmd.admitted and not cmd.aborted:
+            self._queue(cmd)
+
+    monkeypatch.setattr(Connection, "_start_command", start_command)
+    monkeypatch.setattr(Connection, "_data_out", late_queue)
+    plan = _finds_a_violation(tmp_path)
+    assert plan.sessions >= 2  # the R2T session's WRITE and another's newer command
