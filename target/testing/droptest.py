@@ -34,16 +34,20 @@ to settle (the target is idle then) and reads the oracles it did not write:
 - the target's `status` (control socket): no session but the healthy one, every LU's task
   set `queued_now` == 0 and `running` == 0;
 - /proc/PID/fd: the open fds back at the baseline (FD_SLACK allows a few lazily opened);
-- /proc/PID/status: VmRSS after at most baseline + RSS_BOUND, VmHWM (the kernel's peak),
-  and over the last half of the trials no more than RSS_GROWTH above the first half's
-  highest checkpoint. The bounds leave room for what is freed late, not leaked: a
-  connection's buffers (its 520 KiB receive scratch, a write's buffer of up to 4 MiB here)
-  sit in reference cycles until Python's cyclic GC runs, and glibc keeps freed heap
-  chunks resident (its mmap threshold rises after the first large free). With `workers`
-  (4) trials in flight that is 4 x 4.5 MiB at a time, and measured on a clean run
-  (asyncio, 1000 drops, seeds 1-3) the checkpoints spread over 89-120 MiB, the last half
-  at most 12 MiB above the first, the end at most 28 MiB above the baseline; a leak of
-  one session in ten adds 50 sessions, 25-200 MiB, per 500 trials.
+- /proc/PID/status: VmRSS after at most baseline + rss_bound(store), VmHWM (the kernel's
+  peak), and over the last half of the trials no more than RSS_GROWTH above the first
+  half's highest checkpoint. What the bounds leave room for is memory freed late, not
+  leaked: a dropped connection's buffers (its 520 KiB receive scratch, a write's buffer of
+  up to 4 MiB here, the Data-In still queued, which a file store reads into fresh buffers
+  of up to 2 x 8 MiB a trial) sit in reference cycles (Link <-> Connection, Command <->
+  ScsiTask) until Python's cyclic GC makes a full collection, and glibc keeps freed heap
+  chunks resident (its mmap threshold rises after the first large free), so RSS climbs
+  in steps towards a plateau. Measured on clean runs (asyncio, 1000 drops, 4 workers,
+  seeds 1-4): the end at most 43 MiB above the baseline with a memory store and 83 MiB
+  with a file store, the last half at most 35 MiB above the first half's highest
+  checkpoint. Hence 96 MiB (+64 MiB of read buffers in flight for a file store: 4
+  workers x 2 x 8 MiB) and 48 MiB. The leak these bounds are for is the size of a
+  session per drop or more: uvloop's known defect adds about 140 MiB per 500 drops.
 Leaked sessions are named by their ISID, which is unique per trial, so each leak points
 at the trial (kind, variant, close or reset) that caused it.
 
@@ -89,11 +93,15 @@ HEALTHY_ISID = 0x400000000001
 TRIAL_ISID = 0x400000010000  # + trial number: each trial its own I_T nexus
 KINDS = ("r2t", "data-in", "unread", "mid-header", "atomic")
 FD_SLACK = 4
-RSS_BOUND = 64 * MiB
-RSS_GROWTH = 32 * MiB
+RSS_GROWTH = 48 * MiB
 SETTLE = 3.0  # seconds an idle target gets to notice the drops, at the end
 CHECK_SETTLE = 1.0  # the same at the periodic checks
-TRIAL_SETTLE = 1.0  # a busy target, for one trial's session (atomic, reservation checks)
+TRIAL_SETTLE = 1.0  # a busy target, for one trial's session (before an atomic's READ)
+
+
+def rss_bound(store: str) -> int:
+    """How far VmRSS may end above the baseline (see the module's rules)."""
+    return 96 * MiB + (64 * MiB if store == "file" else 0)
 TIMEOUT = 10.0  # every socket operation of a trial
 GOOD, CHECK_CONDITION, RESERVATION_CONFLICT = 0x00, 0x02, 0x18
 UNIT_ATTENTION = 0x6
@@ -565,6 +573,9 @@ class DropTest:
                 fig.failures.append("the target exited during the trials")
                 return
             self._quiesce(CHECK_SETTLE)
+            if self.stop_on_leak and self.known_leaks:
+                self.known_leaks = set()  # before stopping, give them the full settle time
+                self._quiesce(SETTLE)
             leaks = self._leaked_isids()
             fig.leaked_at_checks.append(len(leaks))
             rss = proc_status_kib(target.pid, "VmRSS")
@@ -862,7 +873,7 @@ class DropTest:
         gone = self._wait_gone(trial.isid, TRIAL_SETTLE)
         if trial.reservation == "reserve6":
             # SPC-2 5.5.1: the nexus loss released it; our RESERVE(6) succeeds (soon).
-            deadline = time.monotonic() + TRIAL_SETTLE
+            deadline = time.monotonic() + SETTLE
             while True:
                 r = h.run(reserve6(), lun=RES_LUN)
                 if r.status == GOOD:
@@ -873,8 +884,8 @@ class DropTest:
                     raise RuntimeError(f"healthy RESERVE(6): status {r.status:#x}")
                 if time.monotonic() > deadline:
                     trial.reservation_result = "stuck"
-                    trial.fail(f"RESERVATION CONFLICT {2 * TRIAL_SETTLE:g} s after the holder's "
-                               f"connection was dropped (session "
+                    trial.fail(f"RESERVATION CONFLICT {TRIAL_SETTLE + SETTLE:g} s after the "
+                               f"holder's connection was dropped (session "
                                f"{'gone' if gone else 'still listed'})")
                     # A LOGICAL UNIT RESET releases it (SPC-2 5.5.3), for the next trials.
                     with h.lock:
@@ -982,9 +993,10 @@ class DropTest:
         if fig.fds_after > fig.fds_before + FD_SLACK:
             f.append(f"open fds {fig.fds_before} -> {fig.fds_after} "
                      f"(allowed +{FD_SLACK})")
-        if fig.rss_after_kib > fig.rss_before_kib + RSS_BOUND // KiB:
+        bound = rss_bound(self.store)
+        if fig.rss_after_kib > fig.rss_before_kib + bound // KiB:
             f.append(f"RSS {fig.rss_before_kib // 1024} -> {fig.rss_after_kib // 1024} MiB "
-                     f"(allowed +{RSS_BOUND // MiB} MiB)")
+                     f"(allowed +{bound // MiB} MiB)")
         if late > fig.rss_first_half_kib + RSS_GROWTH // KiB:
             f.append(f"RSS grew over the last half of the trials: at most "
                      f"{fig.rss_first_half_kib // 1024} MiB in the first half, "
