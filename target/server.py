@@ -197,6 +197,12 @@ class Link:
             self.loop.remove_writer(self.fd)
             self.writing = False
         self.conn.connection_lost()
+        if self.conn.taskset_changed:
+            # Its tasks left the task sets: what waited for them may start now.
+            self.loop.call_soon(pump_all, self, self.server.dispatchers)
+        self.conn.notify = None  # no cycle Link <-> Connection keeps a dead link alive
+        self.pending.clear()
+        self.pending_bytes = 0
         with contextlib.suppress(OSError):
             self.sock.close()
         self.server.links.discard(self)
@@ -381,8 +387,8 @@ def run(server: Server, on_stop: Callable[[], None] | None = None,
     asyncio.set_event_loop(loop)
 
     async def main() -> None:
+        await server.start_control()  # before start() announces the port (--port-file)
         server.start()
-        await server.start_control()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.request_stop)
         try:

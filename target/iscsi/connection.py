@@ -645,6 +645,9 @@ class Connection:
     def complete(self, task: ScsiTask) -> None:
         """The SCSI layer is done with `task`: send its data and status."""
         cmd: Command = task.transport
+        if cmd is None:  # its connection is gone (connection_lost)
+            return
+        task.transport = None  # no task <-> command cycle once it is answered
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
         if cmd.outstanding:  # answered before its data (TASK SET FULL): no more Data-Out
@@ -940,12 +943,21 @@ class Connection:
             self.notify()
 
     def connection_lost(self) -> None:
-        """The transport is gone (peer closed, error, or we closed it)."""
+        """The transport is gone (peer closed, error, or we closed it). Nothing it held is
+        kept in a reference cycle (task <-> command, session <-> connection), so its
+        buffers go with the last reference, not at a later full garbage collection."""
         self.phase = Phase.CLOSED
         self.want_close = True
-        for cmd in list(self._cmds.values()):
+        cmds = list(self._cmds.values())
+        for cmd in cmds:
             self._abort(cmd)
+        for cmd in cmds:
+            cmd.task.transport = None
+        self._r2ts.clear()
+        self._held.clear()
         self._end_session()
+        if self.session is not None and self.session.connection is self:
+            self.session.connection = None
 
     def _end_session(self) -> None:
         session = self.session

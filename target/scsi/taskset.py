@@ -46,7 +46,8 @@ Rules:
   tasks that waited for it; a task already running is marked and its completion is not
   reported (the transport drops it), but it keeps its dispatch slot until done().
 - Metrics: commands queued, maximum depth, seek distance (from the elevator), reorders,
-  starvation-bound hits, TASK SET FULL answers, aborts; as_dict() for status and trace.
+  starvation-bound hits, TASK SET FULL answers, aborts; as_dict() for status and trace,
+  with the tasks in the set now (initiator port, tag, opcode, state; the first 64).
 """
 
 from __future__ import annotations
@@ -442,9 +443,19 @@ class TaskSet:
         e = self._entries.get(task)
         return e is not None and e.aborted
 
-    def as_dict(self) -> dict:
+    def as_dict(self, max_tasks: int = 64) -> dict:
         s = self.stats
+        names = {BLOCKED: "waiting", ENABLED: "enabled", RUNNING: "running"}
+        tasks = []
+        for e in list(self._entries.values())[:max_tasks]:
+            nexus = e.task.nexus
+            tasks.append({"initiator_port": nexus.initiator_port if nexus else "",
+                          "tag": e.task.tag, "cdb": bytes(e.task.cdb[:1]).hex(),
+                          "state": "awaiting data" if e.awaiting_data and e.state != RUNNING
+                          else names.get(e.state, "done"),
+                          "aborted": e.aborted})
         return {"policy": self.policy, "depth": self.depth, "queued_now": len(self._entries),
+                "tasks": tasks,
                 "running": self._running, "submitted": s.submitted, "direct": s.direct,
                 "bypassed": s.bypassed,
                 "max_depth": s.max_depth, "task_set_full": s.task_set_full,

@@ -37,19 +37,17 @@ to settle (the target is idle then) and reads the oracles it did not write:
 - /proc/PID/status: VmRSS after at most baseline + rss_bound(store), VmHWM (the kernel's
   peak), and over the last half of the trials no more than rss_growth() above the first
   half's highest checkpoint. What the bounds leave room for is memory freed late, not
-  leaked: a dropped connection's buffers (its 520 KiB receive scratch, a write's buffer of
-  up to 4 MiB here, the Data-In still queued, which a file store reads into fresh buffers
-  of up to 2 x 8 MiB a trial) sit in reference cycles (Link <-> Connection, Command <->
-  ScsiTask) until Python's cyclic GC makes a full collection, and glibc keeps freed heap
-  chunks resident (its mmap threshold rises after the first large free), so RSS climbs
-  in steps, and by as much as a full collection is late. Measured on clean runs
-  (asyncio, 1000 drops, 4 workers, seeds 1-8): with a memory store the end at most
-  43 MiB above the baseline and the last half at most 28 MiB above the first half's
-  highest checkpoint; with a file store 102 and 51 MiB. The bounds are about twice that:
-  rss_bound() 96 MiB (memory) and 160 MiB (file: + 4 workers x 2 x 8 MiB of read
-  buffers), rss_growth() 48 and 96 MiB. The leak they are for is a session's worth per
-  drop or more: uvloop's known defect ends 264 MiB (memory) and 316 MiB (file) above the
-  baseline and adds 137-145 MiB over the last half of 1000 drops.
+  leaked: glibc keeps freed heap chunks resident (its mmap threshold rises after the
+  first large free) and a file store reads into fresh buffers of up to 2 x 8 MiB a
+  trial, so RSS climbs in steps. A dropped connection keeps nothing in a reference cycle
+  (Connection.connection_lost, Link.close), so its buffers go at once. Measured on clean
+  runs (asyncio, 1000 drops, 4 workers, seeds 1-3): with a memory store the end at most
+  14 MiB above the baseline and the last half at most 4 MiB above the first half's
+  highest checkpoint; with a file store 61 and 11 MiB (before the cycles were broken:
+  43/28 and 102/51). The bounds are about twice the largest of those: rss_bound() 48 MiB
+  (memory) and 112 MiB (file), rss_growth() 24 and 48 MiB. The leak they are for is a
+  session's worth per drop or more: uvloop's defect of 180a2fc ended 264 MiB (memory) and
+  316 MiB (file) above the baseline and added 137-145 MiB over the last half of 1000 drops.
 Leaked sessions are named by their ISID, which is unique per trial, so each leak points
 at the trial (kind, variant, close or reset) that caused it.
 
@@ -102,12 +100,12 @@ TRIAL_SETTLE = 1.0  # a busy target, for one trial's session (before an atomic's
 
 def rss_bound(store: str) -> int:
     """How far VmRSS may end above the baseline (see the module's rules)."""
-    return 160 * MiB if store == "file" else 96 * MiB
+    return 112 * MiB if store == "file" else 48 * MiB
 
 
 def rss_growth(store: str) -> int:
     """How far the last half's RSS may rise above the first half's (the module's rules)."""
-    return 96 * MiB if store == "file" else 48 * MiB
+    return 48 * MiB if store == "file" else 24 * MiB
 TIMEOUT = 10.0  # every socket operation of a trial
 GOOD, CHECK_CONDITION, RESERVATION_CONFLICT = 0x00, 0x02, 0x18
 UNIT_ATTENTION = 0x6
@@ -315,11 +313,14 @@ class Cut:
 
 
 def command_header(ini: Initiator, cdb: bytes, *, lun: int, edtl: int, read: bool = False,
-                   write: bool = False, dsl: int = 0) -> tuple[bytes, int]:
-    """A SCSI Command BHS (RFC 7143 11.3) with the session's next ITT and CmdSN."""
+                   write: bool = False, dsl: int = 0,
+                   final: bool = True) -> tuple[bytes, int]:
+    """A SCSI Command BHS (RFC 7143 11.3) with the session's next ITT and CmdSN; F=0
+    (final=False) when unsolicited Data-Out follows it (11.3.1)."""
     itt = ini.itt
     ini.itt = (itt + 1) & 0x7FFFFFFF or 1
-    flags = F_FINAL | (F_READ if read else 0) | (F_WRITE if write else 0) | 1  # SIMPLE
+    flags = ((F_FINAL if final else 0) | (F_READ if read else 0) | (F_WRITE if write else 0)
+             | 1)  # SIMPLE
     header = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, dsl, encode_lun(lun), itt,
                                 edtl, ini.cmdsn, ini.exp_stat_sn))
     header[32:32 + len(cdb)] = cdb
@@ -345,14 +346,16 @@ def send_write(ini: Initiator, cdb: bytes, data: memoryview | bytes, cut: Cut, *
     assert sock is not None
     edtl = len(data)
     imm = min(first_burst, ini.max_send, edtl) if immediate else 0
-    header, itt = command_header(ini, cdb, lun=lun, edtl=edtl, write=True, dsl=imm)
+    unsolicited = not initial_r2t and imm < min(first_burst, edtl)
+    header, itt = command_header(ini, cdb, lun=lun, edtl=edtl, write=True, dsl=imm,
+                                 final=not unsolicited)
     if imm:
         if not cut.pdu(header, 0, data[:imm]):
             return False, itt, None
     else:
         sock.sendall(header)
     solicited_from = imm
-    if not initial_r2t:  # unsolicited Data-Out: one sequence up to FirstBurstLength
+    if unsolicited:  # unsolicited Data-Out: one sequence up to FirstBurstLength
         end = min(first_burst, edtl)
         offset, datasn = imm, 0
         while offset < end:
@@ -909,7 +912,7 @@ class DropTest:
                     return
                 time.sleep(0.05)
         # Persistent: it stays (SPC-4 5.13.1); the dropped nexus's tasks must be gone.
-        left = self._tasks_left(self.status())
+        left = self._tasks_left(self.status(), trial.isid)
         r = h.run(pr_in_read_reservation(), lun=RES_LUN, read=64)
         key = 0xD0000000_00000000 | trial.number
         held = r.status == GOOD and len(r.data) >= 16 and struct.unpack_from(
@@ -932,11 +935,19 @@ class DropTest:
         return {int(s["isid"], 16) for s in st["sessions"] if s["initiator"] != HEALTHY_IQN}
 
     @staticmethod
-    def _tasks_left(st: dict[str, Any]) -> dict[str, int]:
-        left = {}
+    def _tasks_left(st: dict[str, Any], isid: int | None = None) -> dict[str, int]:
+        """Tasks in the task sets: all of them, or (isid) those of one I_T nexus, which the
+        status lists with their initiator port (RFC 7143 4.2.7.1: ",i,0x<ISID>")."""
+        left: dict[str, int] = {}
         for t in st["targets"]:
             for lun in t["luns"]:
                 ts = lun["task_set"]
+                if isid is not None:
+                    port = f",i,0x{isid:012x}"
+                    mine = [k for k in ts.get("tasks", []) if k["initiator_port"].endswith(port)]
+                    if mine:
+                        left[f"LUN {lun['lun']} tasks of the nexus"] = len(mine)
+                    continue
                 for key in ("queued_now", "running"):
                     if ts[key]:
                         left[f"LUN {lun['lun']} {key}"] = ts[key]

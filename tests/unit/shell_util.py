@@ -109,6 +109,8 @@ class FakeLink:
         if not self.closed:
             self.closed = True
             self.conn.connection_lost()
+            if self.conn.taskset_changed:
+                self.loop.call_soon(pump_all, self, self.dispatchers)
 
     def take(self) -> list[tuple[Bhs, bytes]]:
         """The PDUs sent so far (no digests), decoded."""

@@ -343,3 +343,20 @@ def test_a_write_waiting_for_its_r2t_data_holds_its_place_in_the_task_set(shell)
     done = s.responses()
     assert done[w][0] == GOOD and done[r] == (GOOD, block(0x9A), b"")
     assert list(done) == [w, r, ordered]
+
+
+def test_tasks_waiting_for_a_dropped_connections_task_start_when_it_goes():
+    """A WRITE waiting for its R2T data holds back an overlapping READ of another session;
+    when the WRITE's connection is lost (its task aborted, SAM-5 6.3.3 I_T nexus loss),
+    the READ runs without waiting for any other event."""
+    shell = Shell([make_disk(0, MemoryStore(1 << 20))])
+    a, b = shell.initiator(1, immediate_data=False), shell.initiator(2)
+    a.send(write10(60, 1), data=block(0x51))
+    r = b.send(read10(60, 1), read=BS)
+    shell.workers.run_all(shell.loop)
+    assert b.responses() == {}
+    a.link.close()
+    shell.loop.run()
+    shell.workers.run_all(shell.loop)
+    assert b.responses()[r] == (GOOD, block(0), b"")
+    assert len(shell.device.luns[0].taskset) == 0
