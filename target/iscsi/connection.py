@@ -320,6 +320,8 @@ class Connection:
             return
         op = bhs.opcode
         if op == Op.DATA_OUT:
+            if not bhs.dsl:  # checked as one with data would be, when it had a destination
+                self._data_out_destination(bhs)
             self._data_out(bhs)
             return
         if op == Op.SCSI_COMMAND:

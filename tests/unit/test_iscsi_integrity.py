@@ -236,3 +236,18 @@ def test_data_out_after_all_of_a_commands_data_leaves_the_command_alone():
     (resp, _), = h.pdus()
     assert resp.itt == 77 and resp.b3 == 0 and not h.conn.want_close
     assert bytes(h.store.read(8 * BS, BS)) == b"b" * 512
+
+
+def test_empty_data_out_with_an_unknown_transfer_tag_is_rejected():
+    """11.7 / 11.17: a Data-Out without data is checked like any other: an unknown Target
+    Transfer Tag is Rejected and ends its command with ABORTED COMMAND 4Bh/01h (11.4.7.2),
+    and the connection goes on."""
+    h = Harness(immediate_data=False, initial_r2t=True)
+    h.feed(h.command(write10(0, 1), 512, write=True))
+    (r2t, _), = h.pdus()
+    h.feed(h.data_out(1, r2t.w20 + 1000, 0, 0, b""))
+    (rej, _), (resp, sense) = h.pdus()
+    assert rej.opcode == Op.REJECT and rej.b2 == pdu.RejectReason.INVALID_PDU_FIELD
+    assert resp.opcode == Op.SCSI_RESPONSE and resp.b3 == 0x02
+    assert sense[2 + 2] & 0x0F == 0x0B and (sense[2 + 12], sense[2 + 13]) == (0x4B, 0x01)
+    assert not h.conn.want_close
