@@ -365,6 +365,16 @@ class Connection:
                 if cmd is not None:
                     self._forget(cmd)
             return
+        if not self._held:  # the common case: nothing waits behind it
+            session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+            self._execute(bhs, data, cmd)
+            if not self._held:
+                return
+            entry = self._held.pop(session.exp_cmdsn, None)
+            if entry is None:
+                return
+            self._advance(entry)
+            return
         self._advance((bhs, data, cmd))
 
     def _advance(self, entry: tuple) -> None:

@@ -129,6 +129,12 @@ def _read(lu, task, lba: int, count: int) -> None:
     if count > lu.max_transfer_blocks:
         raise _too_long(task)
     bs = lu.block_size
+    if lu.inline_io and not task.medium_delay:  # lu.io()'s inline case, on the hot path
+        try:
+            task.data_in = lu.store.read(lba * bs, count * bs)
+        except StoreError:
+            raise _read_error(lba) from None
+        return
     lu.io(task, _read_io, lu.store, lba * bs, count * bs, lba)
 
 
@@ -144,9 +150,19 @@ def _write(lu, task, lba: int, count: int, fua: bool) -> None:
     data = task.data_out
     have = len(data) if data is not None else 0
     use = need if have >= need else have - have % bs
-    if use:
-        lu.io(task, _write_io, lu.store, lba * bs, data[:use] if use != have else data,
-              bool(fua or not lu.mode.wce), lba)
+    if not use:
+        return
+    if lu.inline_io and not task.medium_delay:  # lu.io()'s inline case, on the hot path
+        store = lu.store
+        try:
+            store.write(lba * bs, data[:use] if use != have else data)
+            if fua or not lu.mode.wce:
+                store.flush()
+        except StoreError:
+            raise _write_error(lba) from None
+        return
+    lu.io(task, _write_io, lu.store, lba * bs, data[:use] if use != have else data,
+          bool(fua or not lu.mode.wce), lba)
 
 
 # --- READ ------------------------------------------------------------------------------
