@@ -12,8 +12,15 @@ Rules:
   COMPARE AND WRITE (5.3): LBA 2-9, NUMBER OF LOGICAL BLOCKS byte 13; Data-Out is the
   verify instance then the write instance.
   WRITE ATOMIC(16) (5.48): LBA 2-9, ATOMIC BOUNDARY 10-11, TRANSFER LENGTH 12-13.
+  SYNCHRONIZE CACHE(10) (5.24): byte 1 bit 1 IMMED, LBA 2-5, NUMBER OF LOGICAL BLOCKS 7-8
+  (0: to the end of the medium).
 - MODE SENSE(10) (SPC-4 6.14) with DBD=1 for one page; control_mode_qam() reads QAM
   from the returned control mode page (SPC-4 7.5.8: byte 3 bits 7-4).
+- MODE SELECT(10) (SPC-4 6.12): byte 1 PF (bit 4) and SP (bit 0), PARAMETER LIST LENGTH
+  7-8. control_page_select() makes its parameter list from MODE SENSE(10) data holding
+  the control mode page: an 8-byte mode parameter header with MODE DATA LENGTH 0 (reserved
+  in MODE SELECT, 7.5.5), no block descriptors, the page with PS cleared; `tas` sets or
+  clears TAS (byte 5 bit 6 of the page, 7.5.8).
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ def unmap(ranges: list[tuple[int, int]]) -> tuple[bytes, bytes]:
     return cdb, params
 
 
+def synchronize_cache10(lba: int = 0, blocks: int = 0, immed: bool = False) -> bytes:
+    return struct.pack(">BBIBHB", 0x35, 0x02 if immed else 0, lba, 0, blocks, 0)
+
+
 def compare_and_write(lba: int, blocks: int) -> bytes:
     return struct.pack(">BBQ3xBBB", 0x89, 0, lba, blocks, 0, 0)
 
@@ -67,6 +78,31 @@ def write_atomic16(lba: int, blocks: int) -> bytes:
 
 def mode_sense10(page: int, allocation: int = 252) -> bytes:
     return struct.pack(">BBBBxxxHB", 0x5A, 0x08, page & 0x3F, 0, allocation, 0)
+
+
+def mode_select10(length: int, save: bool = False) -> bytes:
+    return struct.pack(">BB5xHB", 0x55, 0x10 | (0x01 if save else 0), length, 0)
+
+
+def _control_page(mode_data: bytes) -> bytes:
+    block_descriptors = struct.unpack_from(">H", mode_data, 6)[0]
+    page = mode_data[8 + block_descriptors:]
+    if len(page) < 12 or page[0] & 0x3F != CONTROL_PAGE or page[1] != 10:
+        raise ValueError("no control mode page in the MODE SENSE data")
+    return page[:12]
+
+
+def control_page_select(mode_data: bytes, *, tas: bool) -> bytes:
+    """The MODE SELECT(10) parameter list that sets the control page's TAS bit."""
+    page = bytearray(_control_page(mode_data))
+    page[0] &= 0x7F  # PS is reserved in MODE SELECT
+    page[5] = (page[5] | 0x40) if tas else (page[5] & ~0x40)
+    return bytes(8) + bytes(page)
+
+
+def control_mode_tas(mode_data: bytes) -> bool:
+    """TAS from MODE SENSE(10) data (DBD=1) holding the control mode page."""
+    return bool(_control_page(mode_data)[5] & 0x40)
 
 
 def control_mode_qam(mode_data: bytes) -> int:
