@@ -28,8 +28,11 @@ Rules:
   its last Data-Out has been handed to the kernel), Data-In beyond the EDTL, above our
   MaxRecvDataSegmentLength, a Data-In sequence above MaxBurstLength (13.13: it limits
   Data-In sequences too), DataSN out of order (11.7.3), StatSN out of order (4.2.2.2), a
-  response for an unknown task. `data_segment_limit` caps our own Data-Out segments below
-  the target's MaxRecvDataSegmentLength, so unsolicited bursts come in several PDUs.
+  response for an unknown task, a PDU (SCSI Response, Data-In, R2T) for a task that has
+  ended with its status (one of the last RECENT_ENDED; 11.4: a task ends with one SCSI
+  Response, and nothing of it follows).
+  `data_segment_limit` caps our own Data-Out segments below the target's
+  MaxRecvDataSegmentLength, so unsolicited bursts come in several PDUs.
 - Data-In (11.7) lands at its Buffer Offset. Status comes from the Data-In with S=1 or the
   SCSI Response (11.4) with its residual count and o/u flags (11.4.5) and sense (11.4.7:
   SenseLength, then the sense data).
@@ -74,6 +77,7 @@ HEAD_OF_QUEUE = TaskAttr.HEAD_OF_QUEUE
 RESERVED = pdu.RESERVED_TAG
 _SENSE_LEN = struct.Struct(">H")
 _RECV_CHUNK = 1 << 18
+RECENT_ENDED = 4096  # ITTs of tasks that ended with a status, remembered for duplicates
 _STATUS_PDUS = frozenset({Op.SCSI_RESPONSE, Op.TASK_MGMT_RESPONSE, Op.LOGOUT_RESPONSE,
                           Op.TEXT_RESPONSE, Op.REJECT, Op.ASYNC_MESSAGE})
 _WINDOW_PDUS = frozenset({Op.SCSI_RESPONSE, Op.DATA_IN, Op.R2T, Op.NOP_IN,
@@ -301,6 +305,8 @@ class Session:
         self._itt = itertools.count(1)
         self._cmds: dict[int, Command] = {}
         self._ended: set[int] = set()      # ITTs ended by a TMF, for late responses
+        self._answered: set[int] = set()   # ITTs of the last RECENT_ENDED answered tasks
+        self._answered_order: deque[int] = deque()
         self._waiting: deque[tuple[Command, bool]] = deque()  # not yet in the window
         self._r2ts: dict[tuple[int, int], int] = {}
         self._pending: dict[int, asyncio.Future] = {}  # TMF / NOP / logout by ITT
@@ -500,7 +506,8 @@ class Session:
     def _next_itt(self) -> int:
         while True:
             itt = next(self._itt) & 0x7FFFFFFF
-            if itt and itt not in self._cmds and itt not in self._pending:
+            if itt and itt not in self._cmds and itt not in self._pending \
+                    and itt not in self._answered:
                 return itt
 
     def _command_item(self, cmd: Command, whole: bool) -> _Item:
@@ -790,6 +797,9 @@ class Session:
         if cmd is None:
             if bhs.itt in self._ended:
                 self.late_responses += 1
+            elif bhs.itt in self._answered:
+                self._error("PDU for a task that has ended", f"{what} for ITT {bhs.itt:#x}, "
+                            "which has ended with its status")
             else:
                 self._error("response for an unknown task", f"{what} for unknown ITT "
                             f"{bhs.itt:#x}")
@@ -914,6 +924,11 @@ class Session:
         cmd.done = self.clock()
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
+            if response is not None and response.status is not None:
+                self._answered.add(cmd.itt)
+                self._answered_order.append(cmd.itt)
+                if len(self._answered_order) > RECENT_ENDED:
+                    self._answered.discard(self._answered_order.popleft())
         if not cmd.future.done():
             if exc is not None:
                 cmd.future.set_exception(exc)
