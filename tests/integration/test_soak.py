@@ -11,8 +11,9 @@ What must hold:
   nothing (SAM-5 5.3, 5.14; target/faults.py); UNMAP and WRITE SAME with UNMAP read back
   as zeros (SBC-4 4.7.4.5, LBPRZ=1); an aborted command may or may not have written. Zero
   verify errors, the target serving a new session at the end, no task left in any task
-  set once the sessions have logged out, and RSS levelling off (the last third's peak
-  within 5 % + 4 MiB of the middle third's).
+  set once the sessions have logged out, and RSS bounded (the mixed phase's peak at most
+  the RSS after the fill plus twice the data in flight plus 64 MiB of garbage awaiting the
+  cyclic collector; the levelling rule of tools/soak needs 120 s or more).
 - The verifier can fail: blocks changed behind the target's back (the image file written
   directly, and a WRITE through a second LUN on the same file) are each reported, with the
   reason that fits (checksum, not a soak block, generation, misplaced, wrong LUN), and
@@ -77,7 +78,10 @@ def test_soak_one_minute(tmp_path):
     assert s["final"]["serving"], text
     assert s["final"]["sessions_after_logout"] == 0, text
     assert s["final"]["tasks_left"] == {}, text
-    assert s["rss"]["levelled"] is True, text
+    # A minute is too short for the levelling rule (the target's RSS rises until its first
+    # full garbage collections, 40-90 s in); the bound holds from the start.
+    assert s["rss"]["bounded"] is True, text
+    assert s["rss"]["levelled"] is None, text
     assert not s["failures"] and code == 0, text
     assert s["uncertain_blocks_left"] == 0 and s["unknown_blocks_left"] == 0, text
     # The minute did what it is for: every kind of event happened, every block was read.
