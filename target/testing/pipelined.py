@@ -15,6 +15,9 @@ Rules:
   wait, in order. ExpCmdSN and MaxCmdSN are taken from every PDU that carries them and
   ignored when MaxCmdSN < ExpCmdSN - 1 (serial arithmetic). TMFs, NOP-Outs and Logout are
   immediate: they carry the next CmdSN without taking it.
+- Once the session has failed (a send or receive error, close()), PDUs still read from the
+  socket are counted in `after_close` and not checked: their commands have ended already
+  (a send can fail on ECONNRESET before the Data-In the target sent is parsed).
 - Write data (4.2.5, 11.3.1, 11.7, 11.8): immediate data up to min(FirstBurstLength, the
   target's MaxRecvDataSegmentLength) when ImmediateData=Yes; with InitialR2T=No,
   unsolicited Data-Out (TTT FFFFFFFFh, DataSN from 0, F on the last) up to
@@ -295,6 +298,7 @@ class Session:
         self.async_events: list[int] = []
         self.nop_ins_answered = 0
         self.late_responses = 0    # responses for tasks a TMF had already ended
+        self.after_close = 0       # PDUs read after the session failed (not checked)
         self.sock: socket.socket | None = None
         self.tsih = 0
         self.cmdsn = 1
@@ -752,6 +756,9 @@ class Session:
         self.target_error_examples.setdefault(kind, detail or kind)
 
     def _handle(self, bhs: Bhs, data: bytes) -> None:
+        if self._closed is not None:
+            self.after_close += 1  # the commands have ended: nothing here to check
+            return
         op = bhs.opcode
         if op in _WINDOW_PDUS:
             self._update_window(bhs.w28, bhs.w32)

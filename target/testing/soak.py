@@ -496,6 +496,7 @@ class Soak:
         self.protocol: Counter[str] = Counter()
         self.protocol_examples: dict[str, str] = {}
         self.late_responses = 0
+        self.after_close = 0
         self.rejects = 0
         self.nop_ins = 0
         self.samples: list[dict[str, Any]] = []    # each second: t, rss, fds
@@ -539,6 +540,8 @@ class Soak:
         s.rejects = []
         self.nop_ins += s.nop_ins_answered
         s.nop_ins_answered = 0
+        self.after_close += s.after_close
+        s.after_close = 0
 
     def add_errors(self, errors: list[dict[str, Any]]) -> None:
         for e in errors:
@@ -1338,6 +1341,7 @@ class Soak:
             "protocol_errors": dict(self.protocol),
             "protocol_examples": self.protocol_examples,
             "late_responses": self.late_responses,
+            "pdus_after_close": self.after_close,
             "rejects": self.rejects,
             "nop_ins_answered": self.nop_ins,
             "logins": sum(i.logins for i in self.initiators),
@@ -1520,7 +1524,7 @@ def render_summary(s: dict[str, Any]) -> str:
         f"{r.get('bounded')} ({r.get('bound_decision')})",
         f"  fds {s['fds']['min']}..{s['fds']['max']}; logins {s['logins']}; NOP-Ins answered "
         f"{s['nop_ins_answered']}; late responses {s['late_responses']}; rejects "
-        f"{s['rejects']}",
+        f"{s['rejects']}; PDUs after a session failed {s.get('pdus_after_close')}",
         "  events: " + ", ".join(f"{k} {v}" for k, v in s["events"].items()),
         f"  final: {s['final']}",
     ]
