@@ -9,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2
-LINT := target tests images qemu tools/conformance tools/bench tools/crashtest tools/droptest \
+LINT := target tests images qemu tools/conformance tools/bench tools/crashtest tools/droptest tools/soak \
         tools/elevator_bench.py tools/isolation_bench.py tools/guest-smoke tools/demo
 
 # Debian packages: what building the venv needs, and the real peers the tests use

@@ -25,11 +25,12 @@ Rules:
 - Completing a task can enable others (ORDERED, QAM=0 overlaps, depth): pump() loops
   until nothing more may start; a completion that arrives while pumping (the synchronous
   case) just releases its dependents for the loop in progress.
-- Fault rules (target.faults), when there are any, are matched first: an error status
-  completes the task at once without running it, "drop" closes the link, "delay" runs it
-  at once (its medium access in the task set while it runs) and holds its completion,
-  "medium-delay" makes its medium access take longer, on a worker thread whatever the
-  store, as a slow disk would (the loop and the other LUs are not held up).
+- Fault rules (target.faults), when there are any, are matched first (for a task whose
+  Data-Out is still arriving: when it is all in): an error status completes the task at
+  once without running it, "drop" closes the link, "delay" lets it run in its turn (the
+  ordering rules hold) and sends its status that much later, "medium-delay" makes its
+  medium access take longer, on a worker thread whatever the store, as a slow disk would
+  (the loop and the other LUs are not held up).
 - With a tracer, each command is recorded at completion with its latency from submit
   (queueing included) and the task set's state.
 - Background operations (a SANITIZE, SBC-4 4.11): the dispatcher makes the LU start them
@@ -173,9 +174,7 @@ class Dispatcher:
             if (task.deferred or self.lu.sanitize.active is not None) \
                     and self._background(task, link, start):
                 return
-        link.conn.complete(task)
-        if self.tracer is not None:
-            self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns())
+        self._complete(link, task, start)
 
     def data_ready(self, link, task: ScsiTask) -> None:
         """The Data-Out of a submitted task is all in: it may run now (the caller pumps)."""
@@ -185,61 +184,51 @@ class Dispatcher:
             return
         if self.faults.rules:
             fault = self.faults.match(task, self.target, self.lu.mode.d_sense)
-            if fault is not None and not fault.medium_delay:
-                # The other actions treat the task as not in the set (target.faults).
+            if fault is not None and not self._slow(fault, task):
+                # An error status or a drop: the task leaves the set without running.
                 link, start = task.shell
                 task.shell = None
                 ts.discard(task, self.loop.time())
                 self._apply(fault, link, task, start)
                 return
-            if fault is not None:
-                task.medium_delay = fault.medium_delay
         ts.data_ready(task, self.loop.time())
 
     def _inject(self, link, task: ScsiTask, start: int) -> bool:
         """Apply a matching fault rule (target.faults); True when the task is taken care of."""
         fault = self.faults.match(task, self.target, self.lu.mode.d_sense)
-        if fault is None:
-            return False
-        if fault.medium_delay:
-            task.medium_delay = fault.medium_delay
-            return False  # the normal path, with a slow medium access
+        if fault is None or self._slow(fault, task):
+            return False  # the normal path (perhaps slower)
         self._apply(fault, link, task, start)
         return True
 
+    @staticmethod
+    def _slow(fault, task: ScsiTask) -> bool:
+        """A delay or medium-delay rule: noted on the task, which then runs normally."""
+        if fault.medium_delay:
+            task.medium_delay = fault.medium_delay
+            return True
+        if fault.delay:
+            task.completion_delay = fault.delay
+            return True
+        return False
+
     def _apply(self, fault, link, task: ScsiTask, start: int) -> None:
-        """A fault rule's action other than medium-delay, outside the task set."""
+        """An error status or a drop: the task is not run."""
         if fault.drop:
             link.close()
             return
-        if fault.status is not None:
-            task.status = fault.status
-            task.sense = fault.sense
-            task.data_in = None
-            self._complete(link, task, start)
-            return
-        # delay: runs at once, outside the task set; its completion waits
-        self.lu.execute(task)
-        if task.io is not None:
-            self.taskset.adopt(task, self.loop.time())
-            task.shell = (link, start)
-            self._offload(task, lambda t: self._delayed(t, fault.delay))
-            return
-        if (task.deferred or self.lu.sanitize.active is not None) \
-                and self._background(task, link, start):
-            return  # a deferred task completes when its operation ends
-        self.loop.call_later(fault.delay, self._complete_later, link, task, start)
-
-    def _delayed(self, task: ScsiTask, delay: float) -> None:
-        """A "delay" task's medium access ended: out of the task set, completion held."""
-        link, start = task.shell
-        task.shell = None
-        aborted = self.taskset.done(task, self.loop.time())
-        self.pump()
-        if not aborted:
-            self.loop.call_later(delay, self._complete_later, link, task, start)
+        task.status = fault.status
+        task.sense = fault.sense
+        task.data_in = None
+        self._complete(link, task, start)
 
     def _complete(self, link, task: ScsiTask, start: int) -> None:
+        """Send the task's status (now, or after a delay rule's time)."""
+        delay = task.completion_delay
+        if delay:
+            task.completion_delay = 0.0
+            self.loop.call_later(delay, self._complete_later, link, task, start)
+            return
         link.conn.complete(task)
         if self.tracer is not None:
             self.tracer.record(link.conn.peer, task, start, time.perf_counter_ns())
@@ -386,6 +375,9 @@ class Dispatcher:
         task.shell = None
         aborted = self.taskset.done(task, self.loop.time())
         if aborted or link.closed:
+            return
+        if task.completion_delay:  # a delay rule: its status goes later
+            self._complete(link, task, start)
             return
         link.conn.complete(task)
         self._dirty.add(link)

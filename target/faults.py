@@ -13,7 +13,8 @@ Rules:
     MEDIUM ERROR, 11h/00h UNRECOVERED READ ERROR for reads and 0Ch/00h WRITE ERROR for
     writes); the command is not executed (a failed write changes nothing).
   - "busy": BUSY status; "task-set-full": TASK SET FULL status (SAM-5 5.3); not executed.
-  - "delay": executed, its completion held for delay_ms.
+  - "delay": executed in its turn (the task set's ordering rules hold), its status held
+    for delay_ms.
   - "medium-delay": executed, its medium access (the store's reads, writes, flushes)
     taking delay_ms longer, as on a slow disk: the time is spent on a worker thread, so
     the event loop, the other LUs and the other sessions go on (commands without medium

@@ -104,6 +104,7 @@ class ScsiTask:
         "deferred",
         "io",
         "medium_delay",
+        "completion_delay",
         "data_pending",
     )
 
@@ -138,6 +139,7 @@ class ScsiTask:
         # (function, args, then), see LogicalUnit.io(); None otherwise.
         self.io: tuple | None = None
         self.medium_delay = 0.0  # seconds a slow medium adds to its access (fault rule)
+        self.completion_delay = 0.0  # seconds its status is held once it is done (fault rule)
         # Its Data-Out is still arriving: it is in the task set (ordered) but may not run.
         self.data_pending = False
 

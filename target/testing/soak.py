@@ -46,8 +46,9 @@ Rules:
   waits for its Data-Out. Their outcomes are applied in CmdSN order, as SPC-4 7.5.8
   (QAM=0: the result is as if all were ORDERED) and RFC 7143 3.2.2.1 (commands reach the
   SCSI layer in CmdSN order) require: a READ sees the writes before it and none after it.
-  The default is RW only: the shapes with a WRITE first fail on our target today (a
-  defect; tests/integration/test_soak.py reproduces it), `chains=CHAIN_SHAPES` shows it.
+  The default is every shape (the ones with a WRITE first found the target's defect of
+  its day, a command entering the task set only once its Data-Out was in;
+  tests/integration/test_soak.py reproduces it).
 - TAS=1 is set on every LU (MODE SELECT(10)) before the workload and again after each LU
   reset (which restores the defaults), one reset at a time, so another session's commands
   aborted by a reset end with TASK ABORTED instead of no status at all.
@@ -177,7 +178,7 @@ class SoakOptions:
     drop_every: float = 3.0              # mean seconds between dropped connections
     fault_every: float = 2.5             # mean seconds between fault windows
     corrupt: int = 0                     # self-test: this many corruptions (see CORRUPTIONS)
-    chains: tuple[str, ...] = ("RW",)    # ordering-chain shapes (CHAIN_SHAPES)
+    chains: tuple[str, ...] = CHAIN_SHAPES  # ordering-chain shapes
     tolerate: frozenset[str] = frozenset()  # protocol-error kinds reported, not failures
     print: Callable[[str], None] | None = print
 

@@ -18,7 +18,8 @@ What must hold:
   directly, and a WRITE through a second LUN on the same file) are each reported, with the
   reason that fits (checksum, not a soak block, generation, misplaced, wrong LUN), and
   nowhere else.
-- Defects the soak found, each reproduced on its own (xfail, strict, until fixed):
+- Defects the soak found on the target of its day, each reproduced on its own (fixed
+  since; each of these tests failed before its fix):
   - SPC-4 7.5.8 (QAM=0, restricted reordering) and RFC 7143 3.2.2.1 (commands reach the
     SCSI layer in CmdSN order): two overlapping WRITEs of one session take effect in CmdSN
     order, and a READ after a WRITE of the same blocks returns the WRITE's data, also when
@@ -28,7 +29,7 @@ What must hold:
     TAS=1 ends with one SCSI Response, TASK ABORTED; no second response follows when its
     (fault-injected) delayed completion comes due. (The soak also saw an R2T for a task
     that had ended, likely the same cause; the soak counts both as "PDU for a task that
-    has ended" and tolerates that kind, reporting it.)
+    has ended", which now fails the run.)
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ from target.testing.soak import (
 
 pytestmark = pytest.mark.integration
 
-# Known defect (test_no_second_response_after_task_aborted): counted, reported, tolerated.
-KNOWN = frozenset({"PDU for a task that has ended"})
+# Protocol errors of the target the soak tolerates: none (the second response after TASK
+# ABORTED, test_no_second_response_after_task_aborted, is fixed).
+KNOWN: frozenset[str] = frozenset()
 REASONS = {"bitflip": "checksum", "garbage": "not a soak block", "zeros": "generation",
            "misplaced": "misplaced", "stale-generation": "generation",
            "wrong-lun": "wrong LUN"}
@@ -141,9 +143,6 @@ def generation(block: bytes) -> int:
     return gen
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a later overlapping command of the same "
-                   "session passes a WRITE that still waits for its Data-Out (the task "
-                   "enters the task set only when its data is in)")
 @pytest.mark.parametrize("second", ["WRITE", "READ"])
 def test_overlapping_commands_of_one_session_take_effect_in_cmdsn_order(tmp_path, second):
     """SPC-4 7.5.8 QAM=0: as if all were ORDERED. WRITE A (64 blocks, the rest after an
@@ -174,9 +173,6 @@ def test_overlapping_commands_of_one_session_take_effect_in_cmdsn_order(tmp_path
         run_async(main())
 
 
-@pytest.mark.xfail(strict=True, reason="defect: abort_for_other_nexus clears cmd.aborted "
-                   "after sending TASK ABORTED, so a delayed completion sends a second "
-                   "SCSI Response for the task")
 def test_no_second_response_after_task_aborted(tmp_path):
     """A WRITE held by a delay fault, aborted by another session's LOGICAL UNIT RESET with
     TAS=1, ends with TASK ABORTED and nothing more for its ITT (RFC 7143 11.4)."""
