@@ -2,8 +2,9 @@
 
 Rules:
 - One Dispatcher per LU, made by the server for every LU it serves. Links submit the
-  tasks their connections made ready (a whole receive burst at once, so the elevator
-  sees them together) and then pump(); pump() starts every task the task set lets run
+  tasks their connections admitted, in CmdSN order (a whole receive burst at once, so the
+  elevator sees them together), then report data_ready() for those whose Data-Out has
+  since come in, and then pump(); pump() starts every task the task set lets run
   (up to its dispatch depth), executes it against the LU at once, and completes it
   either at once or, with a rotational disk model, after the model's service time
   (loop.call_later). The data moves when the task starts; only the completion waits.
