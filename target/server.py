@@ -19,6 +19,8 @@ Rules:
   LU are answered by the device at once. When a connection aborted queued tasks, the
   task sets are pumped again.
 - The event loop is uvloop when it is installed, or asyncio's own (`--event-loop`).
+- run() sets the C allocator's thresholds first (target.malloc: fresh per-command data
+  buffers are reused from the heap, not mapped and faulted in each time).
 - The control socket (target.control) is served here too: a unix socket, JSON lines.
 - Shutdown (SIGINT/SIGTERM): stop accepting, ask every full-feature session to log out
   (Async Message, event 1, RFC 7143 11.9.1), wait a short while, drop what is left, then
@@ -38,6 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from target import malloc
 from target.dispatch import Dispatcher, pump_all, run_ready
 from target.faults import Faults
 from target.iscsi.connection import Connection, Phase
@@ -383,6 +386,9 @@ def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
 def run(server: Server, on_stop: Callable[[], None] | None = None,
         event_loop: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    tuned = malloc.tune()  # per-command data buffers come from the heap (target.malloc)
+    if tuned:
+        log.debug("allocator thresholds: %s", tuned)
     loop = new_event_loop(event_loop)
     asyncio.set_event_loop(loop)
 
