@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, choices=(512, 4096), help="logical block size")
     s.add_argument("--backing", type=Path, help="serve a file or block device instead of memory")
     s.add_argument("--read-only", action="store_true", help="make the (first) LUN read-only")
+    s.add_argument("--io-threads", type=int, metavar="N",
+                   help="worker threads for the (first) LUN's store calls, 0: on the event "
+                        "loop (default: 0 for memory and tmpfs, 8 otherwise)")
     s.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     s.add_argument("--log-file", type=Path, help="write the log here instead of stderr")
     s.add_argument("--trace", type=Path, metavar="FILE",
@@ -180,6 +183,11 @@ def effective_config(args: argparse.Namespace) -> Config:
                           f"{lun.block_size}-byte blocks")
     if args.read_only:
         lun.read_only = True
+    if args.io_threads is not None:
+        if not 0 <= args.io_threads <= cfgmod.MAX_IO_THREADS:
+            raise ConfigError(f"--io-threads: expected 0 to {cfgmod.MAX_IO_THREADS} worker "
+                              f"threads, not {args.io_threads}")
+        lun.io_threads = args.io_threads
     sched = lun.scheduler
     if args.elevator:
         sched.elevator = args.elevator

@@ -71,6 +71,7 @@ from typing import Any
 DEFAULT_IQN = "iqn.2026-11.local.scsi-target:default"
 DEFAULT_LISTEN = "127.0.0.1:3260"
 DEFAULT_SIZE = 1 << 30
+MAX_IO_THREADS = 256  # worker threads per LU (io_threads)
 
 _IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:.+)?|eui\.[0-9A-Fa-f]{16}"
                   r"|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$")
@@ -252,9 +253,9 @@ def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfi
     lun.sanitize_mb_s = _number(r, "sanitize_mb_s", 0.0, 0.0)
     threads = r.get("io_threads", int, None)
     if threads is not None:
-        if isinstance(threads, bool) or not 0 <= threads <= 256:
-            raise ConfigError(f"{r.path('io_threads')}: expected 0 to 256 worker threads, "
-                              f"not {threads!r}")
+        if isinstance(threads, bool) or not 0 <= threads <= MAX_IO_THREADS:
+            raise ConfigError(f"{r.path('io_threads')}: expected 0 to {MAX_IO_THREADS} worker "
+                              f"threads, not {threads!r}")
         lun.io_threads = threads
     sched = r.get("scheduler", dict, None)
     if sched is not None:

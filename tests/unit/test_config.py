@@ -144,3 +144,16 @@ def test_io_threads_reach_the_lu(tmp_path):
         assert [luns[n].io_threads for n in range(4)] == [0, 2, file_default, 0]
     finally:
         built.close()
+
+
+def test_io_threads_option_of_serve():
+    """serve --io-threads N sets the first LUN's io_threads; out of range names the option."""
+    from target import cli
+
+    parser = cli._parser()
+    cfg = cli.effective_config(parser.parse_args(["serve", "--io-threads", "3"]))
+    assert cfg.targets[0].luns[0].io_threads == 3
+    cfg = cli.effective_config(parser.parse_args(["serve"]))
+    assert cfg.targets[0].luns[0].io_threads is None
+    with pytest.raises(config.ConfigError, match="--io-threads: expected 0 to 256"):
+        cli.effective_config(parser.parse_args(["serve", "--io-threads", "257"]))
