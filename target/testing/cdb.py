@@ -21,6 +21,8 @@ Rules:
   the control mode page: an 8-byte mode parameter header with MODE DATA LENGTH 0 (reserved
   in MODE SELECT, 7.5.5), no block descriptors, the page with PS cleared; `tas` sets or
   clears TAS (byte 5 bit 6 of the page, 7.5.8).
+- sense_key() reads the SENSE KEY of what comes back: fixed sense data (70h/71h) byte 2,
+  descriptor sense data (72h/73h) byte 1 (SPC-4 4.5.2, 4.5.3).
 """
 
 from __future__ import annotations
@@ -112,3 +114,12 @@ def control_mode_qam(mode_data: bytes) -> int:
     if len(page) < 4 or page[0] & 0x3F != CONTROL_PAGE:
         raise ValueError("no control mode page in the MODE SENSE data")
     return page[3] >> 4
+
+
+def sense_key(sense: bytes) -> int | None:
+    """SENSE KEY of fixed (70h/71h) or descriptor (72h/73h) sense data (SPC-4 4.5)."""
+    if len(sense) < 3:
+        return None
+    if sense[0] & 0x7F in (0x72, 0x73):
+        return sense[1] & 0x0F
+    return sense[2] & 0x0F

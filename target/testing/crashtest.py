@@ -72,6 +72,7 @@ from typing import Any
 
 from target.iscsi.initiator import Initiator
 from target.scsi.task import Status
+from target.testing.cdb import sense_key
 from target.testing.servers import OurTarget, ServerError, initiator_iqn
 
 IQN = "iqn.2026-11.local.scsi-target:crashtest"
@@ -159,15 +160,6 @@ def classify(block: bytes, lba: int, hist: LbaHistory | None, bs: int, key: byte
 
 
 # --- SCSI helpers -------------------------------------------------------------------------
-
-def sense_key(sense: bytes) -> int | None:
-    """The sense key of fixed (70h/71h) or descriptor (72h/73h) sense data (SPC-4 4.5)."""
-    if len(sense) < 3:
-        return None
-    if sense[0] & 0x7F in (0x72, 0x73):
-        return sense[1] & 0x0F
-    return sense[2] & 0x0F
-
 
 def command(ini: Initiator, cdb: bytes, *, lun: int, read: int = 0, data: bytes = b"",
             retries: int = 8):

@@ -78,6 +78,7 @@ from target.iscsi import pdu
 from target.iscsi.initiator import Initiator, InitiatorError, Result
 from target.iscsi.pdu import F_FINAL, F_READ, F_WRITE, RESERVED_TAG, Bhs, Op, TmfFunction
 from target.scsi.task import encode_lun
+from target.testing.cdb import sense_key
 from target.testing.servers import HOST, OurTarget, tail
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -126,15 +127,6 @@ def proc_status_kib(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
-
-
-def sense_key(sense: bytes) -> int | None:
-    """SENSE KEY of fixed (70h/71h) or descriptor (72h/73h) sense data (SPC-4 4.5)."""
-    if len(sense) < 3:
-        return None
-    if sense[0] & 0x7F in (0x72, 0x73):
-        return sense[1] & 0x0F
-    return sense[2] & 0x0F
 
 
 def wait_control(control: Path, timeout: float = 10.0) -> dict[str, Any]:
