@@ -654,8 +654,9 @@ class Connection:
                 if task not in self.ready:  # the shell has it: tell it the data is in
                     self.data_ready.append(task)
 
-    def complete(self, task: ScsiTask) -> None:
-        """The SCSI layer is done with `task`: send its data and status."""
+    def complete(self, task: ScsiTask, aborted_status: bool = False) -> None:
+        """The SCSI layer is done with `task`: send its data and status (for an aborted
+        command only with `aborted_status`: TASK ABORTED under TAS=1)."""
         cmd: Command = task.transport
         if cmd is None:  # its connection is gone (connection_lost)
             return
@@ -666,7 +667,7 @@ class Connection:
             for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
                 del self._r2ts[ttt]
             cmd.outstanding = 0
-        if cmd.aborted or self.phase is not Phase.FULL_FEATURE:
+        if (cmd.aborted and not aborted_status) or self.phase is not Phase.FULL_FEATURE:
             return
         session = self.session
         status = task.status
@@ -914,9 +915,10 @@ class Connection:
             self._abort(cmd)
             if lu is not None and lu.mode.tas:
                 # TAS=1: the other nexus learns of it as TASK ABORTED (SAM-5 5.6).
+                # The command stays aborted: were it held behind a CmdSN hole, it must
+                # not run when the hole closes (its status is out; no Data-Out follows).
                 cmd.task.status = Status.TASK_ABORTED
-                cmd.aborted = False
-                self.complete(cmd.task)
+                self.complete(cmd.task, aborted_status=True)
             elif lu is not None and cleared_ua:
                 lu.ua.establish(COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, nexus=self.nexus)
         if aborted and self.notify:

@@ -147,6 +147,37 @@ def test_abort_task_of_a_held_command_aborts_it_and_the_hole_stays():
     assert h.session.exp_cmdsn == 3
 
 
+@pytest.mark.parametrize("kind", ["WRITE", "READ"])
+def test_held_command_aborted_by_another_nexus_with_tas_stays_aborted(kind):
+    """SAM-5 5.6 / SPC-4 7.5.8 TAS=1: another I_T nexus's LOGICAL UNIT RESET aborts this
+    nexus's tasks, each answered TASK ABORTED, among them one still held behind a CmdSN
+    hole. When the hole closes later (11.5.1 b) it must not run: no R2T for a WRITE whose
+    status went out (its Data-Out never comes, and on 180a2fc it then sat in the task set
+    waiting for that data, holding back every overlapping task for good), no second
+    status for a READ."""
+    h = Harness()
+    h.lu.mode.tas = True
+    lost = h.cmdsn                                # CmdSN 1: never arrives
+    h.cmdsn += 1
+    if kind == "WRITE":
+        h.feed(h.command(write10(8, 8), 8 * BS, write=True, itt=20))  # CmdSN 2, held
+    else:
+        h.feed(h.command(read10(8, 8), 8 * BS, read=True, itt=20))
+    assert h.pdus() == []
+    h.conn.abort_for_other_nexus(0)               # the other session's reset, TAS=1
+    (resp, _), = h.pdus()
+    assert resp.opcode == Op.SCSI_RESPONSE and resp.itt == 20
+    assert resp.b3 == 0x40                        # TASK ABORTED
+    h.feed(tmf(h, ABORT_TASK, ref_itt=10, ref_cmdsn=lost))
+    out = h.pdus()
+    assert [b.opcode for b, _ in out] == [Op.TASK_MGMT_RESPONSE], \
+        "the aborted command ran once its CmdSN hole closed"
+    assert not h.conn.ready and not h.conn.data_ready
+    assert h.session.exp_cmdsn == 3
+    h.feed(h.command(read10(8, 8), 8 * BS, read=True, itt=30))
+    assert [b.itt for b, _ in h.pdus()] == [30]
+
+
 # --- RFC 7143 11.3.1 / 11.7.1: the F bit and unsolicited data -----------------------------
 
 def test_initial_r2t_no_with_f_bit_solicits_all_the_data():
