@@ -34,6 +34,9 @@ Rules:
 - StatSN counts every PDU that carries status (SCSI Response, Data-In with S, NOP-In
   answering a NOP-Out, TMF/Text/Logout responses, Reject); R2T and unsolicited NOP-In
   carry the current StatSN without advancing it (11.8.2, 11.19).
+- An aborted command stays aborted (Command.aborted) until it is gone, whatever answered
+  it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
+  skipped when the hole closes, and its Data-Out is discarded (11.5.1).
 """
 
 from __future__ import annotations
