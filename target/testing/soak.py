@@ -901,12 +901,21 @@ class Soak:
             self.count("ABORT TASK", _tmf_name(code))
 
     async def set_tas(self, ini: Initiator, lun: int) -> bool:
-        """MODE SELECT(10) the control page with TAS=1 (retrying over UA, BUSY...)."""
-        for _ in range(40):
+        """MODE SELECT(10) the control page with TAS=1 (retrying over UA, BUSY...). A session
+        that is down does not use up an attempt: the loop waits for its new login (a closed
+        session whose reconnection has not started yet is handed to lost() first, or the
+        attempts would all go at once while `up` is still set)."""
+        attempts = 0
+        while attempts < 40:
             s = ini.s
             if s is None or s.closed:
+                ini.lost()
+                await asyncio.sleep(0.05)
                 await ini.up.wait()
+                if ini.retired:
+                    return False
                 continue
+            attempts += 1
             try:
                 sense = await s.command(cdb.mode_sense10(cdb.CONTROL_PAGE), lun=lun, read=252)
                 if sense.status != Status.GOOD:
