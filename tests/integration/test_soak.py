@@ -27,9 +27,13 @@ What must hold:
     arrival. DESIGN.md: "Overlapping LBA ranges keep their arrival order when QAM=0".
   - RFC 7143 11.4 / SAM-5 5.6: a task aborted by another nexus's LOGICAL UNIT RESET with
     TAS=1 ends with one SCSI Response, TASK ABORTED; no second response follows when its
-    (fault-injected) delayed completion comes due. (The soak also saw an R2T for a task
-    that had ended, likely the same cause; the soak counts both as "PDU for a task that
-    has ended", which now fails the run.)
+    (fault-injected) delayed completion comes due. The soak counts a second response as
+    "PDU for a task that has ended", which fails the run.
+  - The R2T for a task that had ended, and the "no answer in 30 s" hang of the 30-minute
+    soak, had another cause: a command held behind a CmdSN hole, aborted with TAS=1 by
+    another nexus's reset, ran when the hole closed (SAM-5 5.6: an aborted task does
+    not run; RFC 7143 11.5.1 b closes the hole). Reproduced on its own by
+    tests/unit/test_iscsi_integrity.py::test_held_command_aborted_by_another_nexus_with_tas_stays_aborted.
 """
 
 from __future__ import annotations
