@@ -8,6 +8,7 @@ The guest itself boots in tests/guest/test_illumos.py where an image is present.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,14 @@ import pytest
 from images import ImageError, illumos
 from qemu.guest import Drive, GuestError, Machine
 from qemu.illumos import (
+    DRIVER_ALIASES,
+    HBA_BY_MODEL,
+    HBAS,
     PROMPT,
     IllumosConfig,
+    boot_hbas,
     check_hba,
+    dump_hbas,
     login,
     overlay,
     parse_iostat_en,
@@ -110,22 +116,127 @@ def test_missing_image_hint_names_the_commands(cache):
     assert illumos.ENV_IMAGE in illumos.MISSING_HINT
 
 
-def test_hbas_without_an_illumos_driver_are_refused_with_the_reason():
-    check_hba("virtio-scsi-pci")
-    check_hba("megasas-gen2")
+QEMU = shutil.which("qemu-system-x86_64")
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="needs qemu-system-x86_64 (make test)")
+
+
+def _qemu_pci_function(model: str) -> dict:
+    """QEMU as the oracle: a paused pc machine with only `model`; QMP query-pci gives its
+    ids, and the HMP port commands read its config space through 0xcf8/0xcfc to walk the
+    capability list (PCI 3.0 6.7; 0x10 is the PCI Express capability)."""
+    proc = subprocess.Popen([QEMU, "-machine", "pc", "-accel", "tcg", "-nodefaults",
+                             "-display", "none", "-S", "-device", f"{model},id=hba",
+                             "-qmp", "stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+    def qmp(command: str, **arguments: object) -> object:
+        msg = {"execute": command, **({"arguments": arguments} if arguments else {})}
+        proc.stdin.write(json.dumps(msg) + "\n")
+        proc.stdin.flush()
+        while True:
+            reply = json.loads(proc.stdout.readline())
+            if "return" in reply or "error" in reply:
+                return reply["return"]
+
+    try:
+        json.loads(proc.stdout.readline())  # the greeting
+        qmp("qmp_capabilities")
+        (dev,) = [d for bus in qmp("query-pci") for d in bus["devices"]
+                  if d.get("qdev_id") == "hba"]
+
+        def config(offset: int, size: int) -> int:
+            addr = (0x80000000 | dev["bus"] << 16 | dev["slot"] << 11
+                    | dev["function"] << 8 | offset & 0xFC)
+            qmp("human-monitor-command", **{"command-line": f"o/w 0xcf8 {addr:#x}"})
+            out = qmp("human-monitor-command", **{"command-line": "i/w 0xcfc"})
+            return int(out.split("=")[1], 16) >> 8 * (offset & 3) & (1 << 8 * size) - 1
+
+        caps, ptr = [], config(0x34, 1) if config(0x06, 2) & 0x10 else 0
+        while ptr and len(caps) < 48:
+            caps.append(config(ptr, 1))
+            ptr = config(ptr + 1, 1)
+        qmp("quit")
+        return {"id": (dev["id"]["vendor"], dev["id"]["device"]),
+                "subsystem": (dev["id"]["subsystem-vendor"], dev["id"]["subsystem"]),
+                "caps": caps}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@needs_qemu
+def test_this_qemu_has_every_model_in_the_table():
+    out = subprocess.run([QEMU, "-device", "help"], capture_output=True, text=True,
+                         check=True).stdout
+    for hba in HBAS:
+        assert f'name "{hba.model}"' in out, hba.model
+
+
+@needs_qemu
+@pytest.mark.parametrize("model", [h.model for h in HBAS])
+def test_qemu_presents_the_pci_function_the_table_claims(model):
+    """The ids (and PCIe-ness) are what illumos's compatible names, and so the binding,
+    are made of: QEMU itself must present exactly what HBAS says."""
+    hba = HBA_BY_MODEL[model]
+    seen = _qemu_pci_function(model)
+    assert seen["id"] == hba.pci_id
+    assert seen["subsystem"] == hba.subsystem
+    assert (0x10 in seen["caps"]) == hba.pcie
+
+
+def test_the_table_binds_as_illumos_aliases_say():
+    """illumos's driver aliases (pkg manifests): mr_sas lists only pciex ids and no 1000,60,
+    so QEMU's 1078 binds mega_sas (pci1000,60.1000.1013) and the 2108 (PCIe) binds mr_sas."""
+    gen2, gen1 = HBA_BY_MODEL["megasas-gen2"], HBA_BY_MODEL["megasas"]
+    assert "pciex1000,79" in gen2.compatible() and gen2.binds
+    assert not any(n in DRIVER_ALIASES["mr_sas"] for n in gen1.compatible())
+    assert gen1.driver == "mega_sas" and gen1.binds
+    assert not HBA_BY_MODEL["lsi53c895a"].binds
+
+
+def test_pvscsi_comes_first_and_virtio_scsi_does_not_dump():
+    assert [h.model for h in boot_hbas()][0] == "pvscsi"
+    assert [h.model for h in dump_hbas()][0] == "pvscsi"
+    assert "virtio-scsi-pci" in [h.model for h in boot_hbas()]
+    assert "virtio-scsi-pci" not in [h.model for h in dump_hbas()]
+    for hba in HBAS:
+        assert hba.sources, hba.model
+        assert hba.dumps == (hba.boots and hba.reset_all != 0 and hba.polled)
+
+
+def test_hbas_that_cannot_work_are_refused_with_the_reason():
+    for hba in boot_hbas():
+        assert check_hba(hba.model) is hba
+    for hba in dump_hbas():
+        assert check_hba(hba.model, dump=True) is hba
     with pytest.raises(GuestError, match="closed-source mpt"):
         check_hba("mptsas1068")
-    with pytest.raises(GuestError, match="megasas-gen2"):
-        check_hba("megasas")
+    with pytest.raises(GuestError, match="no driver for the LSI 53C895A"):
+        check_hba("lsi53c895a")
+    with pytest.raises(GuestError, match=r"cannot dump through.*RESET_ALL.*EIO.*"
+                                         r"vioscsi_tran_reset\(\).*sddump\(\)"):
+        check_hba("virtio-scsi-pci", dump=True)
+    with pytest.raises(GuestError, match="unknown HBA 'am53c974'"):
+        check_hba("am53c974")
+
+
+def test_qemu_argv_refuses_an_hba_that_cannot_boot(tmp_path):
+    image = illumos.IllumosImage(name="x", path=tmp_path / "x.raw", format="raw",
+                                 sha256="0" * 64, source="test")
+    cfg = IllumosConfig(image=image, workdir=tmp_path, hba="lsi53c895a",
+                        drives=(Drive("iscsi://127.0.0.1:3260/iqn.x:y/0"),))
+    with pytest.raises(GuestError, match="no driver"):
+        qemu_argv(cfg, tmp_path / "boot.qcow2")
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (make test)")
-def test_boot_overlay_and_command_line(cache, tmp_path):
+@pytest.mark.parametrize("hba", [h.model for h in boot_hbas()])
+def test_boot_overlay_and_command_line(cache, tmp_path, hba):
     src = tmp_path / "disk.raw"
     _disk(src)
     image = illumos.add(from_path=src, progress=lambda m: None)
     before = image.path.read_bytes()
-    cfg = IllumosConfig(image=image, workdir=tmp_path / "vm", hba="megasas-gen2",
+    cfg = IllumosConfig(image=image, workdir=tmp_path / "vm", hba=hba,
                         drives=(Drive("iscsi://127.0.0.1:3260/iqn.x:y/0"),))
     boot = overlay(cfg)
     info = subprocess.run(["qemu-img", "info", str(boot)], capture_output=True, text=True,
@@ -134,7 +245,7 @@ def test_boot_overlay_and_command_line(cache, tmp_path):
     argv = qemu_argv(cfg, boot)
     joined = " ".join(argv)
     assert f"file={boot},format=qcow2" in joined
-    assert "-device megasas-gen2,id=hba" in joined
+    assert f"-device {hba},id=hba" in joined
     assert "scsi-block,drive=d0,bus=hba.0" in joined
     assert "-no-reboot" in argv and "-nic" in argv
     assert image.path.read_bytes() == before  # the cached image is never written
