@@ -18,8 +18,9 @@
 #   dumps when, besides, RESET_ALL returns non-zero and polled packets complete.
 #   check_hba() refuses the others naming the reason; qemu_argv() attaches only an HBA
 #   that boots. pvscsi is the default: the one HBA whose driver does both on purpose.
-# - The sources: QEMU qemu/qemu hw/scsi/*.c (read at master; the functions named are the
-#   same in the 7.2 this machine runs), illumos r1mikey/illumos-gate bb936843 (2023-12).
+# - The sources: QEMU qemu/qemu hw/scsi/*.c as stored (megasas.c near master, virtio-scsi.c
+#   older; not the 7.2 tag itself, whose ids and PCIe capability the unit tests read from
+#   this machine's QEMU), illumos r1mikey/illumos-gate bb936843 (2023-12).
 # - SeaBIOS and the illumos loader; the console is ttya (QEMU's first serial port on
 #   stdio, in pexpect's pty). Booting under TCG takes minutes: BOOT_TIMEOUT_S.
 # - login(): answers "login:" with the profile's user and, when asked, its password,
