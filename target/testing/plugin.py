@@ -303,14 +303,14 @@ def illumos_image():
 @pytest.fixture
 def illumos_guest(request: pytest.FixtureRequest, tmp_path: Path, illumos_image,
                   scsi_target) -> Iterator[Callable[..., object]]:
-    """Factory: illumos_guest(target, hba="virtio-scsi-pci", lun=0) -> a logged-in
+    """Factory: illumos_guest(target, hba="pvscsi", lun=0) -> a logged-in
     qemu.illumos.IllumosGuest with the LUN attached through scsi-block."""
     from qemu.guest import Drive
     from qemu.illumos import IllumosConfig, IllumosGuest
 
     started: list[IllumosGuest] = []
 
-    def boot(target: RunningTarget, hba: str = "virtio-scsi-pci", lun: int = 0,
+    def boot(target: RunningTarget, hba: str = "pvscsi", lun: int = 0,
              **config: object) -> IllumosGuest:
         n = len(started)
         cfg = IllumosConfig(image=illumos_image, workdir=tmp_path / f"illumos-{n}",
