@@ -65,6 +65,7 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "kexec-tools": ("sbin/kexec", "sbin/vmcore-dmesg"),
     "makedumpfile": ("usr/bin/makedumpfile",),
     "open-iscsi": ("sbin/iscsistart",),
+    "smartmontools": ("usr/sbin/smartctl",),  # LOG SENSE 0Dh/2Fh, mode page 1Ch
 }
 
 # Module groups /init can load; each name is a root, its dependencies come along.

@@ -2,7 +2,11 @@
 
 Rules:
 - Pages kept (SPC-4 7.5.7 table 451 / SBC-4 6.5): read-write error recovery (01h,
-  SBC-4 6.5.9), caching (08h, SBC-4 6.5.5) and control (0Ah, SPC-4 7.5.8). Page 3Fh
+  SBC-4 6.5.9), caching (08h, SBC-4 6.5.5), control (0Ah, SPC-4 7.5.8) and the
+  Informational Exceptions Control mode page (1Ch, SPC-4 7.5): smartctl reads it before it
+  reports the health of the Informational Exceptions log page (smartmontools
+  scsicmds.cpp scsiFetchIECmpage(); scsiprint.cpp prints "SMART Health Status: OK" only
+  when it was read). Page 3Fh
   returns every page in ascending order (SPC-4 7.5.7). No page has subpages: subpage FFh
   means "the page and its subpages" and gives the page alone, any other non-zero subpage
   is INVALID FIELD IN CDB.
@@ -10,6 +14,10 @@ Rules:
   MODE SELECT may change), 10b default; 11b saved is not supported and ends in ILLEGAL
   REQUEST, SAVING PARAMETERS NOT SUPPORTED (39h/00h). MODE SELECT with SP=1 is INVALID
   FIELD IN CDB (SPC-4 6.9.1).
+- Informational exceptions control: PERF=EBF=EWASC=TEST=EBACKERR=LOGERR=0, DEXCPT=0
+  (reporting enabled), MRIE 6h (only report an informational exception condition on
+  request: REQUEST SENSE and the log page 2Fh, logpages.py; none ever arises here),
+  INTERVAL TIMER 0, REPORT COUNT 0. Nothing in it is changeable.
 - Changeable: caching WCE; control D_SENSE, QAM (0 or 1), SWP, TAS. Everything else must
   be sent back with its current value; a difference is INVALID FIELD IN PARAMETER LIST with
   a field pointer into the parameter list (C/D=0), as is an unknown page or a wrong PAGE
@@ -60,7 +68,11 @@ PC_SAVED = 3
 RW_ERROR_RECOVERY = 0x01
 CACHING = 0x08
 CONTROL = 0x0A
+INFORMATIONAL_EXCEPTIONS_CONTROL = 0x1C
 ALL_PAGES = 0x3F
+
+# Method of reporting informational exceptions (SPC-4 7.5, MRIE): 6h, only on request.
+MRIE_ON_REQUEST = 0x6
 
 # Busy timeout period of the control page: FFFFh, unlimited (SPC-4 7.5.8).
 _BUSY_TIMEOUT_UNLIMITED = 0xFFFF
@@ -95,7 +107,7 @@ class ModePages:
     # --- page images --------------------------------------------------------------------
 
     def page_codes(self) -> list[int]:
-        return [RW_ERROR_RECOVERY, CACHING, CONTROL]
+        return [RW_ERROR_RECOVERY, CACHING, CONTROL, INFORMATIONAL_EXCEPTIONS_CONTROL]
 
     def page(self, code: int, pc: int) -> bytes:
         """The page in the form MODE SENSE returns it for page control `pc` (0..2)."""
@@ -123,6 +135,10 @@ class ModePages:
                 body[2] = 0x08 if swp else 0  # RAC=0, UA_INTLCK_CTRL=00b
                 body[3] = 0x40 if tas else 0  # ATO=0, AUTOLOAD MODE=000b
                 struct.pack_into(">H", body, 6, _BUSY_TIMEOUT_UNLIMITED)
+        elif code == INFORMATIONAL_EXCEPTIONS_CONTROL:
+            body = bytearray(10)  # byte 2 flags 0: DEXCPT=0, EWASC=0, TEST=0, ...
+            if pc != PC_CHANGEABLE:
+                body[1] = MRIE_ON_REQUEST  # INTERVAL TIMER, REPORT COUNT: 0
         else:
             raise KeyError(code)
         return bytes((code, len(body))) + bytes(body)

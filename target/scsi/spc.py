@@ -12,7 +12,8 @@ Rules:
   number 7.8.17, 83h device identification 7.8.6, 86h extended INQUIRY data 7.8.7, and
   the SBC-4 pages B0h/B1h/B2h from vpd_sbc), TEST UNIT READY 6.47, REQUEST SENSE 6.39,
   REPORT LUNS 6.33, MODE SENSE(6)/(10) 6.11/6.12 and MODE SELECT(6)/(10) 6.9/6.10 (in
-  modepages.py), REPORT SUPPORTED OPERATION CODES 6.35, PERSISTENT RESERVE IN 6.15 and
+  modepages.py), LOG SENSE 6.8 (logpages.py; LOG SELECT 6.7 is not implemented),
+  REPORT SUPPORTED OPERATION CODES 6.35, PERSISTENT RESERVE IN 6.15 and
   OUT 6.16 (state in reservations.py), RESERVE(6)/(10) and RELEASE(6)/(10) (SPC-2 7.21,
   7.22, 7.16, 7.17).
 - INQUIRY to a LUN with no LU behind it answers PERIPHERAL QUALIFIER 011b and DEVICE TYPE
@@ -36,6 +37,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from target.scsi import logpages
 from target.scsi.commands import Access, CommandSet, Handler
 from target.scsi.reservations import PrType
 from target.scsi.sense import (
@@ -312,6 +314,14 @@ def mode_select6(lu: LogicalUnit, task: ScsiTask) -> None:
                   Direction.OUT, access=Access.EXCLUSIVE)
 def mode_select10(lu: LogicalUnit, task: ScsiTask) -> None:
     lu.mode.select(task, ten=True)
+
+
+# --- LOG SENSE ---------------------------------------------------------------------------------
+
+# SP (byte 1 bit 0), PC and PAGE CODE, SUBPAGE CODE, PARAMETER POINTER, ALLOCATION LENGTH,
+# NACA; PPC (byte 1 bit 1) is obsolete since SPC-4 r18 and refused, byte 4 is reserved.
+COMMANDS.command(0x4D, "LOG SENSE", [0x4D, 0x01, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+                 Direction.IN, access=Access.ALLOWED, reserve6=False)(logpages.log_sense)
 
 
 # --- REPORT SUPPORTED OPERATION CODES -------------------------------------------------------
