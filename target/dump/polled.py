@@ -62,7 +62,9 @@ RESET, the nearest: it resets every LU of the target for every nexus but, unlike
 COLD RESET (7), keeps the connection a polled path cannot re-establish gracefully. (Note
 illumos's own iSCSI HBA answers RESET_ALL with failure, iscsi_tran_reset; it is fibre
 there, so sddump never asks it.) A reset is successful when the TMF answers Function
-complete (0); any other answer, or none, is scsi_reset() returning 0.
+complete (0); any other answer, or none, is scsi_reset() returning 0. tgtd 1.0.85 answers
+TARGET WARM RESET with 5 (not supported), so sddump on it ends with EIO before any WRITE;
+`target_reset_tmf=TmfFunction.LOGICAL_UNIT_RESET` makes both levels an LU reset there.
 
 Differences from sd that remain, one by one:
 - No ENXIO checks (valid label, CD-ROM) and no START STOP UNIT for a powered-down LU
@@ -230,7 +232,8 @@ class PolledDumper:
                  timeout: float = POLL_TIMEOUT_S, partition_start: int = 0,
                  partition_blocks: int | None = None, removable: bool = False,
                  fibre: bool = False, lun_reset_enabled: bool = False,
-                 dma_max: int | None = None, max_cdb_len: int = 16) -> None:
+                 dma_max: int | None = None, max_cdb_len: int = 16,
+                 target_reset_tmf: int = TmfFunction.TARGET_WARM_RESET) -> None:
         self.host, self.port, self.target, self.lun = host, port, target, lun
         self.block_size = block_size          # un_tgt_blocksize
         # un_sys_blocksize: the target's on fixed media, DEV_BSIZE on removable.
@@ -242,6 +245,7 @@ class PolledDumper:
         self.removable, self.fibre = removable, fibre
         self.lun_reset_enabled = lun_reset_enabled
         self.dma_max = dma_max
+        self.target_reset_tmf = target_reset_tmf   # the TMF of RESET_TARGET and RESET_ALL
         self.mincdb, self.maxcdb = cdb_limits(fibre=fibre, removable=removable,
                                               max_cdb_len=max_cdb_len)
         self.ini: Initiator | None = None
@@ -447,7 +451,8 @@ class PolledDumper:
         try:
             ini = self._session()
             itt = ini._next_itt()
-            ini.send_pdu(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | _TMF[level],
+            ini.send_pdu(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | (
+                _TMF[level] if level == RESET_LUN else self.target_reset_tmf),
                                   0, 0, 0, encode_lun(self.lun), itt, pdu.RESERVED_TAG,
                                   ini.cmdsn, ini.exp_stat_sn, 0))
             deadline = time.monotonic() + self.timeout
