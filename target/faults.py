@@ -20,6 +20,12 @@ Rules:
     the event loop, the other LUs and the other sessions go on (commands without medium
     access are not slowed).
   - "drop": the connection is closed without a response (the initiator sees the link go).
+  - "tmf-reject": a task management function request (not a command) is answered
+    "Function rejected" (255, RFC 7143 11.6.1) and not performed. It matches by target,
+    LUN, initiator, count and `tmf` (function names of RFC 7143 11.5.1 such as
+    "TARGET_WARM_RESET", or numbers; all functions when not given), never by op or LBA;
+    Faults.match_tmf() applies it (the connection's TMF handler calls it), and match()
+    never returns it for a command.
 - The first matching rule in rule order wins; its `hits` counts what it did.
 - Rules come from the config's [[fault]] tables and from the control socket at run time
   (`scsi-target fault add|list|clear`); parse_rule() validates both the same way and
@@ -35,7 +41,9 @@ from target.scsi import extent
 from target.scsi.sense import Asc, CheckCondition, SenseKey
 from target.scsi.task import ScsiTask, Status
 
-ACTIONS = ("check-condition", "busy", "task-set-full", "delay", "medium-delay", "drop")
+ACTIONS = ("check-condition", "busy", "task-set-full", "delay", "medium-delay", "drop",
+           "tmf-reject")
+TMF_REJECTED = 255  # RFC 7143 11.6.1 Function rejected
 
 
 class FaultError(ValueError):
@@ -55,6 +63,7 @@ class FaultRule:
     first: int | None = None
     sense: str | None = None           # "KEY/ASC/ASCQ" in hex, e.g. "03/0C/00"
     delay_ms: float = 0.0
+    tmf: list[int] = field(default_factory=list)   # TMF function codes (tmf-reject)
     id: int = 0
     matched: int = 0                   # commands the filters matched
     hits: int = 0                      # commands the action was applied to
@@ -173,7 +182,30 @@ def parse_rule(data: dict[str, Any]) -> FaultRule:
     if action in ("delay", "medium-delay") and not delay:
         raise FaultError(f"delay_ms: action {action} needs delay_ms > 0")
     rule.delay_ms = float(delay)
+    if "tmf" in data:
+        if action != "tmf-reject":
+            raise FaultError("tmf: only for action tmf-reject")
+        rule.tmf = _tmf_functions(data["tmf"])
+    if action == "tmf-reject" and (rule.ops or rule.lba_from is not None):
+        raise FaultError("op/lba: a tmf-reject rule matches task management, not commands")
     return rule
+
+
+def _tmf_functions(value: Any) -> list[int]:
+    from target.iscsi.pdu import TmfFunction
+
+    items = [value] if isinstance(value, str | int) else list(value)
+    out = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and item in \
+                TmfFunction._value2member_map_:
+            out.append(item)
+        elif isinstance(item, str) and item.strip().upper() in TmfFunction.__members__:
+            out.append(int(TmfFunction[item.strip().upper()]))
+        else:
+            raise FaultError(f"tmf: unknown task management function {item!r} (a name of "
+                             "RFC 7143 11.5.1 such as TARGET_WARM_RESET, or its number)")
+    return out
 
 
 class Faults:
@@ -199,6 +231,8 @@ class Faults:
         cdb = task.cdb
         ext = None
         for rule in self.rules:
+            if rule.action == "tmf-reject":
+                continue
             if rule.target is not None and rule.target != target:
                 continue
             if rule.lun is not None and rule.lun != task.lun:
@@ -220,6 +254,29 @@ class Faults:
                 continue
             rule.hits += 1
             return self._fault(rule, task, d_sense)
+        return None
+
+    def match_tmf(self, function: int, lun: int, target: str,
+                  initiator: str | None) -> int | None:
+        """The TMF response a tmf-reject rule gives this request, or None (perform it)."""
+        for rule in self.rules:
+            if rule.action != "tmf-reject":
+                continue
+            if rule.target is not None and rule.target != target:
+                continue
+            if rule.lun is not None and rule.lun != lun:
+                continue
+            if rule.initiator is not None and rule.initiator != initiator:
+                continue
+            if rule.tmf and function not in rule.tmf:
+                continue
+            rule.matched += 1
+            if rule.first is not None and rule.matched > rule.first:
+                continue
+            if rule.every is not None and rule.matched % rule.every:
+                continue
+            rule.hits += 1
+            return TMF_REJECTED
         return None
 
     @staticmethod

@@ -66,6 +66,7 @@ class Link:
         local = sock.getsockname()
         self.conn = Connection(server.portal, f"{local[0]}:{local[1]}", peer)
         self.conn.notify = self._notified
+        self.conn.tmf_faults = server.faults  # tmf-reject rules (target.faults)
         self.pending: deque = deque()
         self.pending_bytes = 0
         self.reading = False

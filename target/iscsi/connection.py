@@ -168,6 +168,7 @@ class Connection:
         self.data_ready: deque[ScsiTask] = deque()  # tasks of `ready` whose data is now in
         self.want_close = False
         self.taskset_changed = False  # tasks left an LU's task set: the shell pumps it
+        self.tmf_faults = None  # target.faults.Faults whose tmf-reject rules TMFs meet
         self.notify: Callable[[], None] | None = None  # set by the shell: state changed
         self._out: list = []
         self._cmds: dict[int, Command] = {}
@@ -817,7 +818,15 @@ class Connection:
         response = TmfResponse.COMPLETE
         cold = False
         received = None  # a CmdSN that ABORT TASK makes count as received (11.5.1 b)
-        if function == TmfFunction.ABORT_TASK:
+        faults = self.tmf_faults
+        rejected = None
+        if faults is not None and faults.rules:  # target.faults tmf-reject: not performed
+            nexus = self.nexus
+            rejected = faults.match_tmf(function, lun, nexus.target_name if nexus else "",
+                                        nexus.initiator_name if nexus else None)
+        if rejected is not None:
+            response = rejected
+        elif function == TmfFunction.ABORT_TASK:
             cmd = self._cmds.get(bhs.referenced_task_tag)
             ref = bhs.ref_cmdsn
             if cmd is not None and not cmd.aborted:

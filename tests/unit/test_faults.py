@@ -79,3 +79,29 @@ def test_clear_one_or_all():
     f = Faults([parse_rule({"action": "busy"}), parse_rule({"action": "drop"})])
     assert f.clear(1) == 1 and [r.id for r in f.rules] == [2]
     assert f.clear() == 1 and f.rules == []
+
+
+def test_tmf_reject_matches_task_management_only():
+    """A tmf-reject rule answers the chosen TMFs Function rejected (255, RFC 7143 11.6.1),
+    by function, LUN and count, and never matches a command."""
+    from target.iscsi.pdu import TmfFunction
+
+    f = Faults([parse_rule({"action": "tmf-reject", "tmf": "TARGET_WARM_RESET", "lun": 0,
+                            "once": True})])
+    assert f.match(write(0), "t") is None
+    assert f.match_tmf(TmfFunction.LOGICAL_UNIT_RESET, 0, "t", None) is None
+    assert f.match_tmf(TmfFunction.TARGET_WARM_RESET, 1, "t", None) is None
+    assert f.match_tmf(TmfFunction.TARGET_WARM_RESET, 0, "t", None) == 255
+    assert f.match_tmf(TmfFunction.TARGET_WARM_RESET, 0, "t", None) is None  # once
+    assert f.rules[0].hits == 1 and f.rules[0].matched == 2
+    assert Faults([parse_rule({"action": "tmf-reject"})]).match_tmf(5, 3, "t", "i") == 255
+
+
+@pytest.mark.parametrize("rule,what", [
+    ({"action": "tmf-reject", "tmf": "FROB"}, "unknown task management"),
+    ({"action": "busy", "tmf": 6}, "only for action tmf-reject"),
+    ({"action": "tmf-reject", "op": "WRITE(10)"}, "matches task management"),
+])
+def test_bad_tmf_rules_name_the_field(rule, what):
+    with pytest.raises(FaultError, match=what):
+        parse_rule(rule)
