@@ -176,13 +176,13 @@ class Layout:
     mem_vtop: CLayout
     dump_map: CLayout
     pfn: struct.Struct                         # pfn_t
-    pfn_code: str                              # array typecode of pfn_t
+    pfn_code: str                              # array typecode of pfn_t (8 or 4 bytes)
 
 
 def _layout(word: int) -> Layout:
     return Layout(word, *(_c_layout(n, word) for n in
                           ("dumphdr", "dumpdatahdr", "dumpstreamhdr", "mem_vtop", "dump_map")),
-                  struct.Struct("<Q" if word == 64 else "<I"), "Q" if word == 64 else "L")
+                  struct.Struct("<Q" if word == 64 else "<I"), "Q" if word == 64 else "I")
 
 
 LAYOUTS = {64: _layout(64), 32: _layout(32)}
@@ -657,9 +657,11 @@ def _build_dump_map(f: BinaryIO, dump: IllumosDump, h: Container, pfns: array,
     chained from the bucket DUMP_HASH(as, va)."""
     lay = dump.layout
     entry, vt = lay.dump_map, lay.mem_vtop
-    nb = (dump.hashmask + 1)
-    first, nxt, data = [0] * nb, [0] * nb, [0] * nb
-    as_, va = [0] * nb, [0] * nb
+    nb = dump.hashmask + 1
+    table = bytearray(nb * entry.size)             # dump_map_t[hashmask + 1], zeroed
+    off = entry.offsets
+    q = "<q"                                       # offset_t
+    ptr = "<Q" if lay.wordsize == 64 else "<I"
     r = _Reader(f, dump.map, dump.size)
     misses = 0
     for i in range(min(dump.nvtop, nb)):
@@ -668,17 +670,18 @@ def _build_dump_map(f: BinaryIO, dump: IllumosDump, h: Container, pfns: array,
         if k == len(pfns) or pfns[k] != m.m_pfn:
             misses += 1
             continue
-        as_[i], va[i] = m.m_as, m.m_va
-        data[i] = h.dump_data + (k << h.dump_pageshift)
+        e = i * entry.size
+        struct.pack_into(ptr, table, e + off["dm_as"], m.m_as)
+        struct.pack_into(ptr, table, e + off["dm_va"], m.m_va)
+        struct.pack_into(q, table, e + off["dm_data"], h.dump_data + (k << h.dump_pageshift))
         b = dump_hash(h.dump_hashmask, h.dump_pageshift, m.m_as, m.m_va, lay.wordsize)
-        nxt[i] = first[b]
-        first[b] = h.dump_map + i * entry.size
+        bucket = b * entry.size + off["dm_first"]
+        struct.pack_into(q, table, e + off["dm_next"], struct.unpack_from(q, table, bucket)[0])
+        struct.pack_into(q, table, bucket, h.dump_map + e)
     if misses:
         dump.warnings.append(f"{misses} translations name a pfn not in the pfn table")
     core.seek(h.dump_map)
-    for i in range(nb):
-        core.write(entry.struct.build(dict(dm_first=first[i], dm_next=nxt[i], dm_data=data[i],
-                                           dm_as=as_[i], dm_va=va[i])))
+    core.write(table)
 
 
 def summary(dump: IllumosDump) -> DumpSummary:
