@@ -16,7 +16,7 @@ LINT := target tests images qemu tools/conformance tools/bench tools/crashtest t
 # (QEMU and its iscsi:// driver, libiscsi's tools, tgtd, sg3_utils, the guest image tools).
 DEB_VENV := python3-venv python3-pip python3-dev gcc
 DEB_TEST := qemu-system-x86 qemu-block-extra qemu-utils libiscsi-bin tgt sg3-utils \
-            busybox-static cpio kmod open-iscsi zstd makedumpfile
+            busybox-static cpio kmod open-iscsi zstd makedumpfile nodejs npm
 
 .PHONY: run test demo venv deps-venv deps-test lint clean
 

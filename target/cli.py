@@ -121,8 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     dsub = du.add_subparsers(dest="action", required=True)
     di = dsub.add_parser("inspect", help="find, check and summarise a dump (savecore's job)")
     di.add_argument("source", help="iscsi://HOST:PORT/IQN/LUN, an image file or a device")
-    di.add_argument("--extract", type=Path, metavar="FILE",
-                    help="write the dump there (illumos pages, or the reassembled vmcore)")
+    di.add_argument("--extract", type=Path, metavar="DIR|FILE",
+                    help="illumos: write DIR/vmdump.N as savecore does (still compressed; "
+                         "N from DIR/bounds); Linux: write FILE (a flattened dump "
+                         "reassembled, as makedumpfile -R)")
+    di.add_argument("--expand", type=Path, metavar="DIR",
+                    help="illumos: write DIR/unix.N and DIR/vmcore.N as savecore -f "
+                         "vmdump.N does (the pages decompressed)")
     di.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="show a running target's LUNs, task sets and sessions")
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dump":
             from target.dump import inspect
 
-            return inspect.main(args.source, args.extract, args.json)
+            return inspect.main(args.source, args.extract, args.json, args.expand)
     except ConfigError as exc:
         print(f"scsi-target: {exc}", file=sys.stderr)
         return 2

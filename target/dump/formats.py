@@ -1,14 +1,6 @@
-"""Readers of what guests dump, and a writer of an illumos-layout dump.
+"""Readers of what Linux guests dump; identify() and scan() for every format.
 
 Formats (layouts as the named headers define them; construct for every header):
-- illumos crash dump, sys/dumphdr.h `dumphdr_t` (amd64: little-endian, 64-bit longs):
-  dump_magic 0xdefec8ed, dump_version, dump_flags (DF_VALID 1, DF_COMPLETE 2, DF_LIVE 4,
-  DF_COMPRESSED 8), dump_wordsize, the offsets dump_start/ksyms/pfn/map/data, utsname
-  (five SYS_NMLN=257-byte strings), dump_platform[257], dump_panicstring[200],
-  dump_crashtime, dump_pageshift, dump_pagesize, dump_hashmask, dump_nvtop, dump_npages,
-  dump_ksyms_size, dump_ksyms_csize, dump_fm_panic, dump_uuid[40]. savecore(8) reads the
-  header at P2ALIGN(device size, DUMP_OFFSET) - DUMP_OFFSET (DUMP_OFFSET = 64 KiB);
-  dumpsys also writes it at dump_start.
 - ELF vmcore (/proc/vmcore, makedumpfile -E): ELF64 header, program headers, PT_NOTE
   segments; the "VMCOREINFO" note holds KEY=value lines (OSRELEASE, PAGESIZE, CRASHTIME).
 - makedumpfile flattened (-F), makedumpfile.h: a 4 KiB header, signature "makedumpfile"
@@ -23,14 +15,8 @@ Formats (layouts as the named headers define them; construct for every header):
   (phys_base, dump_level, split, start_pfn, end_pfn, offset_vmcoreinfo, size_vmcoreinfo,
   offset_note, size_note, ...) in the next; little-endian on x86-64.
 
-The illumos writer (write_illumos_dump) reproduces what savecore needs to find and check
-a dump: the header at dump_start and at the end-of-device position, DF_VALID|DF_COMPLETE,
-the panic string, utsname, crash time, page size and page count, the data pages at
-dump_data. It simplifies the rest: no compression, no symbol table, pfn and map tables
-empty (dump_nvtop 0), so `mdb` could not open it; it exists so the reference dump path
-(target.dump.polled) writes a dump of the layout an illumos guest's sddump() produces,
-and `scsi-target dump inspect` reads both the same way. No real illumos dump was
-available here to check the offsets against; the layout follows the header as read.
+illumos dumps (sys/dumphdr.h, compressed as dumpsys() writes them) are target.dump.illumos;
+scan() finds them where savecore looks.
 
 Every reader raises DumpFormatError naming the format, the field and the offset.
 """
@@ -56,12 +42,6 @@ from construct import (
     Struct,
 )
 
-DUMP_MAGIC = 0xDEFEC8ED
-DUMP_VERSION = 10
-DUMP_OFFSET = 64 << 10
-DF_VALID, DF_COMPLETE, DF_LIVE, DF_COMPRESSED = 0x1, 0x2, 0x4, 0x8
-SYS_NMLN = 257
-DUMP_PANICSIZE = 200
 FLAT_HEADER_SIZE = 4096
 FLAT_SIGNATURE = b"makedumpfile"
 KDUMP_SIGNATURE = b"KDUMP   "
@@ -89,25 +69,6 @@ def _cstr(n: int) -> _CStr:
     return _CStr(Bytes(n))
 
 
-UTSNAME = Struct("sysname" / _cstr(SYS_NMLN), "nodename" / _cstr(SYS_NMLN),
-                 "release" / _cstr(SYS_NMLN), "version" / _cstr(SYS_NMLN),
-                 "machine" / _cstr(SYS_NMLN))
-DUMPHDR = Struct(
-    "dump_magic" / Int32ul, "dump_version" / Int32ul, "dump_flags" / Int32ul,
-    "dump_wordsize" / Int32ul,
-    "dump_start" / Int64sl, "dump_ksyms" / Int64sl, "dump_pfn" / Int64sl,
-    "dump_map" / Int64sl, "dump_data" / Int64sl,
-    "dump_utsname" / UTSNAME,                      # 56 .. 1341
-    "dump_platform" / _cstr(SYS_NMLN),             # .. 1598
-    "dump_panicstring" / _cstr(DUMP_PANICSIZE),    # .. 1798
-    Padding(2),                                    # time_t aligned to 8
-    "dump_crashtime" / Int64sl, "dump_pageshift" / Int64sl, "dump_pagesize" / Int64sl,
-    "dump_hashmask" / Int64sl, "dump_nvtop" / Int64sl, "dump_npages" / Int64ul,
-    "dump_ksyms_size" / Int64ul, "dump_ksyms_csize" / Int64ul,
-    "dump_fm_panic" / Int32ul, "dump_uuid" / _cstr(40), Padding(4),
-)
-DUMPHDR_SIZE = DUMPHDR.sizeof()
-
 FLAT_HEADER = Struct("signature" / _cstr(16), "type" / Int64sb, "version" / Int64sb)
 FLAT_RECORD = struct.Struct(">qq")
 
@@ -130,29 +91,6 @@ KDUMP_SUB_HEADER = Struct(
 
 
 # --- data classes ------------------------------------------------------------------------
-
-@dataclass
-class IllumosDump:
-    header_offset: int           # where the header savecore reads is
-    flags: int
-    version: int
-    sysname: str
-    nodename: str
-    release: str
-    os_version: str
-    machine: str
-    platform: str
-    panic: str
-    crashtime: int
-    pagesize: int
-    npages: int
-    start: int
-    data: int
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.flags & DF_VALID and self.flags & DF_COMPLETE)
-
 
 @dataclass
 class ElfVmcore:
@@ -187,97 +125,6 @@ class DumpSummary:
     pagesize: int | None
     offset: int = 0              # where on the device or image it starts
     details: dict = field(default_factory=dict)
-
-
-# --- illumos -----------------------------------------------------------------------------
-
-def header_position(size: int) -> int:
-    """Where savecore reads the header: P2ALIGN(size, DUMP_OFFSET) - DUMP_OFFSET."""
-    return (size & ~(DUMP_OFFSET - 1)) - DUMP_OFFSET
-
-
-def parse_illumos_header(raw: bytes, offset: int) -> IllumosDump:
-    if len(raw) < DUMPHDR_SIZE:
-        raise DumpFormatError(f"illumos dumphdr at {offset}: {len(raw)} bytes, "
-                              f"need {DUMPHDR_SIZE}")
-    h = DUMPHDR.parse(raw)
-    if h.dump_magic != DUMP_MAGIC:
-        raise DumpFormatError(f"illumos dumphdr at {offset}: dump_magic {h.dump_magic:#x} "
-                              f"is not {DUMP_MAGIC:#x}")
-    if h.dump_wordsize not in (32, 64):
-        raise DumpFormatError(f"illumos dumphdr at {offset + 12}: dump_wordsize "
-                              f"{h.dump_wordsize}")
-    if h.dump_pagesize <= 0 or h.dump_pagesize != 1 << h.dump_pageshift:
-        raise DumpFormatError(f"illumos dumphdr at {offset}: page size {h.dump_pagesize} / "
-                              f"shift {h.dump_pageshift} disagree")
-    u = h.dump_utsname
-    return IllumosDump(offset, h.dump_flags, h.dump_version, u.sysname, u.nodename,
-                       u.release, u.version, u.machine, h.dump_platform, h.dump_panicstring,
-                       h.dump_crashtime, h.dump_pagesize, h.dump_npages, h.dump_start,
-                       h.dump_data)
-
-
-def find_illumos_dump(f: BinaryIO, size: int) -> IllumosDump | None:
-    """The dump savecore would find on a device of `size` bytes, or None (no magic)."""
-    pos = header_position(size)
-    if pos < 0:
-        return None
-    f.seek(pos)
-    raw = f.read(DUMPHDR_SIZE)
-    if len(raw) < 4 or struct.unpack_from("<I", raw)[0] != DUMP_MAGIC:
-        return None
-    dump = parse_illumos_header(raw, pos)
-    f.seek(dump.start)
-    if struct.unpack("<I", f.read(4).ljust(4, b"\0"))[0] != DUMP_MAGIC:
-        raise DumpFormatError(f"illumos dump: no header copy at dump_start {dump.start}")
-    return dump
-
-
-def read_illumos_payload(f: BinaryIO, dump: IllumosDump) -> bytes:
-    f.seek(dump.data)
-    want = dump.npages * dump.pagesize
-    data = f.read(want)
-    if len(data) != want:
-        raise DumpFormatError(f"illumos dump: {len(data)} of {want} page bytes at "
-                              f"{dump.data}")
-    return data
-
-
-def illumos_dump_image(size: int, payload: bytes, *, panic: str, release: str = "5.11",
-                       nodename: str = "st-guest", version: str = "scsi-target",
-                       crashtime: int = 0, pagesize: int = 4096,
-                       start: int = DUMP_OFFSET) -> list[tuple[int, bytes]]:
-    """The (offset, bytes) pieces of an illumos-layout dump of `payload` on a device of
-    `size` bytes: the header at `start` and at header_position(size), pages after the
-    first. Raises ValueError when it does not fit."""
-    if len(payload) % pagesize:
-        payload += bytes(pagesize - len(payload) % pagesize)
-    data = start + -(-DUMPHDR_SIZE // pagesize) * pagesize
-    end_hdr = header_position(size)
-    if data + len(payload) > end_hdr:
-        raise ValueError(f"a dump of {len(payload)} bytes does not fit a {size}-byte device")
-    uts = {"sysname": "SunOS", "nodename": nodename, "release": release,
-           "version": version, "machine": "i86pc"}
-    header = DUMPHDR.build({
-        "dump_magic": DUMP_MAGIC, "dump_version": DUMP_VERSION,
-        "dump_flags": DF_VALID | DF_COMPLETE, "dump_wordsize": 64, "dump_start": start,
-        "dump_ksyms": data, "dump_pfn": data, "dump_map": data, "dump_data": data,
-        "dump_utsname": uts, "dump_platform": "i86pc",
-        "dump_panicstring": panic[:DUMP_PANICSIZE - 1], "dump_crashtime": crashtime,
-        "dump_pageshift": pagesize.bit_length() - 1, "dump_pagesize": pagesize,
-        "dump_hashmask": 0, "dump_nvtop": 0, "dump_npages": len(payload) // pagesize,
-        "dump_ksyms_size": 0, "dump_ksyms_csize": 0, "dump_fm_panic": 0, "dump_uuid": ""})
-    return [(start, header), (data, payload), (end_hdr, header)]
-
-
-def write_illumos_dump(f: BinaryIO, size: int, payload: bytes, **kw) -> IllumosDump:
-    for offset, piece in illumos_dump_image(size, payload, **kw):
-        f.seek(offset)
-        f.write(piece)
-    f.flush()
-    dump = find_illumos_dump(f, size)
-    assert dump is not None
-    return dump
 
 
 # --- ELF ---------------------------------------------------------------------------------
@@ -452,24 +299,17 @@ def summarize_file(f: BinaryIO, size: int) -> DumpSummary:
     raise DumpFormatError(f"not a dump this reads (format {kind})")
 
 
-def illumos_summary(dump: IllumosDump) -> DumpSummary:
-    return DumpSummary("illumos", "illumos", dump.release, dump.panic,
-                       dump.npages * dump.pagesize, dump.crashtime, dump.pagesize,
-                       offset=dump.start,
-                       details={"complete": dump.complete, "flags": hex(dump.flags),
-                                "version": dump.version, "nodename": dump.nodename,
-                                "os_version": dump.os_version,
-                                "header_offset": dump.header_offset})
-
-
 def scan(f: BinaryIO, size: int, step: int = 1 << 20) -> list[tuple[int, str]]:
     """Where dumps begin on a device or image: the illumos header position, then every
     `step` bytes a flattened, kdump-compressed or ELF signature."""
+    from target.dump import illumos  # illumos imports this module's error and summary
+
     found: list[tuple[int, str]] = []
-    if size >= 2 * DUMP_OFFSET:
-        f.seek(header_position(size))
-        if struct.unpack("<I", f.read(4).ljust(4, b"\0"))[0] == DUMP_MAGIC:
-            found.append((header_position(size), "illumos"))
+    if size >= 2 * illumos.DUMP_OFFSET:
+        pos = illumos.header_position(size)
+        f.seek(pos)
+        if struct.unpack("<I", f.read(4).ljust(4, b"\0"))[0] == illumos.DUMP_MAGIC:
+            found.append((pos, "illumos"))
     for offset in range(0, size, step):
         kind = identify(f, offset)
         if kind != "unknown":

@@ -392,18 +392,24 @@ def test_a_completion_while_dumping_is_dropped_not_resubmitted(ours):
 @pytest.mark.parametrize("kind", ["ours", "tgtd"])
 def test_reference_dump_of_an_illumos_layout_reads_back_through_dump_inspect(
         tmp_path, backing, kind):
-    """The reference path writes an illumos-layout dump (headers at dump_start and 64 KiB
-    before the end, DF_VALID|DF_COMPLETE, the pages) as polled WRITEs; `scsi-target dump
-    inspect` reads it over iSCSI from the LUN, checks it and extracts the same pages."""
+    """The reference path writes an illumos dump as dumpsys() lays it out (dumpsubr.c:
+    lzjb-compressed pages in helper stream blocks, the symbol table, translation map and
+    pfn table, the headers at dump_start and 64 KiB before the end, the data header) as
+    polled WRITEs; `scsi-target dump inspect --expand` reads it over iSCSI from the LUN,
+    checks it as savecore's read_dumphdr() does and writes vmcore.0 holding every page at
+    dump_data + n * pagesize (savecore.c build_corefile())."""
     import json
     import subprocess
     import sys
 
-    from target.dump import formats
+    from target.dump import illumos
 
-    pages = os.urandom(600 * 4096)
+    rnd = os.urandom(4096)
+    pages = b"".join(bytes(4096) if i % 4 == 0 else rnd if i % 4 == 3 else
+                     (b"proc_t %d kmem_cache " % i * 40).ljust(4096, b"\0")[:4096]
+                     for i in range(600))
     panic = "forced crash dump initiated at user request"
-    pieces = formats.illumos_dump_image(SIZE, pages, panic=panic, crashtime=1_795_000_000)
+    pieces = illumos.illumos_dump_image(SIZE, pages, panic=panic, crashtime=1_795_000_000)
     if kind == "tgtd":
         if not find_program("tgtd"):
             pytest.skip("needs tgtd (`make test` installs Debian package tgt)")
@@ -415,12 +421,15 @@ def test_reference_dump_of_an_illumos_layout_reads_back_through_dump_inspect(
             for offset, piece in pieces:
                 piece += bytes(-len(piece) % 512)
                 assert dump_image(d, piece, offset // 512) == 0, d.result
-        out = tmp_path / "pages"
+        out = tmp_path / "crash"
         proc = subprocess.run([sys.executable, "-m", "target", "dump", "inspect",
-                               f"{t.url.rsplit('/', 1)[0]}/{lun}", "--json", "--extract",
-                               str(out)], capture_output=True, text=True, timeout=120)
+                               f"{t.url.rsplit('/', 1)[0]}/{lun}", "--json", "--expand",
+                               str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (found,) = json.loads(proc.stdout)
     assert (found["os"], found["panic"], found["release"]) == ("illumos", panic, "5.11")
-    assert found["details"]["complete"] is True and found["size"] == len(pages)
-    assert out.read_bytes() == pages
+    assert found["details"]["complete"] is True and found["details"]["compressed"] is True
+    assert found["size"] == len(pages) and found["details"]["data_csize"] < len(pages)
+    core = (out / "vmcore.0").read_bytes()
+    (data_at,) = struct.unpack_from("<q", core, 48)  # dumphdr_t dump_data (amd64)
+    assert core[data_at:data_at + len(pages)] == pages

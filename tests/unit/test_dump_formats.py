@@ -1,4 +1,5 @@
-"""Dump format readers and the illumos writer (target.dump.formats), on dumps built here.
+"""Dump format readers (target.dump.formats) and scan(), on dumps built here; the illumos
+format itself is tests/unit/test_dump_illumos.py.
 
 Real dumps are checked too: the kdump guest tests reassemble and summarise the vmcore a
 Linux capture kernel wrote (tests/guest/test_linux_kdump.py).
@@ -12,37 +13,24 @@ import struct
 import pytest
 
 from target.dump import formats as F
+from target.dump import illumos as ILL
 
 pytestmark = pytest.mark.unit
 
 SIZE = 16 << 20
 
 
-def test_illumos_round_trip_and_where_savecore_looks():
-    """sys/dumphdr.h: the header at P2ALIGN(size, DUMP_OFFSET) - DUMP_OFFSET and at
-    dump_start, DF_VALID|DF_COMPLETE, panic string, utsname, pages after the header."""
-    dev = io.BytesIO(bytes(SIZE + 1234))  # an unaligned device size
+def test_scan_finds_an_illumos_dump_where_savecore_looks():
+    """savecore.c read_dumphdr(): the terminal header at P2ALIGN(size - DUMP_OFFSET,
+    DUMP_OFFSET); scan() reports it there, on an unaligned device size too."""
+    dev = io.BytesIO(bytes(SIZE + 1234))
     pages = bytes(range(256)) * 48  # 3 pages
-    d = F.write_illumos_dump(dev, SIZE + 1234, pages, panic="zfs: allocating allocated "
-                             "segment", nodename="omnios", crashtime=1_700_000_000)
-    assert d.header_offset == SIZE - F.DUMP_OFFSET
-    assert (d.panic, d.nodename, d.release, d.npages, d.complete) == (
-        "zfs: allocating allocated segment", "omnios", "5.11", 3, True)
-    assert F.read_illumos_payload(dev, d) == pages
-    assert F.scan(dev, SIZE + 1234) == [(SIZE - F.DUMP_OFFSET, "illumos")]
-    assert F.illumos_summary(d).panic == d.panic
-
-
-def test_illumos_errors_name_the_offset():
-    dev = io.BytesIO(bytes(SIZE))
-    F.write_illumos_dump(dev, SIZE, bytes(4096), panic="p")
-    raw = bytearray(dev.getvalue()[SIZE - F.DUMP_OFFSET:][:F.DUMPHDR_SIZE])
-    raw[12] = 48  # dump_wordsize
-    with pytest.raises(F.DumpFormatError, match=f"at {SIZE - F.DUMP_OFFSET + 12}"):
-        F.parse_illumos_header(bytes(raw), SIZE - F.DUMP_OFFSET)
-    assert F.find_illumos_dump(io.BytesIO(bytes(SIZE)), SIZE) is None
-    with pytest.raises(ValueError, match="does not fit"):
-        F.illumos_dump_image(256 << 10, bytes(1 << 20), panic="p")
+    d = ILL.write_illumos_dump(dev, SIZE + 1234, pages, panic="zfs: allocating allocated "
+                               "segment", nodename="omnios", crashtime=1_700_000_000)
+    assert d.header_offset == SIZE - ILL.DUMP_OFFSET
+    assert F.scan(dev, SIZE + 1234) == [(SIZE - ILL.DUMP_OFFSET, "illumos")]
+    assert F.scan(io.BytesIO(bytes(SIZE)), SIZE) == []
+    assert F.identify(dev, 0) == "unknown"
 
 
 def elf_vmcore(info: bytes) -> bytes:
