@@ -13,12 +13,13 @@ LINT := target tests images qemu tools/conformance tools/bench tools/crashtest t
         tools/elevator_bench.py tools/isolation_bench.py tools/guest-smoke tools/demo
 
 # Debian packages: what building the venv needs, and the real peers the tests use
-# (QEMU and its iscsi:// driver, libiscsi's tools, tgtd, sg3_utils, the guest image tools).
+# (QEMU and its iscsi:// driver, libiscsi's tools, tgtd, sg3_utils, the guest image tools,
+# node for the independent lzjb implementation the dump tests compare with).
 DEB_VENV := python3-venv python3-pip python3-dev gcc
 DEB_TEST := qemu-system-x86 qemu-block-extra qemu-utils libiscsi-bin tgt sg3-utils \
-            busybox-static cpio kmod open-iscsi zstd makedumpfile nodejs npm
+            busybox-static cpio kmod open-iscsi zstd makedumpfile
 
-.PHONY: run test demo venv deps-venv deps-test lint clean
+.PHONY: run test demo venv deps-venv deps-test deps-node lint clean
 
 run: venv
 	$(VENV)/bin/scsi-target serve
@@ -61,9 +62,19 @@ deps-venv-debian:
 
 deps-test:
 	$(call apt_install,$(DEB_TEST))
+	@# npm's lzjb (a JavaScript lzjb), the oracle of tests/unit/test_dump_illumos.py; Debian's
+	@# nodejs and npm unless a node with npm is there already (NodeSource's conflicts with them).
+	@if ! command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory deps-node; fi
+	@d="$${XDG_CACHE_HOME:-$$HOME/.cache}/scsi-target/lzjb-js"; \
+	if [ ! -f "$$d/node_modules/lzjb/package.json" ]; then \
+	    echo "installing npm lzjb@0.0.4 into $$d"; \
+	    npm install -q --no-audit --no-fund --prefix "$$d" lzjb@0.0.4; fi
 	@# tgt's package may start a system tgtd on 0.0.0.0:3260; the tests start their own.
 	@if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q tgt 2>/dev/null; then \
 	    $(SUDO) systemctl disable --now tgt; fi
+
+deps-node:
+	$(call apt_install,nodejs npm)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -117,7 +117,8 @@ def lzjb_js() -> Path:
                                str(root), "lzjb@0.0.4"], capture_output=True, text=True,
                               timeout=300)
         if proc.returncode:
-            pytest.skip(f"npm install lzjb@0.0.4 failed (network?): {proc.stderr[-300:]}")
+            pytest.skip("npm install lzjb@0.0.4 failed (`make deps-test` installs it): "
+                        f"{proc.stderr[-300:]}")
     return root
 
 
