@@ -437,3 +437,71 @@ def test_a_dump_of_tens_of_mib_streams_in_bounded_memory(tmp_path):
     h = ILL.LAYOUTS[64].dumphdr.struct.parse(raw)
     want = page_like(n)
     assert raw[h.dump_data:] == want
+
+
+def test_a_corrupt_stream_word_is_refused_naming_its_offset(tmp_path):
+    """decompress_pages(): a dumpcsize_t whose tag is not one of dump_nstreams' streams is
+    not data this dump holds; the error names the word's offset (dump_data here)."""
+    size = 4 << 20
+    dev = tmp_path / "dev.img"
+    make_device(dev, size, page_like(50), nstreams=2)
+    with open(dev, "rb") as f:
+        dump = ILL.read_dump(f, size)
+    with open(dev, "r+b") as f:
+        f.seek(dump.data)
+        f.write(struct.pack("<I", (7 << 20) | 100))      # tag 7 of 2 streams
+    proc = inspect_cli(dev, "--expand", tmp_path / "c")
+    assert proc.returncode == 1
+    assert f"dump data at {dump.data}: stream tag 7 not in 1..dump_nstreams 2" in proc.stderr
+
+
+def test_a_truncated_lzjb_page_is_refused_naming_its_offset(tmp_path):
+    """Serial lzjb (clevel 0): a page record whose lzjb data ends early decodes to fewer
+    than pagesize bytes (compress.c decompress() stops at the end of its source); the
+    error names the record."""
+    size = 4 << 20
+    dev = tmp_path / "dev.img"
+    pages = page_like(30)
+    make_device(dev, size, pages, compression="lzjb-serial")
+    with open(dev, "rb") as f:
+        dump = ILL.read_dump(f, size)
+        f.seek(dump.data)
+        (csize,) = struct.unpack("<I", f.read(4))
+    assert 0 < csize < PAGE                              # page 0 (zeros) compresses
+    with open(dev, "r+b") as f:
+        f.seek(dump.data)
+        f.write(struct.pack("<I", 2))                    # 2 of its csize bytes
+    proc = inspect_cli(dev, "--expand", tmp_path / "c")
+    assert proc.returncode == 1
+    assert f"dump data at {dump.data + 4}: lzjb gave" in proc.stderr
+
+
+def test_an_uncompressed_dump_without_a_data_header_expands(tmp_path):
+    """Old dumps (dumpsys() before parallel compression): DF_COMPRESSED clear, no data
+    header after the terminal header (read_dumphdr() zeroes it, maxcsize = pagesize), the
+    pages stored as they are at dump_data."""
+    size = 4 << 20
+    pages = page_like(100, seed=11)
+    pfns = list(range(0x100, 0x100 + 100))
+    dev = tmp_path / "dev.img"
+    pieces = make_device(dev, size, pages, compression="lzjb-serial", ksyms=b"u" * 99)
+    lay = ILL.LAYOUTS[64]
+    at = lay.dumphdr.offsets["dump_flags"]
+    with open(dev, "r+b") as f:
+        dump = ILL.read_dump(f, size)
+        for off, _piece in pieces:
+            if off in (dump.start, dump.header_offset):  # both headers: clear DF_COMPRESSED
+                f.seek(off + at)
+                (flags,) = struct.unpack("<I", f.read(4))
+                f.seek(off + at)
+                f.write(struct.pack("<I", flags & ~ILL.DF_COMPRESSED))
+        f.seek(dump.header_offset + lay.dumphdr.size)
+        f.write(bytes(lay.datahdr.size))                 # no data header
+        f.seek(dump.data)
+        f.write(pages)                                   # the pages as they are
+    proc = inspect_cli(dev, "--expand", tmp_path / "c", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (found,) = json.loads(proc.stdout)
+    assert found["details"]["compressed"] is False
+    check_vmcore(tmp_path / "c" / "vmcore.0", tmp_path / "c" / "unix.0", pages, pfns,
+                 b"u" * 99)
