@@ -14,6 +14,7 @@
     scsi-target fault list | clear [ID]
     scsi-target dump inspect LUN-URL-OR-FILE [--extract FILE] [--json]
     scsi-target trace FILE
+    scsi-target opcodes [--markdown]
     scsi-target config check FILE
     scsi-target config show [FILE]
     scsi-target image build linux [--force]
@@ -137,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("trace", help="summarise a CDB trace per opcode")
     tr.add_argument("file", type=Path)
+
+    op = sub.add_parser("opcodes", help="list the disk command table (target.scsi.listing)")
+    op.add_argument("--markdown", action="store_true", help="as docs/opcodes.md")
 
     im = sub.add_parser("image", help="build or list guest images (XDG cache)")
     isub = im.add_subparsers(dest="action", required=True)
@@ -424,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "image":
             return image_command(args)
+        if args.command == "opcodes":
+            from target.scsi import listing
+            from target.scsi.disk import DISK_COMMANDS
+
+            print(listing.markdown(DISK_COMMANDS) if args.markdown
+                  else listing.text(DISK_COMMANDS), end="" if args.markdown else "\n")
+            return 0
         if args.command == "status":
             return status_command(args)
         if args.command == "fault":
