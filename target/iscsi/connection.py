@@ -34,6 +34,13 @@ Rules:
 - StatSN counts every PDU that carries status (SCSI Response, Data-In with S, NOP-In
   answering a NOP-Out, TMF/Text/Logout responses, Reject); R2T and unsolicited NOP-In
   carry the current StatSN without advancing it (11.8.2, 11.19).
+- Task management (11.5, 11.6) is the SCSI target's (target.scsi.tmf): a TMF Request is
+  mapped to one TaskManager call and answered with its response; ABORT TASK's tag lookup
+  and RefCmdSN rule (11.5.1 b: Function Complete, the CmdSN counts as received) and the
+  tmf-reject fault hook (target.faults) stay here. The connection attaches itself as the
+  owner of its I_T nexus: tasks() lists its commands (the held ones too) and
+  task_management_event() is how it learns which were aborted, by any nexus, and which
+  end in TASK ABORTED (TAS=1) or a cold reset ends it.
 - An aborted command stays aborted (Command.aborted) until it is gone, whatever answered
   it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
   skipped when the hole closes, and its Data-Out is discarded (11.5.1).
