@@ -258,3 +258,25 @@ def test_release_and_detach():
     r.queued(B, 0, 2)
     r.device.tmf.detach(r.owners[B])
     assert r.device.tmf.clear_task_set(A, 0).aborted == []
+
+
+def test_through_two_connections_another_sessions_lu_reset_reaches_a_held_command():
+    """The same through two iSCSI connections (tests.unit.shell_util: the real Connection,
+    Dispatcher and TaskSet): session b's LOGICAL UNIT RESET (RFC 7143 11.5.1) reaches
+    session a's READ still held behind a CmdSN hole, through a's subscription to the task
+    manager: with TAS=1 it is answered TASK ABORTED (SAM-5 5.6) and b's TMF with Function
+    complete; both nexuses then see 29h/03h (SAM-5 6.3)."""
+    from tests.unit.shell_util import Shell
+
+    lu = LogicalUnit(0, MemoryStore(1 << 20), DISK_COMMANDS)
+    lu.mode.tas = True
+    shell = Shell([lu], inline_luns=(0,))
+    a, b = shell.initiator(1), shell.initiator(2)
+    a.cmdsn += 1                                  # CmdSN 1 never arrives
+    held = a.send(read10(0), read=4096)
+    assert a.responses() == {}
+    b.tmf(5)                                      # LOGICAL UNIT RESET
+    assert list(b.responses().values()) == [(0, b"", b"")]
+    assert a.responses() == {held: (Status.TASK_ABORTED, b"", b"")}
+    assert lu.ua.peek(a.conn.nexus) == BUS_DEVICE_RESET_FUNCTION_OCCURRED
+    assert lu.ua.peek(b.conn.nexus) == BUS_DEVICE_RESET_FUNCTION_OCCURRED
