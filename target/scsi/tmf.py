@@ -102,12 +102,6 @@ class Outcome:
     aborted: list[AbortedTask] = field(default_factory=list)
     unit_attentions: list[UnitAttentionSet] = field(default_factory=list)
 
-    def disposition(self, task: ScsiTask) -> Disposition | None:
-        for a in self.aborted:
-            if a.task is task:
-                return a.disposition
-        return None
-
 
 @dataclass
 class TmfEvent:
@@ -133,6 +127,10 @@ class TaskOwner(Protocol):
 
     def task_management_event(self, event: TmfEvent) -> None:
         ...
+
+
+Group = tuple["TaskOwner | None", list[ScsiTask]]  # an owner and the tasks of it to abort
+Delivery = tuple["TaskOwner", TmfEvent]
 
 
 class TaskManager:
@@ -264,16 +262,17 @@ class TaskManager:
                 return o
         return None
 
-    def _everyone(self, lun: int | None) -> list[tuple[TaskOwner, list[ScsiTask]]]:
+    def _everyone(self, lun: int | None) -> list[Group]:
         """Every owner's tasks, the issuer's among them (its tasks are dropped)."""
         return [(o, o.tasks(lun)) for o in self.owners()]
 
-    def _abort(self, out: Outcome, groups, *, issuer: Nexus | None, cleared_ua: bool = False,
-               tas_applies: bool = True, deliver: bool = True) -> list:
+    def _abort(self, out: Outcome, groups: list[Group], *, issuer: Nexus | None,
+               cleared_ua: bool = False, tas_applies: bool = True,
+               deliver: bool = True) -> list[Delivery]:
         """Abort each owner's tasks: decide each one's end, take it out of its task set and
         set the unit attentions; then (deliver) tell each owner that lost a task."""
         luns = self.device.luns
-        events = []
+        events: list[Delivery] = []
         for owner, tasks in groups:
             if owner is None:
                 continue
@@ -308,6 +307,6 @@ class TaskManager:
         return events
 
     @staticmethod
-    def _deliver(events) -> None:
+    def _deliver(events: list[Delivery]) -> None:
         for owner, event in events:
             owner.task_management_event(event)
