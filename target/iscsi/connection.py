@@ -34,6 +34,13 @@ Rules:
 - StatSN counts every PDU that carries status (SCSI Response, Data-In with S, NOP-In
   answering a NOP-Out, TMF/Text/Logout responses, Reject); R2T and unsolicited NOP-In
   carry the current StatSN without advancing it (11.8.2, 11.19).
+- Task management (11.5, 11.6) is the SCSI target's (target.scsi.tmf): a TMF Request is
+  mapped to one TaskManager call and answered with its response; ABORT TASK's tag lookup
+  and RefCmdSN rule (11.5.1 b: Function Complete, the CmdSN counts as received) and the
+  tmf-reject fault hook (target.faults) stay here. The connection attaches itself as the
+  owner of its I_T nexus: tasks() lists its commands (the held ones too) and
+  task_management_event() is how it learns which were aborted, by any nexus, and which
+  end in TASK ABORTED (TAS=1) or a cold reset ends it.
 - An aborted command stays aborted (Command.aborted) until it is gone, whatever answered
   it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
   skipped when the hole closes, and its Data-Out is discarded (11.5.1).
@@ -41,7 +48,6 @@ Rules:
 
 from __future__ import annotations
 
-import functools
 import logging
 import struct
 from collections import deque
@@ -67,13 +73,9 @@ from target.iscsi.pdu import (
     TmfResponse,
 )
 from target.iscsi.session import Session, SessionParams
-from target.scsi.sense import (
-    COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
-    Asc,
-    CheckCondition,
-    SenseKey,
-)
+from target.scsi.sense import Asc, CheckCondition, SenseKey
 from target.scsi.task import Nexus, ScsiTask, Status, decode_lun
+from target.scsi.tmf import Disposition, Function, ServiceResponse, TmfEvent
 
 log = logging.getLogger(__name__)
 
@@ -447,8 +449,6 @@ class Connection:
         self._hdigest = p.header_digest
         self._ddigest = p.data_digest
         if session.device is not None:
-            if session.device.transport_abort is None:
-                session.device.transport_abort = functools.partial(_abort_nexuses, self.portal)
             self.nexus = Nexus(
                 initiator_port=f"{p.initiator_name},i,0x{p.isid:012x}",
                 target_port=f"{p.target_name},t,0x{p.tpgt:04x}",
@@ -458,6 +458,7 @@ class Connection:
                 tpgt=p.tpgt,
                 relative_target_port=p.tpgt,
             )
+            session.device.tmf.attach(self)  # its TmfEvents (target.scsi.tmf)
         log.info("%s: %s session %s -> %s (TSIH %d)", self.peer, p.session_type,
                  p.initiator_name, p.target_name or "-", p.tsih)
 
@@ -811,17 +812,21 @@ class Connection:
             self._end_session()
 
     def _task_management(self, bhs: Bhs) -> None:
-        """Task Management Function Request (11.5) answered per 11.6.1."""
+        """Task Management Function Request (11.5): mapped to one call of the SCSI
+        target's task manager (target.scsi.tmf), answered per 11.6.1. What the call does
+        to this connection's tasks, and to other nexuses', comes back as TmfEvents
+        (task_management_event); ABORT TASK's tag and RefCmdSN rules are iSCSI's, here."""
         function = bhs.flags & 0x7F
         lun = decode_lun(bhs.lun)
         device = self.session.device
+        tmf = device.tmf
+        nexus = self.nexus
         response = TmfResponse.COMPLETE
-        cold = False
+        outcome = None
         received = None  # a CmdSN that ABORT TASK makes count as received (11.5.1 b)
         faults = self.tmf_faults
         rejected = None
         if faults is not None and faults.rules:  # target.faults tmf-reject: not performed
-            nexus = self.nexus
             rejected = faults.match_tmf(function, lun, nexus.target_name if nexus else "",
                                         nexus.initiator_name if nexus else None)
         if rejected is not None:
@@ -830,7 +835,7 @@ class Connection:
             cmd = self._cmds.get(bhs.referenced_task_tag)
             ref = bhs.ref_cmdsn
             if cmd is not None and not cmd.aborted:
-                self._abort(cmd)  # 11.5.1 a)
+                outcome = tmf.abort_task(nexus, cmd.task)  # 11.5.1 a)
             elif self._in_window(ref) and pdu.sn_lt(ref, bhs.cmdsn):
                 # 11.5.1 b): never received (or received under another tag): Function
                 # complete, and the CmdSN counts as received, after this response.
@@ -838,29 +843,18 @@ class Connection:
             else:
                 # 11.5.1 c): completed, aborted already, or RefCmdSN outside the window.
                 response = TmfResponse.TASK_DOES_NOT_EXIST
-        elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
-                          TmfFunction.LOGICAL_UNIT_RESET):
-            if lun not in device.luns:
-                response = TmfResponse.LUN_DOES_NOT_EXIST
-            else:
-                for cmd in list(self._cmds.values()):
-                    if cmd.task.lun == lun:
-                        self._abort(cmd)
-                if function != TmfFunction.ABORT_TASK_SET:
-                    # A reset's own UA (29h/03h) tells the other nexuses; CLEAR TASK SET's
-                    # is COMMANDS CLEARED BY ANOTHER INITIATOR (SAM-5 5.6).
-                    reset = function == TmfFunction.LOGICAL_UNIT_RESET
-                    for other in self._other_connections():
-                        other.abort_for_other_nexus(lun, cleared_ua=not reset)
-                if function == TmfFunction.LOGICAL_UNIT_RESET:
-                    device.lu_reset(lun)
-        elif function in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
-            for cmd in list(self._cmds.values()):
-                self._abort(cmd)
-            for other in self._other_connections():
-                other.abort_for_other_nexus(None, cleared_ua=False)
-            cold = function == TmfFunction.TARGET_COLD_RESET
-            device.target_reset(cold)
+        elif function == TmfFunction.ABORT_TASK_SET:
+            outcome = tmf.abort_task_set(nexus, lun)
+        elif function == TmfFunction.CLEAR_TASK_SET:
+            outcome = tmf.clear_task_set(nexus, lun)
+        elif function == TmfFunction.LOGICAL_UNIT_RESET:
+            outcome = tmf.lu_reset(nexus, lun)
+        elif function == TmfFunction.TARGET_WARM_RESET:
+            outcome = tmf.target_warm_reset(nexus)
+        elif function == TmfFunction.TARGET_COLD_RESET:
+            outcome = tmf.target_cold_reset(nexus)
+        elif function == TmfFunction.I_T_NEXUS_RESET:
+            outcome = tmf.i_t_nexus_reset(nexus)
         elif function == TmfFunction.QUERY_TASK:
             cmd = self._cmds.get(bhs.referenced_task_tag)
             if cmd is None or cmd.aborted:
@@ -870,30 +864,54 @@ class Connection:
                 response = TmfResponse.LUN_DOES_NOT_EXIST
             elif not any(c.task.lun == lun for c in self._cmds.values()):
                 response = TmfResponse.TASK_DOES_NOT_EXIST
-        elif function == TmfFunction.I_T_NEXUS_RESET:
-            for cmd in list(self._cmds.values()):
-                self._abort(cmd)
-            device.nexus_lost(self.nexus)
         elif function == TmfFunction.TASK_REASSIGN:
             response = TmfResponse.REASSIGNMENT_NOT_SUPPORTED
         else:
             response = TmfResponse.NOT_SUPPORTED
+        incorrect_lun = ServiceResponse.INCORRECT_LOGICAL_UNIT_NUMBER
+        if outcome is not None and outcome.response is incorrect_lun:
+            response = TmfResponse.LUN_DOES_NOT_EXIST
         session = self.session
         self._send(pdu.pack(Op.TASK_MGMT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
                             self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn))
         if received is not None:
             self._consider_received(received)
-        if cold:
-            # TARGET COLD RESET: after the response, every connection ends (11.5.1).
-            for other in self._other_connections():
-                other.close_for_reinstatement()
-            self.want_close = True
+        if outcome is not None and outcome.function is Function.TARGET_COLD_RESET:
+            self.want_close = True  # after the response, every connection ends (11.5.1)
 
-    def _abort(self, cmd: Command) -> None:
+    # --- events from the task manager (target.scsi.tmf) --------------------------------
+
+    def tasks(self, lun: int | None) -> list[ScsiTask]:
+        """This nexus's tasks not yet answered, for one LUN or every LUN (TaskOwner): the
+        held ones behind a CmdSN hole and those still in `ready` among them."""
+        return [c.task for c in self._cmds.values() if lun is None or c.task.lun == lun]
+
+    def task_management_event(self, event: TmfEvent) -> None:
+        """The task manager aborted tasks of this nexus (TaskOwner). Each stays aborted
+        (Command.aborted): one held behind a CmdSN hole is skipped when the hole closes.
+        TASK_ABORTED ones (TAS=1, another nexus's function) get that status now; the
+        others go unanswered. Another nexus's TARGET COLD RESET ends this connection."""
+        for a in event.aborted:
+            cmd: Command | None = a.task.transport
+            if cmd is None:
+                continue
+            self._abort(cmd, in_taskset=False)
+            if a.disposition is Disposition.TASK_ABORTED:
+                self.complete(cmd.task, aborted_status=True)
+        if event.taskset_changed:
+            self.taskset_changed = True
+        if event.cold_reset:
+            self.close_for_reinstatement()
+        elif event.aborted and not event.issuer and self.notify:
+            self.notify()
+
+    def _abort(self, cmd: Command, in_taskset: bool = True) -> None:
         cmd.aborted = True
-        self._forget(cmd)
+        self._forget(cmd, in_taskset)
 
-    def _forget(self, cmd: Command) -> None:
+    def _forget(self, cmd: Command, in_taskset: bool = True) -> None:
+        """Drop a command's transport state; with `in_taskset`, also take its task out of
+        the LU's task set (the task manager has done that when it aborted the task)."""
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
         for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
@@ -905,45 +923,9 @@ class Connection:
                 self.ready.remove(cmd.task)
             except ValueError:  # handed to the LU's task set already
                 session = self.session
-                lu = session.device.luns.get(cmd.task.lun) if session and session.device \
-                    else None
-                if lu is not None and cmd.task in lu.taskset:
-                    lu.taskset.discard(cmd.task)
+                if in_taskset and session is not None and session.device is not None \
+                        and session.device.tmf.release(cmd.task):
                     self.taskset_changed = True
-
-    def abort_for_other_nexus(self, lun: int | None, spare: ScsiTask | None = None,
-                              cleared_ua: bool = True) -> None:
-        """Another nexus cleared the task set (CLEAR TASK SET, LU or target reset, PREEMPT
-        AND ABORT); `spare` is a task of this connection not to abort (the PREEMPT AND
-        ABORT command itself, when it preempts its own nexus). With TAS=0 the aborted
-        tasks go unanswered and, unless a reset's own UA says it, this nexus gets COMMANDS
-        CLEARED BY ANOTHER INITIATOR."""
-        if self.phase is not Phase.FULL_FEATURE or self.session.device is None:
-            return
-        aborted = [c for c in self._cmds.values()
-                   if (lun is None or c.task.lun == lun) and c.task is not spare]
-        for cmd in aborted:
-            lu = self.session.device.luns.get(cmd.task.lun)
-            self._abort(cmd)
-            if lu is not None and lu.mode.tas:
-                # TAS=1: the other nexus learns of it as TASK ABORTED (SAM-5 5.6).
-                # The command stays aborted: were it held behind a CmdSN hole, it must
-                # not run when the hole closes (its status is out; no Data-Out follows).
-                cmd.task.status = Status.TASK_ABORTED
-                self.complete(cmd.task, aborted_status=True)
-            elif lu is not None and cleared_ua:
-                lu.ua.establish(COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, nexus=self.nexus)
-        if aborted and self.notify:
-            self.notify()
-
-    def _other_connections(self) -> list[Connection]:
-        me = self.session
-        others = []
-        for s in list(self.portal.registry.sessions.values()):
-            conn = s.connection
-            if s is not me and s.device is me.device and isinstance(conn, Connection):
-                others.append(conn)
-        return others
 
     # --- errors, closing ---------------------------------------------------------------
 
@@ -992,6 +974,7 @@ class Connection:
         session.closed = True
         self.portal.registry.remove(session)
         if session.device is not None and self.nexus is not None:
+            session.device.tmf.detach(self)
             session.device.nexus_lost(self.nexus)
 
     # --- output ------------------------------------------------------------------------
@@ -1022,12 +1005,3 @@ class Connection:
     def has_output(self) -> bool:
         return bool(self._out)
 
-
-def _abort_nexuses(portal, device, lun: int, victims, spare: ScsiTask | None) -> None:
-    """PREEMPT AND ABORT (SPC-4 5.13.11.4.5): every task of the preempted I_T nexuses for
-    this LU is aborted, reported as for another initiator's CLEAR TASK SET (TAS)."""
-    wanted = set(victims)
-    for s in list(portal.registry.sessions.values()):
-        conn = s.connection
-        if s.device is device and isinstance(conn, Connection) and conn.nexus in wanted:
-            conn.abort_for_other_nexus(lun, spare)

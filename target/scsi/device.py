@@ -5,13 +5,14 @@ Rules (SAM-5 4.6, SPC-4 6.6.2, 6.33, 6.39):
   answers with PERIPHERAL QUALIFIER 011b / DEVICE TYPE 1Fh, REPORT LUNS lists the LUs,
   REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as data, and any other command ends in
   CHECK CONDITION, ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h).
-- Task management that spans LUs (target warm and cold reset, I_T nexus loss) is fanned
-  out here.
+- Task management is the task manager's (target.scsi.tmf, `tmf`: one per device, as the
+  target resets span its LUs); the LU state resets it asks for (lu_reset, target_reset)
+  and I_T nexus loss are fanned out to the LUs here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from target.scsi.lu import LogicalUnit
 from target.scsi.sense import (
@@ -22,6 +23,7 @@ from target.scsi.sense import (
     SenseKey,
 )
 from target.scsi.task import Nexus, ScsiTask, Status
+from target.scsi.tmf import TaskManager
 
 INQUIRY = 0x12
 REPORT_LUNS = 0xA0
@@ -34,9 +36,7 @@ class ScsiDevice:
     def __init__(self, name: str, luns: Iterable[LogicalUnit] = ()) -> None:
         self.name = name
         self.luns: dict[int, LogicalUnit] = {}
-        # Set by the transport: abort(device, lun, victim nexuses, spare task) aborts the
-        # victims' tasks for that LUN wherever they are (PREEMPT AND ABORT).
-        self.transport_abort: Callable[..., None] | None = None
+        self.tmf = TaskManager(self)  # task management; the transport's nexuses attach
         for lu in luns:
             self.add(lu)
 

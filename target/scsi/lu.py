@@ -278,11 +278,10 @@ class LogicalUnit:
         xcopy.nexus_lost(self, nexus)  # its kept copy results (SPC-4 6.27)
 
     def abort_tasks_of(self, victims: list[Nexus], task: ScsiTask) -> None:
-        """PREEMPT AND ABORT: abort the tasks of the preempted nexuses on this LU (the
-        transport finds them in its connections and in this task set)."""
-        device = self.device
-        if device is not None and device.transport_abort is not None:
-            device.transport_abort(device, self.lun, victims, task)
+        """PREEMPT AND ABORT: the target's task manager aborts the tasks of the preempted
+        nexuses on this LU, but `task` (target.scsi.tmf.TaskManager.preempt_and_abort)."""
+        if self.device is not None:
+            self.device.tmf.preempt_and_abort(self.lun, victims, task)
 
     def refresh_capacity(self, nexus: Nexus | None = None) -> bool:
         """The store changed size (an image file grown or cut behind our back): every

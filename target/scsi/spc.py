@@ -655,12 +655,12 @@ def pr_out_preempt(lu: LogicalUnit, task: ScsiTask) -> None:
 
 @_pr_out(PREEMPT_AND_ABORT, "PERSISTENT RESERVE OUT/PREEMPT AND ABORT")
 def pr_out_preempt_and_abort(lu: LogicalUnit, task: ScsiTask) -> Callable[[], None] | None:
-    """SPC-4 5.13.11.4.5: PREEMPT, then the task set aborts the victims' tasks (once the
-    state is saved, APTPL, and the UAs are sent)."""
+    """SPC-4 5.13.11.4.5: PREEMPT, then the target's task manager aborts the victims' tasks
+    on this LU (lu.abort_tasks_of -> target.scsi.tmf; once the state is saved, APTPL, and
+    the UAs are sent)."""
     victims = _preempt(lu, task)
-    abort = getattr(lu, "abort_tasks_of", None)
-    if victims and abort is not None:
-        return functools.partial(abort, victims, task)
+    if victims:
+        return functools.partial(lu.abort_tasks_of, victims, task)
     return None
 
 

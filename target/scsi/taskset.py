@@ -42,9 +42,11 @@ Rules:
 - TASK SET FULL (SAM-5 5.3.3): a task arriving when `queue_limit` tasks are in the task
   set is answered with that status without entering it.
 - Aborts (ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LU/target reset, I_T nexus loss,
-  PREEMPT AND ABORT): discard() takes a task out that has not started and releases the
-  tasks that waited for it; a task already running is marked and its completion is not
-  reported (the transport drops it), but it keeps its dispatch slot until done().
+  PREEMPT AND ABORT, decided by the task manager target.scsi.tmf, which also discards
+  the tasks their transport ended; a fault rule's error status, target.dispatch):
+  discard() takes a task out that has not started and releases the tasks that waited for
+  it; a task already running is marked and its completion is not reported (the transport
+  drops it), but it keeps its dispatch slot until done().
 - Metrics: commands queued, maximum depth, seek distance (from the elevator), reorders,
   starvation-bound hits, TASK SET FULL answers, aborts; as_dict() for status and trace,
   with the tasks in the set now (initiator port, tag, opcode, state; the first 64).

@@ -26,6 +26,7 @@ from target.backing.memory import MemoryStore
 from target.iscsi import pdu
 from target.iscsi.pdu import Op, TmfResponse
 from target.scsi.disk import DISK_COMMANDS
+from target.scsi.task import Nexus
 from tests.unit.test_iscsi_connection import BS, Harness, read10, write10
 
 pytestmark = pytest.mark.unit
@@ -164,7 +165,8 @@ def test_held_command_aborted_by_another_nexus_with_tas_stays_aborted(kind):
     else:
         h.feed(h.command(read10(8, 8), 8 * BS, read=True, itt=20))
     assert h.pdus() == []
-    h.conn.abort_for_other_nexus(0)               # the other session's reset, TAS=1
+    other = Nexus("iqn.2026-11.local.test:other,i,0x400000000002", h.conn.nexus.target_port)
+    h.device.tmf.lu_reset(other, 0)               # the other session's reset, TAS=1
     (resp, _), = h.pdus()
     assert resp.opcode == Op.SCSI_RESPONSE and resp.itt == 20
     assert resp.b3 == 0x40                        # TASK ABORTED
