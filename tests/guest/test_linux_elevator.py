@@ -3,12 +3,23 @@ the disksort elevator and with fifo. The elevator changes the order in which the
 SIMPLE tasks (SAM-5 8.6.1 lets it), never what they read or write: the guest boots,
 writes a pattern the host finds at its LBA, reads it back while other readers keep the
 queue full, and powers off cleanly either way.
+
+That disksort did reorder is judged from the CDB trace (`serve --trace`, target.trace),
+not from the elevator's own counters: at dispatch depth 1 the LU serves one task at a
+time, so the order of the trace's records (written as each command completes) is the
+order of execution; the order of arrival is the task tag order, since the initiator
+(QEMU's libiscsi, iscsi_scsi_command_async) takes the ITT and the CmdSN of each command
+together and the target starts commands in CmdSN order (RFC 7143 4.2.2.1). A medium
+command that completes before one with a lower tag it arrived after is reordered:
+disksort must show some, fifo none (elevator.py: "fifo serves in arrival order").
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
+from pathlib import Path
 
 import pytest
 
@@ -20,11 +31,33 @@ pytestmark = pytest.mark.guest
 READERS = 8
 
 
+def medium_commands(trace: Path) -> list[dict]:
+    """The trace's records of commands that carry a block range (READ, WRITE, ...), in
+    completion order (target.trace writes one line per completed command)."""
+    records = [json.loads(line) for line in trace.read_text().splitlines() if line]
+    return [r for r in records if "lba" in r and r["status"] == "GOOD"]
+
+
+def overtaken(records: list[dict]) -> int:
+    """How many commands completed before a command that arrived earlier (a lower tag of
+    the same initiator and LUN, completing later): each was served out of arrival order."""
+    count = 0
+    for key in {(r["initiator"], r["lun"]) for r in records}:
+        tags = [r["tag"] for r in records if (r["initiator"], r["lun"]) == key]
+        assert len(set(tags)) == len(tags), "a task tag used twice: arrival order unknown"
+        lowest_after = float("inf")  # the lowest tag among the later completions
+        for tag in reversed(tags):
+            count += lowest_after < tag
+            lowest_after = min(lowest_after, tag)
+    return count
+
+
 @pytest.mark.parametrize("policy", ["disksort", "fifo"])
-def test_guest_on_a_seeking_depth1_lu(scsi_target, guest, policy):
+def test_guest_on_a_seeking_depth1_lu(scsi_target, guest, policy, tmp_path):
     lun = Lun(size=64 << 20, vendor="STSEEK", product="ROTATIONAL",
               scheduler={"elevator": policy, "dispatch_depth": 1, "disk": {"rpm": 7200}})
-    target = scsi_target(lun)
+    trace = tmp_path / f"trace-{policy}.jsonl"
+    target = scsi_target(lun, args=("--trace", str(trace)))
     vm = guest(target, hba="virtio-scsi-pci", mode="scsi-block")
     assert vm.sysfs("device/vendor") == "STSEEK"
     marker = f"scsi-target-{policy}-{secrets.token_hex(8)}"
@@ -38,3 +71,11 @@ def test_guest_on_a_seeking_depth1_lu(scsi_target, guest, policy):
     assert vm.read_md5(PATTERN_OFFSET, PATTERN_SIZE) == hashlib.md5(pattern(marker)).hexdigest()
     vm.check("wait", timeout=120)
     assert vm.poweroff() == 0
+    target.server.stop()  # the tracer writes its buffer out at shutdown (cli.py)
+    records = medium_commands(trace)
+    assert len(records) >= READERS * 40, f"only {len(records)} medium commands traced"
+    out_of_order = overtaken(records)
+    if policy == "fifo":
+        assert out_of_order == 0, f"fifo served {out_of_order} commands out of arrival order"
+    else:
+        assert out_of_order > 0, "disksort served every command in arrival order"
