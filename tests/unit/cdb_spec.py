@@ -94,7 +94,8 @@ class Cdb:
     name: str
     clause: str
     layout: Construct
-    ignored: tuple[tuple[str, str], ...] = ()  # (field, why) this device server ignores
+    # (field, why) that this device server ignores or treats as reserved: usage 0 there
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def length(self) -> int:
@@ -130,6 +131,19 @@ class Cdb:
             if f.kind == "field" and f.name not in ("operation_code", "service_action"):
                 out.update(f.positions())
         return out
+
+
+def expected_usage(spec: Cdb) -> bytes:
+    """The CDB USAGE DATA SPC-4 6.35.3 asks for: the OPERATION CODE, the SERVICE ACTION in
+    its field, 1s on every bit of the defined fields less `ignored`, 0s elsewhere."""
+    out = bytearray(spec.build())  # operation code and service action values, 0s elsewhere
+    ignored = {name for name, _ in spec.ignored}
+    for f in spec.fields():
+        if f.kind == "field" and f.name not in ("operation_code", "service_action") \
+                and f.name not in ignored:
+            for byte, b in f.positions():
+                out[byte] |= 1 << b
+    return bytes(out)
 
 
 SPECS: list[Cdb] = []
@@ -333,6 +347,7 @@ cdb("READ DEFECT DATA(12)", "SBC-4 READ DEFECT DATA (12) command",
 for _sa, _name in ((0x01, "OVERWRITE"), (0x02, "BLOCK ERASE"), (0x03, "CRYPTOGRAPHIC ERASE"),
                    (0x1F, "EXIT FAILURE MODE")):
     cdb(f"SANITIZE/{_name}", "SBC-4 SANITIZE command",
-        op(0x48), bit("immed"), res(1), bit("ause"),
+        op(0x48), bit("immed"), bit("znr"), bit("ause"),
         "service_action" / Const(_sa, BitsInteger(5)), res(40),
-        u("parameter_list_length", 16), *CONTROL)
+        u("parameter_list_length", 16), *CONTROL,
+        ignored=(("znr", "zoned block devices only: refused as if reserved"),))

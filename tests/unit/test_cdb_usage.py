@@ -109,6 +109,8 @@ def test_usage_data_marks_the_fields_the_standard_defines(cmd):
     assert len(usage) == spec.length
     assert usage[0] == cmd.opcode  # SPC-4 6.35.3: byte 0 is the OPERATION CODE
     assert departures(spec, usage) == DEVIATIONS.get(cmd.name, set()), spec.clause
+    if cmd.name not in DEVIATIONS:
+        assert usage == cdb_spec.expected_usage(spec), spec.clause
 
 
 def test_every_definition_is_a_whole_cdb_that_round_trips():
