@@ -12,6 +12,11 @@ SUPPORTED OPERATION CODES returns (SPC-4 6.35.3) can be judged against it
   bits DLD2 (byte 1 bit 0) and DLD1/DLD0 (byte 14 bits 7-6). Linux sd.c
   (sd_setup_rw16_cmnd, sd_group_number) builds them so, and scsi_debug's opcode_info_arr
   (drivers/scsi/scsi_debug.c) checks GROUP NUMBER as 6 bits (byte 6 mask 3Fh in READ(10)).
+- Checked against a transcription of the SPC-5/SBC-4 tables: Seagate's "SCSI Commands
+  Reference Manual", Rev. J (READ (10) table 97: byte 1 RDPROTECT DPO FUA RARC Obsolete
+  Obsolete; READ (12) table 99: byte 10 RESTRICTED FOR MMC-6; READ CAPACITY (16) table
+  121: LOGICAL BLOCK ADDRESS and PMI obsolete; WRITE SAME (10) table 236: byte 1 WRPROTECT
+  ANCHOR UNMAP Obsolete Obsolete Obsolete).
 - SAM-5 5.2 for the CONTROL byte: VENDOR SPECIFIC (7-6), reserved (5-3), NACA (2),
   obsolete (1: FLAG), obsolete (0: LINK).
 
@@ -163,7 +168,7 @@ def lookup(opcode: int, service_action: int | None) -> Cdb | None:
     return None
 
 
-RARC = ("rarc", "no rebuild assist mode (SBC-4 4.x rebuild assist): not evaluated")
+RARC = ("rarc", "the rebuild assist mode is not supported: RARC is not evaluated")
 DLD = tuple((f"dld{i}", "no command duration limits: the DLD bits are not evaluated")
             for i in (2, 1, 0))
 
@@ -322,12 +327,12 @@ cdb("UNMAP", "SBC-4 UNMAP command",
     op(0x42), res(7), bit("anchor"), res(32), *GROUP, u("parameter_list_length", 16),
     *CONTROL)
 
-cdb("READ CAPACITY(10)", "SBC-4 READ CAPACITY (10) command (as SBC-3: LBA and PMI)",
-    op(0x25), res(7), obs(), u("logical_block_address", 32), res(16), res(7), bit("pmi"),
-    *CONTROL)
-cdb("READ CAPACITY(16)", "SBC-4 READ CAPACITY (16) command (SERVICE ACTION IN(16))",
-    op(0x9E), *sa(0x10), u("logical_block_address", 64), u("allocation_length", 32),
-    res(7), bit("pmi"), *CONTROL)
+cdb("READ CAPACITY(10)", "SBC-4 READ CAPACITY (10) command (LBA and PMI obsolete)",
+    op(0x25), res(7), obs(), "obsolete_logical_block_address" / Default(BitsInteger(32), 0),
+    res(16), res(7), "obsolete_pmi" / Default(Flag, False), *CONTROL)
+cdb("READ CAPACITY(16)", "SBC-4 READ CAPACITY (16) command (LBA and PMI obsolete)",
+    op(0x9E), *sa(0x10), "obsolete_logical_block_address" / Default(BitsInteger(64), 0),
+    u("allocation_length", 32), res(7), "obsolete_pmi" / Default(Flag, False), *CONTROL)
 cdb("GET LBA STATUS", "SBC-4 GET LBA STATUS command (SERVICE ACTION IN(16))",
     op(0x9E), *sa(0x12), u("starting_logical_block_address", 64),
     u("allocation_length", 32), res(8), *CONTROL)

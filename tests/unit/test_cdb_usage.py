@@ -35,13 +35,19 @@ N = nexus(1)
 # obsolete in SBC-4 and the handlers never read it. WRITE AND VERIFY refuses BYTCHK 1xb
 # (so it evaluates byte 1 bit 2) but its usage marks only bit 1 of the field.
 _GROUP = "group_number: 5 of 6 bits marked"
-_FUA_NV = "marks obsolete bit 1.1"
+_FUA_NV = "marks 1 of 1 obsolete bits at 1.1"
 _BYTCHK = "bytchk: 1 of 2 bits marked"
 DEVIATIONS: dict[str, set[str]] = {
     **{name: {_GROUP, _FUA_NV} for name in (
         "READ(10)", "READ(12)", "READ(16)", "WRITE(10)", "WRITE(12)", "WRITE(16)")},
     **{name: {_GROUP, _BYTCHK} for name in (
         "WRITE AND VERIFY(10)", "WRITE AND VERIFY(12)", "WRITE AND VERIFY(16)")},
+    # SBC-4 made READ CAPACITY's LOGICAL BLOCK ADDRESS and PMI obsolete (Seagate SCSI
+    # Commands Reference Manual Rev. J, table 121); the handlers still evaluate them.
+    "READ CAPACITY(10)": {"marks 32 of 32 obsolete bits at 2.7",
+                          "marks 1 of 1 obsolete bits at 8.0"},
+    "READ CAPACITY(16)": {"marks 64 of 64 obsolete bits at 2.7",
+                          "marks 1 of 1 obsolete bits at 14.0"},
     **{name: {_GROUP} for name in (
         "VERIFY(10)", "VERIFY(12)", "VERIFY(16)", "PRE-FETCH(10)", "PRE-FETCH(16)",
         "SYNCHRONIZE CACHE(10)", "SYNCHRONIZE CACHE(16)", "WRITE SAME(10)",
@@ -85,8 +91,8 @@ def departures(spec: cdb_spec.Cdb, usage: bytes) -> set[str]:
                 out.add(f"service action field holds {value:#x}")
             continue
         if f.kind != "field":
-            for byte, b in sorted(bits & marked):
-                out.add(f"marks {f.kind} bit {byte}.{b}")
+            if hits:
+                out.add(f"marks {hits} of {f.width} {f.kind} bits at {f.byte}.{f.bit}")
         elif f.name in ignored:
             if hits:
                 out.add(f"{f.name}: documented as ignored but {hits} of {f.width} bits marked")
