@@ -49,11 +49,14 @@ def test_all_commands_match_the_table(lu):
     descs = all_descriptors(data(run(lu, nexus(1), rsoc())))
     want = {(c.opcode, c.service_action or 0, c.cdb_length) for c in lu.commands}
     assert {(op, sa, n) for op, sa, _, n, _ in descs} == want
-    for op, sa, flags, _, _ in descs:
+    for op, sa, flags, length, _ in descs:
         has_sa = lu.commands.has_service_actions(op)
         assert bool(flags & 0x01) == has_sa  # SERVACTV
         assert has_sa or sa == 0
         assert flags & 0x02 == 0  # no CTDP without RCTD
+        # CDB LENGTH as the standard's CDB table has it (cdb_spec), not as the table says.
+        spec = cdb_spec.lookup(op, sa if flags & 0x01 else None)
+        assert spec is not None and length == spec.length, (hex(op), sa)
 
 
 def test_rctd_adds_timeouts_descriptors(lu):
