@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from construct import BitsInteger, BitStruct, Const, Construct, Default, Flag
 
-# Keywords that name bits which are not a field of the command (SPC-4 3.4 keywords).
+# Keywords that name bits which are not a field of the command (the keywords of SPC-4 clause 3).
 NOT_FIELDS = ("reserved", "obsolete", "vendor_specific", "restricted")
 
 

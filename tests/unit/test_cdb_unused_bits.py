@@ -10,9 +10,10 @@ for that one bit must get one of two answers:
   (cdb_spec: "the bit pointer field indicates the leftmost bit of the field in error");
 - or exactly the answer to the CDB without the bit (status, sense, data): the bit was
   ignored. The standard allows that for a reserved bit ("recipients are not required to
-  check reserved bits", SPC-4 keywords, 3.3), for an obsolete, restricted or vendor
-  specific one (not defined for this device server), and for a defined field the device
-  server documents it ignores (cdb_spec `ignored`); the test names which, per bit.
+  check reserved bits", the keyword "reserved" in SPC-4 clause 3), for an obsolete,
+  restricted or vendor specific one (not defined for this device server), and for a
+  defined field the device server documents it ignores (cdb_spec `ignored`); the test
+  names which, per bit.
 Each CDB runs against a fresh LU (UnitAttentions.clear: a known nexus, nothing pending),
 so no command sees another's state. The base CDBs are built with cdb_spec.
 """
@@ -127,7 +128,7 @@ def why_it_may_be_ignored(spec: cdb_spec.Cdb, byte: int, b: int) -> str:
     for f in spec.fields():
         if (byte, b) in f.positions():
             if f.kind == "reserved":
-                return "reserved: SPC-4 keywords, recipients are not required to check"
+                return "reserved: SPC-4 clause 3 keyword, recipients are not required to check"
             if f.kind != "field":
                 return f"{f.kind}: not defined for this device server ({spec.clause})"
             for name, why in spec.ignored:
