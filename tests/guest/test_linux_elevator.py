@@ -11,7 +11,8 @@ order of execution; the order of arrival is the task tag order, since the initia
 (QEMU's libiscsi, iscsi_scsi_command_async) takes the ITT and the CmdSN of each command
 together and the target admits commands in CmdSN order (RFC 7143 3.2.2.1). A READ that
 completes before one with a lower tag is served out of arrival order: disksort must
-show some, fifo none (elevator.py: "fifo serves in arrival order").
+show some, fifo none (elevator.py: "fifo serves in arrival order"). Measured (TCG, 8
+readers of 40 scattered 4 KiB reads each): disksort 101 of 325 READs, fifo 0 of 325.
 """
 
 from __future__ import annotations
@@ -66,10 +67,14 @@ def test_guest_on_a_seeking_depth1_lu(scsi_target, guest, policy, tmp_path):
     marker = f"scsi-target-{policy}-{secrets.token_hex(8)}"
     vm.write_pattern(marker, PATTERN_OFFSET, PATTERN_SIZE)
     check_backing(target.backing(), pattern(marker), PATTERN_OFFSET)
-    # Readers spread over the disk keep several commands queued while the pattern is read.
-    readers = " ".join(
-        f"dd if=/dev/{vm.disk} of=/dev/null bs=4096 count=40 skip={i * 1900} iflag=direct "
-        "2>/dev/null &" for i in range(READERS))
+    # Readers keep several commands queued while the pattern is read. Each reads 4 KiB at a
+    # time at scattered offsets: with sequential streams, C-SCAN at depth 1 settles into
+    # the same round-robin as arrival order and reorders almost nothing (seen: 5 of 325).
+    # (The loop goes into a script: the console's line editor cuts long command lines.)
+    vm.check("echo 'j=0; while [ $j -lt 40 ]; do dd if=/dev/$1 of=/dev/null bs=4096 count=1 "
+             "skip=$(( (j * 7919 + $2) % 16000 )) iflag=direct 2>/dev/null; j=$((j + 1)); "
+             "done' > /tmp/reader")
+    readers = " ".join(f"sh /tmp/reader {vm.disk} {i * 1543} &" for i in range(READERS))
     vm.check(f"{readers} true")
     assert vm.read_md5(PATTERN_OFFSET, PATTERN_SIZE) == hashlib.md5(pattern(marker)).hexdigest()
     vm.check("wait", timeout=120)
