@@ -94,7 +94,11 @@ class UnitAttentions:
         return queue.pop(0) if queue else None
 
     def clear(self, nexus: Nexus) -> None:
-        self._pending.pop(nexus, None)
+        """The nexus is known and has nothing pending: what was queued for it is dropped,
+        and it does not get the first-contact 29h/00h (seen() finds it known). This is the
+        state a nexus is in once its initiator has been told of every condition (each
+        pop() reports one, SAM-5 5.14); forget() is the opposite, a nexus never seen."""
+        self._pending[nexus] = []
 
     def forget(self, nexus: Nexus) -> None:
         """The nexus is gone; a new one with the same name starts afresh (29h/00h)."""

@@ -146,7 +146,7 @@ class Initiator:
         self.out_data: dict[int, bytes] = {}  # ITT -> write data not sent with the command
         self.r2ts: list[bytes] = []           # Data-Out PDUs answering R2Ts, not yet sent
         for lu in shell.device.luns.values():
-            lu.ua._pending[self.conn.nexus] = []  # a known nexus, nothing pending
+            lu.ua.clear(self.conn.nexus)  # a known nexus, nothing pending
 
     def command(self, cdb: bytes, *, lun: int = 0, read: int = 0, data: bytes = b"",
                 attr: int = 1) -> tuple[int, bytes]:

@@ -68,8 +68,7 @@ class Harness:
         self.conn.enter_full_feature(self.session, 100)
         self.cmdsn = 1
         self.itt = 1
-        self.lu.ua.clear(self.conn.nexus)
-        self.lu.ua._pending[self.conn.nexus] = []  # a known nexus with nothing pending
+        self.lu.ua.clear(self.conn.nexus)  # a known nexus with nothing pending
 
     def feed(self, *chunks: bytes, step: int | None = None) -> None:
         for chunk in chunks:

@@ -88,8 +88,8 @@ def store(request, tmp_path):
 
 def lu_over(store, **kw) -> LogicalUnit:
     lu = make_disk(0, store, block_size=BS, **kw)
-    lu.ua._pending[NEXUS] = []  # known nexuses with no unit attention pending
-    lu.ua._pending[OTHER] = []
+    lu.ua.clear(NEXUS)  # known nexuses with no unit attention pending
+    lu.ua.clear(OTHER)
     return lu
 
 

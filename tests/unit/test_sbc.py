@@ -22,7 +22,7 @@ NEXUS = Nexus("iqn.2026-11.local.test:i,i,0x400000000001", "iqn.2026-11.local.te
 
 def lu_over(store, bs: int = 512, **kw) -> LogicalUnit:
     lu = LogicalUnit(0, store, DISK_COMMANDS, block_size=bs, **kw)
-    lu.ua._pending[NEXUS] = []  # a known nexus with no unit attention pending
+    lu.ua.clear(NEXUS)  # a known nexus with no unit attention pending
     return lu
 
 
@@ -282,7 +282,7 @@ def test_grown_image_raises_capacity_changed(tmp_path):
     path = tmp_path / "grow.img"
     lu = lu_over(FileStore(path, size=1 << 20, create=True))
     other = Nexus("iqn.2026-11.local.test:j,i,0x400000000002", NEXUS.target_port)
-    lu.ua._pending[other] = []
+    lu.ua.clear(other)
     with open(path, "r+b") as f:
         f.truncate(2 << 20)
     rc10 = bytes(run(lu, bytes([0x25]) + bytes(9)).data_in)

@@ -31,7 +31,7 @@ TUR = bytes(6)
 def make(size: int = 4 << 20, bs: int = 512, **kw) -> LogicalUnit:
     lu = LogicalUnit(0, MemoryStore(size), DISK_COMMANDS, block_size=bs, **kw)
     for n in (A, B):
-        lu.ua._pending[n] = []  # known nexuses, no unit attention pending
+        lu.ua.clear(n)  # known nexuses, no unit attention pending
     return lu
 
 
@@ -115,10 +115,10 @@ def test_prevent_ends_with_reset_and_nexus_loss(how):
     ok(run(lu, prevent(1)))
     if how == "lu reset":
         lu.reset(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
-        lu.ua._pending[A] = []
+        lu.ua.clear(A)
     else:
         lu.nexus_lost(A)
-        lu.ua._pending[A] = []
+        lu.ua.clear(A)
     ok(run(lu, ssu(loej=True)))
 
 

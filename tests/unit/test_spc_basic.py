@@ -48,6 +48,23 @@ def test_unit_attention_is_per_nexus():
     assert check(run(lu, nexus(2), TUR)).code == (UNIT_ATTENTION, 0x29, 0x00)
 
 
+def test_cleared_nexus_is_known_with_nothing_pending():
+    """UnitAttentions.clear() (what the unit tests use for "a known nexus with nothing
+    pending") leaves a nexus as the product path does once its first command has had the
+    29h/00h (SAM-5 5.14): GOOD at once, and still known, so a later LU reset reaches it
+    (SAM-5 6.3: every I_T nexus gets 29h/03h). forget() makes it a stranger again."""
+    lu = make_lu()
+    ready(lu, nexus(1))  # the product path: the first command consumes the 29h/00h
+    lu.ua.clear(nexus(2))
+    assert run(lu, nexus(2), TUR).status == Status.GOOD
+    lu.reset(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+    for n in (nexus(1), nexus(2)):
+        assert check(run(lu, n, TUR)).code == (UNIT_ATTENTION, 0x29, 0x03)
+        assert run(lu, n, TUR).status == Status.GOOD
+    lu.ua.forget(nexus(2))
+    assert check(run(lu, nexus(2), TUR)).code == (UNIT_ATTENTION, 0x29, 0x00)
+
+
 def test_request_sense_returns_and_clears_unit_attention():
     """SPC-4 6.39: REQUEST SENSE returns the pending UA as data, GOOD status, and clears it."""
     lu = make_lu()

@@ -1,4 +1,7 @@
-"""REPORT SUPPORTED OPERATION CODES (SPC-4 6.35)."""
+"""REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
+
+The usage data of every command is judged by the standard's CDB tables in
+test_cdb_usage.py (cdb_spec); here, the answer's structure."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import struct
 
 import pytest
 
+from tests.unit import cdb_spec
 from tests.unit.spc_util import check, data, make_lu, nexus, ready, run
 
 pytestmark = pytest.mark.unit
@@ -45,11 +49,14 @@ def test_all_commands_match_the_table(lu):
     descs = all_descriptors(data(run(lu, nexus(1), rsoc())))
     want = {(c.opcode, c.service_action or 0, c.cdb_length) for c in lu.commands}
     assert {(op, sa, n) for op, sa, _, n, _ in descs} == want
-    for op, sa, flags, _, _ in descs:
+    for op, sa, flags, length, _ in descs:
         has_sa = lu.commands.has_service_actions(op)
         assert bool(flags & 0x01) == has_sa  # SERVACTV
         assert has_sa or sa == 0
         assert flags & 0x02 == 0  # no CTDP without RCTD
+        # CDB LENGTH as the standard's CDB table has it (cdb_spec), not as the table says.
+        spec = cdb_spec.lookup(op, sa if flags & 0x01 else None)
+        assert spec is not None and length == spec.length, (hex(op), sa)
 
 
 def test_rctd_adds_timeouts_descriptors(lu):
@@ -61,12 +68,14 @@ def test_rctd_adds_timeouts_descriptors(lu):
 
 
 def test_one_command_without_service_action(lu):
-    """SPC-4 6.35.3: option 001b -> SUPPORT 011b, CDB SIZE, usage data from the table."""
+    """SPC-4 6.35.3: option 001b -> SUPPORT 011b, CDB SIZE, and the usage data the INQUIRY
+    CDB of SPC-4 asks for (cdb_spec, not the table): 12h, EVPD, PAGE CODE, ALLOCATION
+    LENGTH, NACA (12 01 FF FF FF 04)."""
     d = data(run(lu, nexus(1), rsoc(1, 0x12)))
-    cmd = lu.commands.find(0x12)
     assert d[1] & 0x07 == 0x03
-    assert struct.unpack_from(">H", d, 2)[0] == cmd.cdb_length == 6
-    assert d[4:] == cmd.usage and d[4] == 0x12
+    assert struct.unpack_from(">H", d, 2)[0] == 6
+    assert d[4:] == cdb_spec.expected_usage(cdb_spec.lookup(0x12, None)) == bytes.fromhex(
+        "1201ffffff04")
 
 
 def test_one_command_option1_on_service_action_opcode_is_invalid(lu):

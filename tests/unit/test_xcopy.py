@@ -258,7 +258,7 @@ def test_wrong_device_type_or_block_length(dev):
 
 def test_lu_without_device_resolves_only_itself():
     lu = disk(0)
-    lu.ua._pending[A] = []
+    lu.ua.clear(A)
     data = fill(lu, 0, 1, 0x42)
     task = ScsiTask(A, 0, xcopy_cdb(16 + 32 + 28), data_out=params([e4(lu)],
                                                                    [b2b(0, 0, 1, 0, 9)]))
