@@ -6,15 +6,19 @@ Rules:
   buffer; the data of SCSI writes (immediate data and Data-Out) is received straight into
   the command's own buffer at its buffer offset, so write data is never copied on the way
   in (DESIGN.md principle 5).
-- Output is a list of buffers (take_output()): BHS bytes, and Data-In payloads as
-  memoryviews of the SCSI layer's data, never joined. The shell sends them with one
-  sendmsg() each time.
-- Commands reach the SCSI layer through `ready` (a deque of ScsiTask) when they are
-  admitted, in CmdSN order (3.2.2.1: delivered for execution in CmdSN order), so that the
-  task set orders newer tasks after them (SAM-5 8.6, SPC-4 7.5.8 QAM=0) even while their
-  Data-Out is still arriving: such a task has `data_pending` set, and when the last of
-  its data is in it is put in `data_ready`; the shell runs it only then (target.dispatch)
-  and hands it back with complete(task).
+- The shell learns what to do from events (target.iscsi.events), as with h11 and
+  aioquic: after feeding bytes, and when the wakeup callback it gave runs, it calls
+  next_event() until None. The shell reads none of the connection's state and resets
+  none of it; a flag is cleared by the connection when it hands out the event.
+- Output is a list of buffers (data_to_send()): BHS bytes, and Data-In payloads as
+  memoryviews of the SCSI layer's data, never joined (so not h11's one bytes object).
+  The shell sends them with one sendmsg() each time.
+- Commands reach the SCSI layer through the TasksReady event when they are admitted, in
+  CmdSN order (3.2.2.1: delivered for execution in CmdSN order), so that the task set
+  orders newer tasks after them (SAM-5 8.6, SPC-4 7.5.8 QAM=0) even while their Data-Out
+  is still arriving: such a task has `data_pending` set, and when the last of its data
+  is in it is put in the event's `data_in`; the shell runs it only then
+  (target.dispatch) and hands it back with complete(task).
 - Login phase: only Login Requests, handled by target.iscsi.login (RFC 7143 6). Anything
   else closes the connection (6.1: the first PDU must be a Login Request).
 - Full feature phase, ErrorRecoveryLevel 0 (7.1.5, 7.2): non-immediate commands are
@@ -55,6 +59,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from target.iscsi import pdu
+from target.iscsi.events import CLOSE_WANTED, TASKSET_CHANGED, Event, TasksReady
 from target.iscsi.pdu import (
     BHS_LEN,
     DIGEST_LEN,
@@ -156,7 +161,8 @@ class Command:
 class Connection:
     """The protocol state of one TCP connection to the target."""
 
-    def __init__(self, portal, local_address: str = "", peer: str = "") -> None:
+    def __init__(self, portal, local_address: str = "", peer: str = "",
+                 wakeup: Callable[[], None] | None = None, tmf_faults=None) -> None:
         self.portal = portal
         self.peer = peer
         self.local_address = local_address
@@ -168,10 +174,12 @@ class Connection:
         self.stat_sn = 0
         self.ready: deque[ScsiTask] = deque()
         self.data_ready: deque[ScsiTask] = deque()  # tasks of `ready` whose data is now in
-        self.want_close = False
-        self.taskset_changed = False  # tasks left an LU's task set: the shell pumps it
-        self.tmf_faults = None  # target.faults.Faults whose tmf-reject rules TMFs meet
-        self.notify: Callable[[], None] | None = None  # set by the shell: state changed
+        self._tasks_ready = TasksReady(self.ready, self.data_ready)  # the one event object
+        self.want_close = False  # state, for inspection: the shell is told by CloseWanted
+        self._close_told = False
+        self._taskset_changed = False  # tasks left an LU's task set: TaskSetChanged
+        self.tmf_faults = tmf_faults  # target.faults.Faults whose tmf-reject rules TMFs meet
+        self._wakeup = wakeup  # the shell's: events are waiting outside a receive
         self._out: list = []
         self._cmds: dict[int, Command] = {}
         self._r2ts: dict[int, R2T] = {}
@@ -899,11 +907,11 @@ class Connection:
             if a.disposition is Disposition.TASK_ABORTED:
                 self.complete(cmd.task, aborted_status=True)
         if event.taskset_changed:
-            self.taskset_changed = True
+            self._taskset_changed = True
         if event.cold_reset:
             self.close_for_reinstatement()
-        elif event.aborted and not event.issuer and self.notify:
-            self.notify()
+        elif event.aborted and not event.issuer and self._wakeup:
+            self._wakeup()
 
     def _abort(self, cmd: Command, in_taskset: bool = True) -> None:
         cmd.aborted = True
@@ -925,7 +933,7 @@ class Connection:
                 session = self.session
                 if in_taskset and session is not None and session.device is not None \
                         and session.device.tmf.release(cmd.task):
-                    self.taskset_changed = True
+                    self._taskset_changed = True
 
     # --- errors, closing ---------------------------------------------------------------
 
@@ -947,8 +955,8 @@ class Connection:
         """Another login reinstated this session, or a cold reset: end the connection."""
         self.want_close = True
         self._end_session()
-        if self.notify:
-            self.notify()
+        if self._wakeup:
+            self._wakeup()
 
     def connection_lost(self) -> None:
         """The transport is gone (peer closed, error, or we closed it). Nothing it held is
@@ -966,6 +974,7 @@ class Connection:
         self._end_session()
         if self.session is not None and self.session.connection is self:
             self.session.connection = None
+        self._wakeup = None  # no cycle shell <-> connection keeps a dead link alive
 
     def _end_session(self) -> None:
         session = self.session
@@ -995,13 +1004,30 @@ class Connection:
             if self._ddigest:
                 out.append(pdu.digest(data, pad))
 
-    def take_output(self) -> list:
-        """The buffers to send, in order; the caller owns the list."""
+    def next_event(self) -> Event | None:
+        """The next thing the shell is to do (target.iscsi.events), or None. TasksReady
+        comes back until the shell has emptied its queues; the others are given once."""
+        if self.ready or self.data_ready:
+            return self._tasks_ready
+        if self._taskset_changed:
+            self._taskset_changed = False
+            return TASKSET_CHANGED
+        if self.want_close and not self._close_told:
+            self._close_told = True
+            return CLOSE_WANTED
+        return None
+
+    def data_to_send(self) -> list | tuple:
+        """The buffers to send, in order (bytes and memoryviews, for sendmsg()); the caller
+        owns a non-empty list; () when there is nothing."""
         out = self._out
+        if not out:
+            return ()
         self._out = []
         return out
 
     @property
     def has_output(self) -> bool:
+        """Output is waiting (for tests that model a peer slow to read)."""
         return bool(self._out)
 

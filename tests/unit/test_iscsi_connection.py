@@ -15,6 +15,7 @@ import pytest
 from target.backing.memory import MemoryStore
 from target.iscsi import pdu
 from target.iscsi.connection import Connection, Phase
+from target.iscsi.events import TasksReady
 from target.iscsi.pdu import Bhs, Op
 from target.iscsi.session import Session, SessionParams, SessionRegistry
 from target.scsi.commands import Access, CommandSet
@@ -82,19 +83,23 @@ class Harness:
                 self.run()
 
     def run(self) -> None:
-        """Execute what the connection delivered, with no task set: a task whose Data-Out
-        is still arriving (data_pending) runs when it comes back through data_ready, and
-        those (admitted earlier) before the newly admitted ones."""
+        """Execute what the connection delivered (its TasksReady events), with no task
+        set: a task whose Data-Out is still arriving (data_pending) runs when it comes back
+        in the event's data_in, and those (admitted earlier) before the newly admitted
+        ones."""
         conn = self.conn
-        while conn.data_ready or conn.ready:
-            task = (conn.data_ready or conn.ready).popleft()
-            if task.data_pending:
+        while (event := conn.next_event()) is not None:
+            if not isinstance(event, TasksReady):
                 continue
-            self.device.execute(task)
-            conn.complete(task)
+            while event.data_in or event.tasks:
+                task = (event.data_in or event.tasks).popleft()
+                if task.data_pending:
+                    continue
+                self.device.execute(task)
+                conn.complete(task)
 
     def pdus(self) -> list[tuple[Bhs, bytes]]:
-        raw = b"".join(bytes(b) for b in self.conn.take_output())
+        raw = b"".join(bytes(b) for b in self.conn.data_to_send())
         out = []
         hd = 4 if self.conn.params.header_digest else 0
         dd = 4 if self.conn.params.data_digest else 0
