@@ -77,8 +77,6 @@ class Link:
         self.writing = False
         self.closing = False  # CloseWanted: close once the output is sent
         self.closed = False
-        self._handlers = {TasksReady: self._run_tasks, TaskSetChanged: self._pump_all,
-                          CloseWanted: self._close_wanted}
         self._start_reading()
 
     def _start_reading(self) -> None:
@@ -95,7 +93,7 @@ class Link:
         conn = self.conn
         recv_into = self.sock.recv_into
         next_event = conn.next_event
-        handlers = self._handlers
+        handlers = _HANDLERS
         drained = False  # a receive found nothing more (EAGAIN)
         for _ in range(RECV_ROUNDS):
             buf = conn.get_buffer()
@@ -113,7 +111,7 @@ class Link:
                 return
             conn.buffer_updated(n)
             while (event := next_event()) is not None:
-                handlers[type(event)](event)
+                handlers[type(event)](self, event)
             if self.closing or n < len(buf):
                 break
         if not drained and self.server.reader_called_once_on_error and not self.closed \
@@ -159,9 +157,8 @@ class Link:
         if self.closed:
             return
         next_event = self.conn.next_event
-        handlers = self._handlers
         while (event := next_event()) is not None:
-            handlers[type(event)](event)
+            _HANDLERS[type(event)](self, event)
         self._flush()
 
     def _flush(self) -> None:
@@ -228,6 +225,12 @@ class Link:
         with contextlib.suppress(OSError):
             self.sock.close()
         self.server.links.discard(self)
+
+
+# What the Link does with each event: plain functions, so no Link holds a reference
+# cycle through bound methods of its own (a dead link's buffers go with it at once).
+_HANDLERS = {TasksReady: Link._run_tasks, TaskSetChanged: Link._pump_all,
+             CloseWanted: Link._close_wanted}
 
 
 class Server:
