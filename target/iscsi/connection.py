@@ -19,6 +19,10 @@ Rules:
   is still arriving: such a task has `data_pending` set, and when the last of its data
   is in it is put in the event's `data_in`; the shell runs it only then
   (target.dispatch) and hands it back with complete(task).
+- Requests are dispatched by one table, REQUESTS (opcode -> Request: handler, the phases
+  it is allowed in, what a discovery session does with it, CmdSN ordering or none), as
+  aioquic keeps its frame handlers. Phases follow the target states of RFC 7143 8.1
+  (Phase), moved only through the _TRANSITIONS table.
 - Login phase: only Login Requests, handled by target.iscsi.login (RFC 7143 6). Anything
   else closes the connection (6.1: the first PDU must be a Login Request).
 - Full feature phase, ErrorRecoveryLevel 0 (7.1.5, 7.2): non-immediate commands are
@@ -98,9 +102,51 @@ _RECEIVED = ()  # a held CmdSN slot that counts as received with no command to r
 
 
 class Phase(Enum):
+    """The connection's phase, after the target states of RFC 7143 8.1: LOGIN is XPT_UP
+    and IN_LOGIN (transport up, login under way), FULL_FEATURE is LOGGED_IN, CLOSED is
+    FREE. At ErrorRecoveryLevel 0 with no connection recovery the logout and cleanup
+    states (IN_LOGOUT, LOGOUT_REQUESTED, CLEANUP_WAIT) are passed through at once: a
+    Logout is answered and the connection closes with its response."""
+
     LOGIN = "login"
     FULL_FEATURE = "full feature"
     CLOSED = "closed"
+
+
+class Transition(Enum):
+    """What moves a connection from one phase to the next (see _TRANSITIONS)."""
+
+    LOGIN_COMPLETE = "final Login Response sent, T=1 into full feature phase (6.3)"
+    LOGIN_FAILED = "Login Response with a failure status sent (6.1, 11.13.5)"
+    LOGOUT = "Logout Response sent, the connection or session closes (11.14)"
+    TRANSPORT_LOST = "the transport is gone (peer, error, or we closed it)"
+
+
+_TRANSITIONS: dict[tuple[Phase, Transition], Phase] = {
+    (Phase.LOGIN, Transition.LOGIN_COMPLETE): Phase.FULL_FEATURE,
+    (Phase.LOGIN, Transition.LOGIN_FAILED): Phase.CLOSED,
+    (Phase.FULL_FEATURE, Transition.LOGOUT): Phase.CLOSED,
+    (Phase.LOGIN, Transition.TRANSPORT_LOST): Phase.CLOSED,
+    (Phase.FULL_FEATURE, Transition.TRANSPORT_LOST): Phase.CLOSED,
+    (Phase.CLOSED, Transition.TRANSPORT_LOST): Phase.CLOSED,
+}
+
+
+class Ordering(Enum):
+    """How a request meets CmdSN ordering (RFC 7143 3.2.2.1, 4.2.2.1)."""
+
+    CMDSN = "in CmdSN order, or at once with the I bit"
+    NONE = "no CmdSN: handled as it arrives"  # Data-Out (11.7), SNACK (11.16)
+    CMDSN_UNLESS_REPLY = "as CMDSN, but a reply to our NOP-In (ITT 0xffffffff) at once"
+
+
+class InDiscovery(Enum):
+    """What a request gets in a discovery session (4.3: Text and Logout are what it is
+    for; NOP-Out is answered too)."""
+
+    ALLOWED = "handled"
+    REJECTED = "Reject (PROTOCOL_ERROR) and the connection goes on"
+    ENDS = "Reject naming it and the connection ends"
 
 
 class ProtocolError(Exception):
@@ -167,6 +213,7 @@ class Connection:
         self.peer = peer
         self.local_address = local_address
         self.phase = Phase.LOGIN
+        self._discovery = False  # a discovery session (4.3): set at full feature phase
         self.login = None  # the Login state machine, made on the first Login Request
         self.session: Session | None = None
         self.params = SessionParams()
@@ -327,40 +374,38 @@ class Connection:
     # --- dispatch ----------------------------------------------------------------------
 
     def _dispatch(self, bhs: Bhs, data) -> None:
-        if self.phase is Phase.LOGIN:
-            self._login(bhs, data)
-            return
-        if self.phase is not Phase.FULL_FEATURE:
+        """One whole PDU, by the request table (REQUESTS): its phases, discovery rule and
+        ordering are checked here, then its handler runs now or in CmdSN order."""
+        phase = self.phase
+        if phase is Phase.CLOSED:
             return
         op = bhs.opcode
-        if op == Op.DATA_OUT:
-            if not bhs.dsl:  # checked as one with data would be, when it had a destination
-                self._data_out_destination(bhs)
-            self._data_out(bhs)
+        req = REQUESTS.get(op)
+        if req is None or phase not in req.phases:
+            if phase is Phase.LOGIN:  # 6.1: only Login Requests until the login is over
+                raise ProtocolError(f"opcode {op:#x} during login")
+            if req is None:
+                self._reject(bhs, RejectReason.COMMAND_NOT_SUPPORTED)
+                return
+            raise ProtocolError(f"{req.name} in full feature phase", header=bhs.raw)
+        if self._discovery and req.discovery is not InDiscovery.ALLOWED:
+            if req.discovery is InDiscovery.ENDS:
+                raise ProtocolError(f"{req.name} in a discovery session", header=bhs.raw)
+            self._reject(bhs, RejectReason.PROTOCOL_ERROR)
             return
+        ordering = req.ordering
+        if ordering is Ordering.NONE or (ordering is Ordering.CMDSN_UNLESS_REPLY
+                                         and bhs.itt == RESERVED_TAG):
+            req.handler(self, bhs, data, None)
+            return
+        cmd = None
         if op == Op.SCSI_COMMAND:
             cmd = self._incoming if bhs.dsl else self._new_command(bhs)
             self._incoming = None
             if cmd is None:
                 return
-        else:
-            cmd = None
-            if op not in pdu.INITIATOR_OPCODES or op == Op.SNACK_REQUEST:
-                reason = (RejectReason.SNACK_REJECT if op == Op.SNACK_REQUEST
-                          else RejectReason.COMMAND_NOT_SUPPORTED)
-                self._reject(bhs, reason)
-                return
-            if op == Op.LOGIN_REQUEST:
-                raise ProtocolError("Login Request in full feature phase", header=bhs.raw)
-            if self.params.session_type == "Discovery" and op not in (
-                    Op.TEXT_REQUEST, Op.LOGOUT_REQUEST, Op.NOP_OUT):
-                self._reject(bhs, RejectReason.PROTOCOL_ERROR)
-                return
-            if op == Op.NOP_OUT and bhs.itt == RESERVED_TAG:
-                self._nop_out(bhs, data)  # a reply to our NOP-In: immediate, no CmdSN
-                return
         if bhs.immediate:
-            self._execute(bhs, data, cmd)
+            req.handler(self, bhs, data, cmd)
         else:
             self._admit(bhs, data, cmd)
 
@@ -381,7 +426,7 @@ class Connection:
             return
         if not self._held:  # the common case: nothing waits behind it
             session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
-            self._execute(bhs, data, cmd)
+            REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             if not self._held:
                 return
             entry = self._held.pop(session.exp_cmdsn, None)
@@ -398,7 +443,8 @@ class Connection:
         while True:
             session.exp_cmdsn = (session.exp_cmdsn + 1) & 0xFFFFFFFF
             if entry is not _RECEIVED:
-                self._execute(*entry)
+                bhs, data, cmd = entry
+                REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             entry = self._held.pop(session.exp_cmdsn, None)
             if entry is None:
                 return
@@ -415,19 +461,38 @@ class Connection:
         elif cmdsn not in self._held:
             self._held[cmdsn] = _RECEIVED
 
-    def _execute(self, bhs: Bhs, data, cmd: Command | None) -> None:
-        op = bhs.opcode
-        if op == Op.SCSI_COMMAND:
-            assert cmd is not None
-            self._start_command(cmd)
-        elif op == Op.NOP_OUT:
-            self._nop_out(bhs, data)
-        elif op == Op.TASK_MGMT_REQUEST:
-            self._task_management(bhs)
-        elif op == Op.TEXT_REQUEST:
-            self._text_request(bhs, data)
-        elif op == Op.LOGOUT_REQUEST:
-            self._logout(bhs)
+    # --- the requests' handlers (REQUESTS): (bhs, data, transport state or None) --------
+
+    def _scsi_command(self, bhs: Bhs, data, cmd: Command | None) -> None:
+        assert cmd is not None
+        self._start_command(cmd)
+
+    def _data_out_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        if not bhs.dsl:  # checked as one with data would be, when it had a destination
+            self._data_out_destination(bhs)
+        self._data_out(bhs)
+
+    def _nop_out_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._nop_out(bhs, data)
+
+    def _task_management_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._task_management(bhs)
+
+    def _text_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._text_request(bhs, data)
+
+    def _logout_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._logout(bhs)
+
+    def _login_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._login(bhs, data)
+
+    def _snack_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        """SNACK (11.16): no retransmission at ErrorRecoveryLevel 0; Rejected (11.17.1)."""
+        self._reject(bhs, RejectReason.SNACK_REJECT)
+
+    def _move(self, transition: Transition) -> None:
+        self.phase = _TRANSITIONS[(self.phase, transition)]
 
     # --- login -------------------------------------------------------------------------
 
@@ -442,7 +507,7 @@ class Connection:
         self._out.extend(step.pdus)
         if step.outcome == "failed":
             self.want_close = True
-            self.phase = Phase.CLOSED
+            self._move(Transition.LOGIN_FAILED)
         elif step.outcome == "complete":
             self.enter_full_feature(step.session, self.login.stat_sn)
 
@@ -452,7 +517,8 @@ class Connection:
         session.connection = self
         self.params = p = session.params
         self.stat_sn = stat_sn
-        self.phase = Phase.FULL_FEATURE
+        self._move(Transition.LOGIN_COMPLETE)
+        self._discovery = p.session_type == "Discovery"
         self._max_recv = p.target_max_recv_data_segment_length
         self._hdigest = p.header_digest
         self._ddigest = p.data_digest
@@ -816,7 +882,7 @@ class Connection:
                             0, 0))
         if response == 0:
             self.want_close = True
-            self.phase = Phase.CLOSED
+            self._move(Transition.LOGOUT)
             self._end_session()
 
     def _task_management(self, bhs: Bhs) -> None:
@@ -962,7 +1028,7 @@ class Connection:
         """The transport is gone (peer closed, error, or we closed it). Nothing it held is
         kept in a reference cycle (task <-> command, session <-> connection), so its
         buffers go with the last reference, not at a later full garbage collection."""
-        self.phase = Phase.CLOSED
+        self._move(Transition.TRANSPORT_LOST)
         self.want_close = True
         cmds = list(self._cmds.values())
         for cmd in cmds:
@@ -1031,3 +1097,51 @@ class Connection:
         """Output is waiting (for tests that model a peer slow to read)."""
         return bool(self._out)
 
+
+
+class Request:
+    """One row of the request table: an initiator opcode (RFC 7143 10.2.1.2), its handler
+    (a Connection method taking the BHS, the data segment and the transport state of a
+    SCSI command), the phases it is allowed in, what a discovery session does with it,
+    and how it meets CmdSN ordering. As aioquic's frame handlers are kept."""
+
+    __slots__ = ("opcode", "name", "handler", "phases", "discovery", "ordering")
+
+    def __init__(self, opcode: Op, name: str,
+                 handler: Callable[[Connection, Bhs, object, Command | None], None],
+                 phases: frozenset[Phase], discovery: InDiscovery,
+                 ordering: Ordering) -> None:
+        self.opcode = opcode
+        self.name = name
+        self.handler = handler
+        self.phases = phases
+        self.discovery = discovery
+        self.ordering = ordering
+
+
+_FFP = frozenset({Phase.FULL_FEATURE})
+_LOGIN = frozenset({Phase.LOGIN})
+
+# Initiator opcodes (10.2.1.2). Not here: target opcodes and reserved ones, Rejected as
+# COMMAND_NOT_SUPPORTED in full feature phase (11.17.1). A Data-Out in a discovery
+# session is handled as data for no task (there are none) and discarded.
+REQUESTS: dict[int, Request] = {r.opcode: r for r in (
+    Request(Op.NOP_OUT, "NOP-Out", Connection._nop_out_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.CMDSN_UNLESS_REPLY),  # 11.18
+    Request(Op.SCSI_COMMAND, "SCSI Command", Connection._scsi_command, _FFP,
+            InDiscovery.ENDS, Ordering.CMDSN),  # 11.3
+    Request(Op.TASK_MGMT_REQUEST, "Task Management Function Request",
+            Connection._task_management_pdu, _FFP, InDiscovery.REJECTED,
+            Ordering.CMDSN),  # 11.5
+    Request(Op.LOGIN_REQUEST, "Login Request", Connection._login_pdu, _LOGIN,
+            InDiscovery.ALLOWED, Ordering.NONE),  # 11.12; CmdSN is login's own (6)
+    Request(Op.TEXT_REQUEST, "Text Request", Connection._text_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.CMDSN),  # 11.10
+    Request(Op.DATA_OUT, "SCSI Data-Out", Connection._data_out_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.NONE),  # 11.7
+    Request(Op.LOGOUT_REQUEST, "Logout Request", Connection._logout_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.CMDSN),  # 11.14
+    Request(Op.SNACK_REQUEST, "SNACK Request", Connection._snack_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.NONE),  # 11.16: its handler Rejects it anyway
+)}
+assert set(REQUESTS) == pdu.INITIATOR_OPCODES
