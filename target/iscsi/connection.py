@@ -49,8 +49,8 @@ Rules:
   owner of its I_T nexus: tasks() lists its commands (the held ones too) and
   task_management_event() is how it learns which were aborted, by any nexus, and which
   end in TASK ABORTED (TAS=1) or a cold reset ends it.
-- An aborted command stays aborted (Command.aborted) until it is gone, whatever answered
-  it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
+- An aborted command stays aborted (TaskTransport.aborted) until it is gone, whatever
+  answered it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
   skipped when the hole closes, and its Data-Out is discarded (11.5.1).
 """
 
@@ -64,6 +64,7 @@ from enum import Enum
 
 from target.iscsi import pdu
 from target.iscsi.events import CLOSE_WANTED, TASKSET_CHANGED, Event, TasksReady
+from target.iscsi.login import Login, LoginOutcome
 from target.iscsi.pdu import (
     BHS_LEN,
     DIGEST_LEN,
@@ -164,7 +165,7 @@ class R2T:
 
     __slots__ = ("ttt", "cmd", "offset", "end", "next_offset", "datasn")
 
-    def __init__(self, ttt: int, cmd: Command, offset: int, length: int) -> None:
+    def __init__(self, ttt: int, cmd: TaskTransport, offset: int, length: int) -> None:
         self.ttt = ttt
         self.cmd = cmd
         self.offset = offset
@@ -173,8 +174,10 @@ class R2T:
         self.datasn = 0
 
 
-class Command:
-    """Transport state of one SCSI command, from its PDU to its response."""
+class TaskTransport:
+    """The iSCSI transport state of one SCSI command (its ScsiTask's `transport`), from
+    its PDU to its response: ITT, CmdSN, the write buffer, unsolicited data and R2Ts.
+    Not target.scsi.commands.Command, the opcode table's entry."""
 
     __slots__ = ("task", "itt", "cmdsn", "lun_raw", "edtl", "read", "write", "buf", "view",
                  "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
@@ -204,6 +207,11 @@ class Command:
         self.gap: tuple[int, int] | None = None  # unsolicited range left unsent (F bit)
 
 
+# The old name of TaskTransport, left for _fail_data's annotation (another change edits
+# that method at the same time); drop it once both are merged.
+Command = TaskTransport
+
+
 class Connection:
     """The protocol state of one TCP connection to the target."""
 
@@ -228,9 +236,9 @@ class Connection:
         self.tmf_faults = tmf_faults  # target.faults.Faults whose tmf-reject rules TMFs meet
         self._wakeup = wakeup  # the shell's: events are waiting outside a receive
         self._out: list = []
-        self._cmds: dict[int, Command] = {}
+        self._cmds: dict[int, TaskTransport] = {}
         self._r2ts: dict[int, R2T] = {}
-        self._held: dict[int, tuple[Bhs, object, Command | None]] = {}
+        self._held: dict[int, tuple[Bhs, object, TaskTransport | None]] = {}
         self._next_ttt = 1
         self._text = None
         self._ping_ttt: int | None = None
@@ -249,7 +257,7 @@ class Connection:
         self._got = 0
         self._tail = 0
         self._direct = False
-        self._incoming: Command | None = None
+        self._incoming: TaskTransport | None = None
         self._stray = False  # the Data-Out being received was rejected: drop it
 
     # --- receive -----------------------------------------------------------------------
@@ -409,7 +417,7 @@ class Connection:
         else:
             self._admit(bhs, data, cmd)
 
-    def _admit(self, bhs: Bhs, data, cmd: Command | None) -> None:
+    def _admit(self, bhs: Bhs, data, cmd: TaskTransport | None) -> None:
         """CmdSN ordering (RFC 7143 4.2.2.1): a command beyond ExpCmdSN waits for the ones
         before it; a CmdSN outside the window, or one already received, is ignored."""
         session = self.session
@@ -463,7 +471,7 @@ class Connection:
 
     # --- the requests' handlers (REQUESTS): (bhs, data, transport state or None) --------
 
-    def _scsi_command(self, bhs: Bhs, data, cmd: Command | None) -> None:
+    def _scsi_command(self, bhs: Bhs, data, cmd: TaskTransport | None) -> None:
         assert cmd is not None
         self._start_command(cmd)
 
@@ -500,15 +508,13 @@ class Connection:
         if bhs.opcode != Op.LOGIN_REQUEST:
             raise ProtocolError(f"opcode {bhs.opcode:#x} during login")
         if self.login is None:
-            from target.iscsi.login import Login
-
             self.login = Login(self.portal, self.local_address)
         step = self.login.receive(bhs, bytes(data))
         self._out.extend(step.pdus)
-        if step.outcome == "failed":
+        if step.outcome is LoginOutcome.FAILED:
             self.want_close = True
             self._move(Transition.LOGIN_FAILED)
-        elif step.outcome == "complete":
+        elif step.outcome is LoginOutcome.COMPLETE:
             self.enter_full_feature(step.session, self.login.stat_sn)
 
     def enter_full_feature(self, session: Session, stat_sn: int) -> None:
@@ -538,7 +544,7 @@ class Connection:
 
     # --- SCSI commands -----------------------------------------------------------------
 
-    def _new_command(self, bhs: Bhs) -> Command | None:
+    def _new_command(self, bhs: Bhs) -> TaskTransport | None:
         """Validate a SCSI Command PDU and set up its state; None when it is ignored."""
         session = self.session
         if session is None or session.device is None:
@@ -569,7 +575,7 @@ class Connection:
         lun = bhs.lun
         task = ScsiTask(self.nexus, lun[1] if lun == _LUN_PREFIX[lun[1]] else decode_lun(lun),
                         cdb, bhs.itt, flags & 7, None, edtl if flags & F_READ else 0)
-        cmd = Command(task, bhs)
+        cmd = TaskTransport(task, bhs)
         task.transport = cmd
         if write and edtl:
             cmd.buf = bytearray(edtl)
@@ -598,7 +604,7 @@ class Connection:
             pos += 3 + length + (-(3 + length) & 3)
         return cdb
 
-    def _start_command(self, cmd: Command) -> None:
+    def _start_command(self, cmd: TaskTransport) -> None:
         cmd.admitted = True
         if cmd.aborted:
             return
@@ -607,12 +613,12 @@ class Connection:
             cmd.task.data_pending = True  # into the task set now; it runs once its data is in
         self._queue(cmd)
 
-    def _queue(self, cmd: Command) -> None:
+    def _queue(self, cmd: TaskTransport) -> None:
         if not cmd.queued:
             cmd.queued = True
             self.ready.append(cmd.task)
 
-    def _send_r2ts(self, cmd: Command) -> None:
+    def _send_r2ts(self, cmd: TaskTransport) -> None:
         """R2Ts (11.8) for what is not asked for yet, at most MaxBurstLength each and
         MaxOutstandingR2T at a time: first a gap an unsolicited burst left (ended early by
         its F bit), then onwards from r2t_next."""
@@ -736,7 +742,7 @@ class Connection:
     def complete(self, task: ScsiTask, aborted_status: bool = False) -> None:
         """The SCSI layer is done with `task`: send its data and status (for an aborted
         command only with `aborted_status`: TASK ABORTED under TAS=1)."""
-        cmd: Command = task.transport
+        cmd: TaskTransport = task.transport
         if cmd is None:  # its connection is gone (connection_lost)
             return
         task.transport = None  # no task <-> command cycle once it is answered
@@ -786,8 +792,8 @@ class Connection:
                                 ZERO_LUN, cmd.itt, 0, self._next_stat_sn(), exp,
                                 session.max_cmdsn, cmd.data_pdus, 0, resid))
 
-    def _send_data_in(self, cmd: Command, data, n: int, status: int | None, resid_flag: int,
-                      resid: int) -> None:
+    def _send_data_in(self, cmd: TaskTransport, data, n: int, status: int | None,
+                      resid_flag: int, resid: int) -> None:
         view = data if isinstance(data, memoryview) else memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
@@ -962,11 +968,12 @@ class Connection:
 
     def task_management_event(self, event: TmfEvent) -> None:
         """The task manager aborted tasks of this nexus (TaskOwner). Each stays aborted
-        (Command.aborted): one held behind a CmdSN hole is skipped when the hole closes.
+        (TaskTransport.aborted): one held behind a CmdSN hole is skipped when the hole
+        closes.
         TASK_ABORTED ones (TAS=1, another nexus's function) get that status now; the
         others go unanswered. Another nexus's TARGET COLD RESET ends this connection."""
         for a in event.aborted:
-            cmd: Command | None = a.task.transport
+            cmd: TaskTransport | None = a.task.transport
             if cmd is None:
                 continue
             self._abort(cmd, in_taskset=False)
@@ -979,11 +986,11 @@ class Connection:
         elif event.aborted and not event.issuer and self._wakeup:
             self._wakeup()
 
-    def _abort(self, cmd: Command, in_taskset: bool = True) -> None:
+    def _abort(self, cmd: TaskTransport, in_taskset: bool = True) -> None:
         cmd.aborted = True
         self._forget(cmd, in_taskset)
 
-    def _forget(self, cmd: Command, in_taskset: bool = True) -> None:
+    def _forget(self, cmd: TaskTransport, in_taskset: bool = True) -> None:
         """Drop a command's transport state; with `in_taskset`, also take its task out of
         the LU's task set (the task manager has done that when it aborted the task)."""
         if self._cmds.get(cmd.itt) is cmd:
@@ -1108,7 +1115,7 @@ class Request:
     __slots__ = ("opcode", "name", "handler", "phases", "discovery", "ordering")
 
     def __init__(self, opcode: Op, name: str,
-                 handler: Callable[[Connection, Bhs, object, Command | None], None],
+                 handler: Callable[[Connection, Bhs, object, TaskTransport | None], None],
                  phases: frozenset[Phase], discovery: InDiscovery,
                  ordering: Ordering) -> None:
         self.opcode = opcode
