@@ -75,7 +75,6 @@ from target.iscsi.pdu import (
     F_UNDERFLOW,
     F_WRITE,
     RESERVED_TAG,
-    ZERO_LUN,
     Bhs,
     Op,
     RejectReason,
@@ -640,9 +639,9 @@ class Connection:
             ttt = self._next_ttt
             self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
             self._r2ts[ttt] = R2T(ttt, cmd, offset, length)
-            self._send(pdu.pack(Op.R2T, F_FINAL, 0, 0, 0, cmd.lun_raw, cmd.itt, ttt,
-                                self.stat_sn, session.exp_cmdsn, session.max_cmdsn, cmd.r2tsn,
-                                offset, length))
+            self._send(pdu.r2t(lun=cmd.lun_raw, itt=cmd.itt, ttt=ttt, statsn=self.stat_sn,
+                               exp_cmdsn=session.exp_cmdsn, max_cmdsn=session.max_cmdsn,
+                               r2tsn=cmd.r2tsn, buffer_offset=offset, desired_length=length))
             cmd.r2tsn += 1
             cmd.data_pdus += 1
             cmd.outstanding += 1
@@ -783,14 +782,16 @@ class Connection:
         sense = task.sense
         exp = session.exp_cmdsn
         if sense:
-            self._send(pdu.pack(Op.SCSI_RESPONSE, F_FINAL | resid_flag, 0, status,
-                                2 + len(sense), ZERO_LUN, cmd.itt, 0, self._next_stat_sn(),
-                                exp, session.max_cmdsn, cmd.data_pdus, 0, resid),
+            self._send(pdu.scsi_response(flags=resid_flag, status=status, dsl=2 + len(sense),
+                                         itt=cmd.itt, statsn=self._next_stat_sn(),
+                                         exp_cmdsn=exp, max_cmdsn=session.max_cmdsn,
+                                         exp_datasn=cmd.data_pdus, residual=resid),
                        _SENSE_LEN.pack(len(sense)) + sense)
         else:
-            self._send(pdu.pack(Op.SCSI_RESPONSE, F_FINAL | resid_flag, 0, status, 0,
-                                ZERO_LUN, cmd.itt, 0, self._next_stat_sn(), exp,
-                                session.max_cmdsn, cmd.data_pdus, 0, resid))
+            self._send(pdu.scsi_response(flags=resid_flag, status=status, dsl=0, itt=cmd.itt,
+                                         statsn=self._next_stat_sn(), exp_cmdsn=exp,
+                                         max_cmdsn=session.max_cmdsn,
+                                         exp_datasn=cmd.data_pdus, residual=resid))
 
     def _send_data_in(self, cmd: TaskTransport, data, n: int, status: int | None,
                       resid_flag: int, resid: int) -> None:
@@ -804,6 +805,7 @@ class Connection:
         datasn = 0
         out = self._out
         hd, dd = self._hdigest, self._ddigest
+        data_in = pdu.data_in
         offset = 0
         while offset < n:
             burst_end = min(n, offset + burst)
@@ -811,13 +813,16 @@ class Connection:
                 seg = min(seg_max, burst_end - offset)
                 end = offset + seg
                 if end == n and status is not None:
-                    hdr = pdu.pack(Op.DATA_IN, F_FINAL | F_STATUS | resid_flag, 0, status, seg,
-                                   cmd.lun_raw, cmd.itt, RESERVED_TAG, self._next_stat_sn(),
-                                   session.exp_cmdsn, session.max_cmdsn, datasn, offset, resid)
+                    hdr = data_in(flags=F_FINAL | F_STATUS | resid_flag, status=status,
+                                  dsl=seg, lun=cmd.lun_raw, itt=cmd.itt,
+                                  statsn=self._next_stat_sn(), exp_cmdsn=session.exp_cmdsn,
+                                  max_cmdsn=session.max_cmdsn, datasn=datasn,
+                                  buffer_offset=offset, residual=resid)
                 else:
-                    hdr = pdu.pack(Op.DATA_IN, F_FINAL if end == burst_end else 0, 0, 0, seg,
-                                   cmd.lun_raw, cmd.itt, RESERVED_TAG, 0, session.exp_cmdsn,
-                                   session.max_cmdsn, datasn, offset, 0)
+                    hdr = data_in(flags=F_FINAL if end == burst_end else 0, dsl=seg,
+                                  lun=cmd.lun_raw, itt=cmd.itt, exp_cmdsn=session.exp_cmdsn,
+                                  max_cmdsn=session.max_cmdsn, datasn=datasn,
+                                  buffer_offset=offset)
                 chunk = view[offset:end]
                 out.append(hdr + pdu.digest(hdr) if hd else hdr)
                 out.append(chunk)
@@ -840,9 +845,9 @@ class Connection:
             return
         session = self.session
         ping = bytes(data)[: self.params.max_recv_data_segment_length] if bhs.dsl else b""
-        self._send(pdu.pack(Op.NOP_IN, F_FINAL, 0, 0, len(ping), bhs.lun, bhs.itt, RESERVED_TAG,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn),
-                   ping)
+        self._send(pdu.nop_in(dsl=len(ping), lun=bhs.lun, itt=bhs.itt, ttt=RESERVED_TAG,
+                              statsn=self._next_stat_sn(), exp_cmdsn=session.exp_cmdsn,
+                              max_cmdsn=session.max_cmdsn), ping)
 
     def ping(self) -> bool:
         """Send a NOP-In asking for a NOP-Out (11.19); False if the last one is unanswered."""
@@ -854,8 +859,8 @@ class Connection:
         ttt = self._next_ttt
         self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
         self._ping_ttt = ttt
-        self._send(pdu.pack(Op.NOP_IN, F_FINAL, 0, 0, 0, ZERO_LUN, RESERVED_TAG, ttt,
-                            self.stat_sn, session.exp_cmdsn, session.max_cmdsn))
+        self._send(pdu.nop_in(itt=RESERVED_TAG, ttt=ttt, statsn=self.stat_sn,
+                              exp_cmdsn=session.exp_cmdsn, max_cmdsn=session.max_cmdsn))
         return True
 
     def request_logout(self, seconds: int) -> None:
@@ -863,9 +868,9 @@ class Connection:
         if self.phase is not Phase.FULL_FEATURE or self.want_close:
             return
         session = self.session
-        self._send(pdu.pack(Op.ASYNC_MESSAGE, F_FINAL, 0, 0, 0, ZERO_LUN, RESERVED_TAG, 0,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn,
-                            1 << 24, seconds & 0xFFFF, 0))
+        self._send(pdu.async_message(event=1, parameter3=seconds & 0xFFFF,  # Time2Wait
+                                     statsn=self._next_stat_sn(), exp_cmdsn=session.exp_cmdsn,
+                                     max_cmdsn=session.max_cmdsn))
 
     def _text_request(self, bhs: Bhs, data) -> None:
         from target.iscsi.text import TextResponder
@@ -874,18 +879,20 @@ class Connection:
             self._text = TextResponder(self.session, self.portal)
         session = self.session
         for flags, ttt, payload in self._text.receive(bhs, bytes(data)):
-            self._send(pdu.pack(Op.TEXT_RESPONSE, flags, 0, 0, len(payload), bhs.lun, bhs.itt,
-                                ttt, self._next_stat_sn(), session.exp_cmdsn,
-                                session.max_cmdsn), payload)
+            self._send(pdu.text_response(flags=flags, dsl=len(payload), lun=bhs.lun,
+                                         itt=bhs.itt, ttt=ttt, statsn=self._next_stat_sn(),
+                                         exp_cmdsn=session.exp_cmdsn,
+                                         max_cmdsn=session.max_cmdsn), payload)
 
     def _logout(self, bhs: Bhs) -> None:
         """Logout (11.14, 11.15): close the session or this connection; ERL 0 only."""
         reason = bhs.flags & 0x7F
         session = self.session
         response = 0 if reason in (0, 1) else 2  # 2: connection recovery not supported
-        self._send(pdu.pack(Op.LOGOUT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn, 0,
-                            0, 0))
+        self._send(pdu.logout_response(response=response, itt=bhs.itt,
+                                       statsn=self._next_stat_sn(),
+                                       exp_cmdsn=session.exp_cmdsn,
+                                       max_cmdsn=session.max_cmdsn))
         if response == 0:
             self.want_close = True
             self._move(Transition.LOGOUT)
@@ -952,8 +959,10 @@ class Connection:
         if outcome is not None and outcome.response is incorrect_lun:
             response = TmfResponse.LUN_DOES_NOT_EXIST
         session = self.session
-        self._send(pdu.pack(Op.TASK_MGMT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn))
+        self._send(pdu.task_management_response(response=response, itt=bhs.itt,
+                                                statsn=self._next_stat_sn(),
+                                                exp_cmdsn=session.exp_cmdsn,
+                                                max_cmdsn=session.max_cmdsn))
         if received is not None:
             self._consider_received(received)
         if outcome is not None and outcome.function is Function.TARGET_COLD_RESET:
@@ -1015,8 +1024,8 @@ class Connection:
         session = self.session
         exp = session.exp_cmdsn if session else 0
         mx = session.max_cmdsn if session else 0
-        self._send(pdu.pack(Op.REJECT, F_FINAL, reason, 0, BHS_LEN, ZERO_LUN, RESERVED_TAG, 0,
-                            self._next_stat_sn(), exp, mx), bhs.raw)
+        self._send(pdu.reject(reason=reason, statsn=self._next_stat_sn(), exp_cmdsn=exp,
+                              max_cmdsn=mx), bhs.raw)
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.warning("%s: %s; closing the connection", self.peer or "connection", exc)
