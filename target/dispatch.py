@@ -1,13 +1,14 @@
 """The asyncio shell of a logical unit's task set: tasks in, executed, completions out.
 
 Rules:
-- One Dispatcher per LU, made by the server for every LU it serves. Links submit the
-  tasks their connections admitted, in CmdSN order (a whole receive burst at once, so the
-  elevator sees them together), then report data_ready() for those whose Data-Out has
-  since come in, and then pump(); pump() starts every task the task set lets run
-  (up to its dispatch depth), executes it against the LU at once, and completes it
-  either at once or, with a rotational disk model, after the model's service time
-  (loop.call_later). The data moves when the task starts; only the completion waits.
+- One Dispatcher per LU, made by the server for every LU it serves. Links hand over the
+  TasksReady events of their connections (target.iscsi.events): run_ready() submits the
+  tasks admitted, in CmdSN order (a whole receive burst at once, so the elevator sees
+  them together), then reports data_ready() for those whose Data-Out has since come in,
+  and then pump(); a TaskSetChanged event is pump_all(). pump() starts every task the
+  task set lets run (up to its dispatch depth), executes it against the LU at once, and
+  completes it either at once or, with a rotational disk model, after the model's
+  service time (loop.call_later). The data moves when the task starts; only the completion waits.
 - Medium access off the event loop (DESIGN.md principle 7): a LU whose store can sleep
   (a file on a disk, a block device; lu.io_threads > 0) leaves each command's store calls
   in task.io (LogicalUnit.io). They run on the LU's own worker threads, as tgt's bs_rdwr
@@ -56,6 +57,7 @@ from target.faults import Faults
 if TYPE_CHECKING:
     import asyncio
 
+    from target.iscsi.events import TasksReady
     from target.scsi.lu import LogicalUnit
     from target.scsi.task import ScsiTask
     from target.trace import Tracer
@@ -63,15 +65,16 @@ if TYPE_CHECKING:
 FORCED_IO_THREADS = 4  # workers of a LU without its own, for medium-delay faults
 
 
-def run_ready(link, dispatchers: dict, tracer: Tracer | None = None) -> None:
-    """Hand the tasks the link's connection admitted (a whole receive burst) to their LUs'
-    task sets, and then the ones whose Data-Out is now all in; then let each task set start
-    what it may. A task for a LUN with no LU is answered by the device at once (when its
-    data is in). `dispatchers` maps each LU to its Dispatcher."""
+def run_ready(link, event: TasksReady, dispatchers: dict, tracer: Tracer | None = None) -> None:
+    """Hand the tasks of the link's connection's TasksReady event (a whole receive burst)
+    to their LUs' task sets, then the ones whose Data-Out is now all in, emptying both
+    queues; then let each task set start what it may. A task for a LUN with no LU is
+    answered by the device at once (when its data is in). `dispatchers` maps each LU to
+    its Dispatcher."""
     conn = link.conn
     device = conn.session.device if conn.session is not None else None
     touched = []
-    for queue, data_in in ((conn.ready, False), (conn.data_ready, True)):
+    for queue, data_in in ((event.tasks, False), (event.data_in, True)):
         while queue:
             task = queue.popleft()
             lu = device.luns.get(task.lun)
@@ -96,10 +99,9 @@ def run_ready(link, dispatchers: dict, tracer: Tracer | None = None) -> None:
 
 
 def pump_all(link, dispatchers: dict) -> None:
-    """Task sets changed outside a submit (the link's connection aborted tasks): start what
-    may start now on every LU of its target."""
+    """Task sets changed outside a submit (the link's connection's TaskSetChanged: it
+    aborted tasks): start what may start now on every LU of its target."""
     conn = link.conn
-    conn.taskset_changed = False
     device = conn.session.device if conn.session is not None else None
     if device is None:
         return

@@ -14,10 +14,13 @@ Rules:
   file raises CAPACITY DATA HAS CHANGED for every nexus (the shell owns the clock).
 - With a tracer (--trace, --trace-live) each command is timed and recorded after it
   completes; without one the task loop has no trace code in it at all.
-- Tasks the connection makes ready go to their LU's task set through its Dispatcher
-  (target.dispatch: elevator, dispatch depth, rotational model); tasks for a LUN with no
-  LU are answered by the device at once. When a connection aborted queued tasks, the
-  task sets are pumped again.
+- The Link consumes its Connection's events (target.iscsi.events) after every receive
+  and when the connection's wakeup runs (a change made from outside a receive: another
+  session's task management, a reinstatement): TasksReady go to their LU's task set
+  through its Dispatcher (target.dispatch: elevator, dispatch depth, rotational model;
+  tasks for a LUN with no LU are answered by the device at once), TaskSetChanged pumps
+  the task sets again, CloseWanted closes the link once its output is sent. It reads
+  none of the connection's flags and resets none.
 - The event loop is uvloop when it is installed, or asyncio's own (`--event-loop`).
 - run() sets the C allocator's thresholds first (target.malloc: fresh per-command data
   buffers are reused from the heap, not mapped and faulted in each time).
@@ -44,6 +47,7 @@ from target import malloc
 from target.dispatch import Dispatcher, pump_all, run_ready
 from target.faults import Faults
 from target.iscsi.connection import Connection, Phase
+from target.iscsi.events import CloseWanted, TaskSetChanged, TasksReady
 from target.iscsi.portal import Portal
 from target.trace import Tracer
 
@@ -64,13 +68,14 @@ class Link:
         self.sock = sock
         self.fd = sock.fileno()
         local = sock.getsockname()
-        self.conn = Connection(server.portal, f"{local[0]}:{local[1]}", peer)
-        self.conn.notify = self._notified
-        self.conn.tmf_faults = server.faults  # tmf-reject rules (target.faults)
+        self.conn = Connection(server.portal, f"{local[0]}:{local[1]}", peer,
+                               wakeup=self._wakeup,
+                               tmf_faults=server.faults)  # tmf-reject rules (target.faults)
         self.pending: deque = deque()
         self.pending_bytes = 0
         self.reading = False
         self.writing = False
+        self.closing = False  # CloseWanted: close once the output is sent
         self.closed = False
         self._start_reading()
 
@@ -87,6 +92,8 @@ class Link:
     def _on_readable(self) -> None:
         conn = self.conn
         recv_into = self.sock.recv_into
+        next_event = conn.next_event
+        handlers = _HANDLERS
         drained = False  # a receive found nothing more (EAGAIN)
         for _ in range(RECV_ROUNDS):
             buf = conn.get_buffer()
@@ -103,11 +110,9 @@ class Link:
                 self.close()
                 return
             conn.buffer_updated(n)
-            if conn.ready or conn.data_ready:
-                self._run_tasks()
-            if conn.taskset_changed:
-                self._pump_all()
-            if conn.want_close or n < len(buf):
+            while (event := next_event()) is not None:
+                handlers[type(event)](self, event)
+            if self.closing or n < len(buf):
                 break
         if not drained and self.server.reader_called_once_on_error and not self.closed \
                 and self._socket_error():
@@ -130,30 +135,39 @@ class Link:
         self.close()
         return True
 
-    def _run_tasks(self) -> None:
-        run_ready(self, self.server.dispatchers, self.server.tracer)
+    def _run_tasks(self, event: TasksReady) -> None:
+        run_ready(self, event, self.server.dispatchers, self.server.tracer)
 
-    def _pump_all(self) -> None:
+    def _pump_all(self, _event: TaskSetChanged | None = None) -> None:
         pump_all(self, self.server.dispatchers)
+
+    def _close_wanted(self, _event: CloseWanted) -> None:
+        self.closing = True
 
     def flush(self) -> None:
         """Send what the connection has queued (another link's task completed here)."""
         self._flush()
 
-    def _notified(self) -> None:
-        """The connection changed state outside a receive (abort from another session)."""
-        if self.conn.taskset_changed:
-            self.loop.call_soon(self._pump_all)
-        self.loop.call_soon(self._flush)
+    def _wakeup(self) -> None:
+        """The connection has events from outside a receive (another session's abort, a
+        reinstatement): handle them and send, once the current callback is over."""
+        self.loop.call_soon(self._on_wakeup)
+
+    def _on_wakeup(self) -> None:
+        if self.closed:
+            return
+        next_event = self.conn.next_event
+        while (event := next_event()) is not None:
+            _HANDLERS[type(event)](self, event)
+        self._flush()
 
     def _flush(self) -> None:
         if self.closed:
             return
         conn = self.conn
-        if conn.has_output:
-            for buf in conn.take_output():
-                self.pending.append(buf)
-                self.pending_bytes += len(buf) if not isinstance(buf, memoryview) else buf.nbytes
+        for buf in conn.data_to_send():
+            self.pending.append(buf)
+            self.pending_bytes += len(buf) if not isinstance(buf, memoryview) else buf.nbytes
         pending = self.pending
         sendmsg = self.sock.sendmsg
         while pending:
@@ -187,7 +201,7 @@ class Link:
             if self.writing:
                 self.loop.remove_writer(self.fd)
                 self.writing = False
-            if conn.want_close:
+            if self.closing:
                 self.close()
                 return
             self._start_reading()
@@ -200,16 +214,23 @@ class Link:
         if self.writing:
             self.loop.remove_writer(self.fd)
             self.writing = False
-        self.conn.connection_lost()
-        if self.conn.taskset_changed:
-            # Its tasks left the task sets: what waited for them may start now.
-            self.loop.call_soon(pump_all, self, self.server.dispatchers)
-        self.conn.notify = None  # no cycle Link <-> Connection keeps a dead link alive
+        conn = self.conn
+        conn.connection_lost()  # it drops its wakeup: no cycle Link <-> Connection
+        while (event := conn.next_event()) is not None:
+            if type(event) is TaskSetChanged:
+                # Its tasks left the task sets: what waited for them may start now.
+                self.loop.call_soon(pump_all, self, self.server.dispatchers)
         self.pending.clear()
         self.pending_bytes = 0
         with contextlib.suppress(OSError):
             self.sock.close()
         self.server.links.discard(self)
+
+
+# What the Link does with each event: plain functions, so no Link holds a reference
+# cycle through bound methods of its own (a dead link's buffers go with it at once).
+_HANDLERS = {TasksReady: Link._run_tasks, TaskSetChanged: Link._pump_all,
+             CloseWanted: Link._close_wanted}
 
 
 class Server:

@@ -6,15 +6,23 @@ Rules:
   buffer; the data of SCSI writes (immediate data and Data-Out) is received straight into
   the command's own buffer at its buffer offset, so write data is never copied on the way
   in (DESIGN.md principle 5).
-- Output is a list of buffers (take_output()): BHS bytes, and Data-In payloads as
-  memoryviews of the SCSI layer's data, never joined. The shell sends them with one
-  sendmsg() each time.
-- Commands reach the SCSI layer through `ready` (a deque of ScsiTask) when they are
-  admitted, in CmdSN order (3.2.2.1: delivered for execution in CmdSN order), so that the
-  task set orders newer tasks after them (SAM-5 8.6, SPC-4 7.5.8 QAM=0) even while their
-  Data-Out is still arriving: such a task has `data_pending` set, and when the last of
-  its data is in it is put in `data_ready`; the shell runs it only then (target.dispatch)
-  and hands it back with complete(task).
+- The shell learns what to do from events (target.iscsi.events), as with h11 and
+  aioquic: after feeding bytes, and when the wakeup callback it gave runs, it calls
+  next_event() until None. The shell reads none of the connection's state and resets
+  none of it; a flag is cleared by the connection when it hands out the event.
+- Output is a list of buffers (data_to_send()): BHS bytes, and Data-In payloads as
+  memoryviews of the SCSI layer's data, never joined (so not h11's one bytes object).
+  The shell sends them with one sendmsg() each time.
+- Commands reach the SCSI layer through the TasksReady event when they are admitted, in
+  CmdSN order (3.2.2.1: delivered for execution in CmdSN order), so that the task set
+  orders newer tasks after them (SAM-5 8.6, SPC-4 7.5.8 QAM=0) even while their Data-Out
+  is still arriving: such a task has `data_pending` set, and when the last of its data
+  is in it is put in the event's `data_in`; the shell runs it only then
+  (target.dispatch) and hands it back with complete(task).
+- Requests are dispatched by one table, REQUESTS (opcode -> Request: handler, the phases
+  it is allowed in, what a discovery session does with it, CmdSN ordering or none), as
+  aioquic keeps its frame handlers. Phases follow the target states of RFC 7143 8.1
+  (Phase), moved only through the _TRANSITIONS table.
 - Login phase: only Login Requests, handled by target.iscsi.login (RFC 7143 6). Anything
   else closes the connection (6.1: the first PDU must be a Login Request).
 - Full feature phase, ErrorRecoveryLevel 0 (7.1.5, 7.2): non-immediate commands are
@@ -41,8 +49,8 @@ Rules:
   owner of its I_T nexus: tasks() lists its commands (the held ones too) and
   task_management_event() is how it learns which were aborted, by any nexus, and which
   end in TASK ABORTED (TAS=1) or a cold reset ends it.
-- An aborted command stays aborted (Command.aborted) until it is gone, whatever answered
-  it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
+- An aborted command stays aborted (TaskTransport.aborted) until it is gone, whatever
+  answered it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
   skipped when the hole closes, and its Data-Out is discarded (11.5.1).
 """
 
@@ -55,6 +63,8 @@ from collections.abc import Callable
 from enum import Enum
 
 from target.iscsi import pdu
+from target.iscsi.events import CLOSE_WANTED, TASKSET_CHANGED, Event, TasksReady
+from target.iscsi.login import Login, LoginOutcome
 from target.iscsi.pdu import (
     BHS_LEN,
     DIGEST_LEN,
@@ -65,7 +75,6 @@ from target.iscsi.pdu import (
     F_UNDERFLOW,
     F_WRITE,
     RESERVED_TAG,
-    ZERO_LUN,
     Bhs,
     Op,
     RejectReason,
@@ -93,9 +102,51 @@ _RECEIVED = ()  # a held CmdSN slot that counts as received with no command to r
 
 
 class Phase(Enum):
+    """The connection's phase, after the target states of RFC 7143 8.1: LOGIN is XPT_UP
+    and IN_LOGIN (transport up, login under way), FULL_FEATURE is LOGGED_IN, CLOSED is
+    FREE. At ErrorRecoveryLevel 0 with no connection recovery the logout and cleanup
+    states (IN_LOGOUT, LOGOUT_REQUESTED, CLEANUP_WAIT) are passed through at once: a
+    Logout is answered and the connection closes with its response."""
+
     LOGIN = "login"
     FULL_FEATURE = "full feature"
     CLOSED = "closed"
+
+
+class Transition(Enum):
+    """What moves a connection from one phase to the next (see _TRANSITIONS)."""
+
+    LOGIN_COMPLETE = "final Login Response sent, T=1 into full feature phase (6.3)"
+    LOGIN_FAILED = "Login Response with a failure status sent (6.1, 11.13.5)"
+    LOGOUT = "Logout Response sent, the connection or session closes (11.14)"
+    TRANSPORT_LOST = "the transport is gone (peer, error, or we closed it)"
+
+
+_TRANSITIONS: dict[tuple[Phase, Transition], Phase] = {
+    (Phase.LOGIN, Transition.LOGIN_COMPLETE): Phase.FULL_FEATURE,
+    (Phase.LOGIN, Transition.LOGIN_FAILED): Phase.CLOSED,
+    (Phase.FULL_FEATURE, Transition.LOGOUT): Phase.CLOSED,
+    (Phase.LOGIN, Transition.TRANSPORT_LOST): Phase.CLOSED,
+    (Phase.FULL_FEATURE, Transition.TRANSPORT_LOST): Phase.CLOSED,
+    (Phase.CLOSED, Transition.TRANSPORT_LOST): Phase.CLOSED,
+}
+
+
+class Ordering(Enum):
+    """How a request meets CmdSN ordering (RFC 7143 3.2.2.1, 4.2.2.1)."""
+
+    CMDSN = "in CmdSN order, or at once with the I bit"
+    NONE = "no CmdSN: handled as it arrives"  # Data-Out (11.7), SNACK (11.16)
+    CMDSN_UNLESS_REPLY = "as CMDSN, but a reply to our NOP-In (ITT 0xffffffff) at once"
+
+
+class InDiscovery(Enum):
+    """What a request gets in a discovery session (4.3: Text and Logout are what it is
+    for; NOP-Out is answered too)."""
+
+    ALLOWED = "handled"
+    REJECTED = "Reject (PROTOCOL_ERROR) and the connection goes on"
+    ENDS = "Reject naming it and the connection ends"
 
 
 class ProtocolError(Exception):
@@ -113,7 +164,7 @@ class R2T:
 
     __slots__ = ("ttt", "cmd", "offset", "end", "next_offset", "datasn")
 
-    def __init__(self, ttt: int, cmd: Command, offset: int, length: int) -> None:
+    def __init__(self, ttt: int, cmd: TaskTransport, offset: int, length: int) -> None:
         self.ttt = ttt
         self.cmd = cmd
         self.offset = offset
@@ -122,8 +173,10 @@ class R2T:
         self.datasn = 0
 
 
-class Command:
-    """Transport state of one SCSI command, from its PDU to its response."""
+class TaskTransport:
+    """The iSCSI transport state of one SCSI command (its ScsiTask's `transport`), from
+    its PDU to its response: ITT, CmdSN, the write buffer, unsolicited data and R2Ts.
+    Not target.scsi.commands.Command, the opcode table's entry."""
 
     __slots__ = ("task", "itt", "cmdsn", "lun_raw", "edtl", "read", "write", "buf", "view",
                  "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
@@ -153,14 +206,21 @@ class Command:
         self.gap: tuple[int, int] | None = None  # unsolicited range left unsent (F bit)
 
 
+# The old name of TaskTransport, left for _fail_data's annotation (another change edits
+# that method at the same time); drop it once both are merged.
+Command = TaskTransport
+
+
 class Connection:
     """The protocol state of one TCP connection to the target."""
 
-    def __init__(self, portal, local_address: str = "", peer: str = "") -> None:
+    def __init__(self, portal, local_address: str = "", peer: str = "",
+                 wakeup: Callable[[], None] | None = None, tmf_faults=None) -> None:
         self.portal = portal
         self.peer = peer
         self.local_address = local_address
         self.phase = Phase.LOGIN
+        self._discovery = False  # a discovery session (4.3): set at full feature phase
         self.login = None  # the Login state machine, made on the first Login Request
         self.session: Session | None = None
         self.params = SessionParams()
@@ -168,14 +228,16 @@ class Connection:
         self.stat_sn = 0
         self.ready: deque[ScsiTask] = deque()
         self.data_ready: deque[ScsiTask] = deque()  # tasks of `ready` whose data is now in
-        self.want_close = False
-        self.taskset_changed = False  # tasks left an LU's task set: the shell pumps it
-        self.tmf_faults = None  # target.faults.Faults whose tmf-reject rules TMFs meet
-        self.notify: Callable[[], None] | None = None  # set by the shell: state changed
+        self._tasks_ready = TasksReady(self.ready, self.data_ready)  # the one event object
+        self.want_close = False  # state, for inspection: the shell is told by CloseWanted
+        self._close_told = False
+        self._taskset_changed = False  # tasks left an LU's task set: TaskSetChanged
+        self.tmf_faults = tmf_faults  # target.faults.Faults whose tmf-reject rules TMFs meet
+        self._wakeup = wakeup  # the shell's: events are waiting outside a receive
         self._out: list = []
-        self._cmds: dict[int, Command] = {}
+        self._cmds: dict[int, TaskTransport] = {}
         self._r2ts: dict[int, R2T] = {}
-        self._held: dict[int, tuple[Bhs, object, Command | None]] = {}
+        self._held: dict[int, tuple[Bhs, object, TaskTransport | None]] = {}
         self._next_ttt = 1
         self._text = None
         self._ping_ttt: int | None = None
@@ -194,7 +256,7 @@ class Connection:
         self._got = 0
         self._tail = 0
         self._direct = False
-        self._incoming: Command | None = None
+        self._incoming: TaskTransport | None = None
         self._stray = False  # the Data-Out being received was rejected: drop it
 
     # --- receive -----------------------------------------------------------------------
@@ -319,44 +381,42 @@ class Connection:
     # --- dispatch ----------------------------------------------------------------------
 
     def _dispatch(self, bhs: Bhs, data) -> None:
-        if self.phase is Phase.LOGIN:
-            self._login(bhs, data)
-            return
-        if self.phase is not Phase.FULL_FEATURE:
+        """One whole PDU, by the request table (REQUESTS): its phases, discovery rule and
+        ordering are checked here, then its handler runs now or in CmdSN order."""
+        phase = self.phase
+        if phase is Phase.CLOSED:
             return
         op = bhs.opcode
-        if op == Op.DATA_OUT:
-            if not bhs.dsl:  # checked as one with data would be, when it had a destination
-                self._data_out_destination(bhs)
-            self._data_out(bhs)
+        req = REQUESTS.get(op)
+        if req is None or phase not in req.phases:
+            if phase is Phase.LOGIN:  # 6.1: only Login Requests until the login is over
+                raise ProtocolError(f"opcode {op:#x} during login")
+            if req is None:
+                self._reject(bhs, RejectReason.COMMAND_NOT_SUPPORTED)
+                return
+            raise ProtocolError(f"{req.name} in full feature phase", header=bhs.raw)
+        if self._discovery and req.discovery is not InDiscovery.ALLOWED:
+            if req.discovery is InDiscovery.ENDS:
+                raise ProtocolError(f"{req.name} in a discovery session", header=bhs.raw)
+            self._reject(bhs, RejectReason.PROTOCOL_ERROR)
             return
+        ordering = req.ordering
+        if ordering is Ordering.NONE or (ordering is Ordering.CMDSN_UNLESS_REPLY
+                                         and bhs.itt == RESERVED_TAG):
+            req.handler(self, bhs, data, None)
+            return
+        cmd = None
         if op == Op.SCSI_COMMAND:
             cmd = self._incoming if bhs.dsl else self._new_command(bhs)
             self._incoming = None
             if cmd is None:
                 return
-        else:
-            cmd = None
-            if op not in pdu.INITIATOR_OPCODES or op == Op.SNACK_REQUEST:
-                reason = (RejectReason.SNACK_REJECT if op == Op.SNACK_REQUEST
-                          else RejectReason.COMMAND_NOT_SUPPORTED)
-                self._reject(bhs, reason)
-                return
-            if op == Op.LOGIN_REQUEST:
-                raise ProtocolError("Login Request in full feature phase", header=bhs.raw)
-            if self.params.session_type == "Discovery" and op not in (
-                    Op.TEXT_REQUEST, Op.LOGOUT_REQUEST, Op.NOP_OUT):
-                self._reject(bhs, RejectReason.PROTOCOL_ERROR)
-                return
-            if op == Op.NOP_OUT and bhs.itt == RESERVED_TAG:
-                self._nop_out(bhs, data)  # a reply to our NOP-In: immediate, no CmdSN
-                return
         if bhs.immediate:
-            self._execute(bhs, data, cmd)
+            req.handler(self, bhs, data, cmd)
         else:
             self._admit(bhs, data, cmd)
 
-    def _admit(self, bhs: Bhs, data, cmd: Command | None) -> None:
+    def _admit(self, bhs: Bhs, data, cmd: TaskTransport | None) -> None:
         """CmdSN ordering (RFC 7143 4.2.2.1): a command beyond ExpCmdSN waits for the ones
         before it; a CmdSN outside the window, or one already received, is ignored."""
         session = self.session
@@ -373,7 +433,7 @@ class Connection:
             return
         if not self._held:  # the common case: nothing waits behind it
             session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
-            self._execute(bhs, data, cmd)
+            REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             if not self._held:
                 return
             entry = self._held.pop(session.exp_cmdsn, None)
@@ -390,7 +450,8 @@ class Connection:
         while True:
             session.exp_cmdsn = (session.exp_cmdsn + 1) & 0xFFFFFFFF
             if entry is not _RECEIVED:
-                self._execute(*entry)
+                bhs, data, cmd = entry
+                REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             entry = self._held.pop(session.exp_cmdsn, None)
             if entry is None:
                 return
@@ -407,19 +468,38 @@ class Connection:
         elif cmdsn not in self._held:
             self._held[cmdsn] = _RECEIVED
 
-    def _execute(self, bhs: Bhs, data, cmd: Command | None) -> None:
-        op = bhs.opcode
-        if op == Op.SCSI_COMMAND:
-            assert cmd is not None
-            self._start_command(cmd)
-        elif op == Op.NOP_OUT:
-            self._nop_out(bhs, data)
-        elif op == Op.TASK_MGMT_REQUEST:
-            self._task_management(bhs)
-        elif op == Op.TEXT_REQUEST:
-            self._text_request(bhs, data)
-        elif op == Op.LOGOUT_REQUEST:
-            self._logout(bhs)
+    # --- the requests' handlers (REQUESTS): (bhs, data, transport state or None) --------
+
+    def _scsi_command(self, bhs: Bhs, data, cmd: TaskTransport | None) -> None:
+        assert cmd is not None
+        self._start_command(cmd)
+
+    def _data_out_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        if not bhs.dsl:  # checked as one with data would be, when it had a destination
+            self._data_out_destination(bhs)
+        self._data_out(bhs)
+
+    def _nop_out_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._nop_out(bhs, data)
+
+    def _task_management_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._task_management(bhs)
+
+    def _text_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._text_request(bhs, data)
+
+    def _logout_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._logout(bhs)
+
+    def _login_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        self._login(bhs, data)
+
+    def _snack_pdu(self, bhs: Bhs, data, cmd: None) -> None:
+        """SNACK (11.16): no retransmission at ErrorRecoveryLevel 0; Rejected (11.17.1)."""
+        self._reject(bhs, RejectReason.SNACK_REJECT)
+
+    def _move(self, transition: Transition) -> None:
+        self.phase = _TRANSITIONS[(self.phase, transition)]
 
     # --- login -------------------------------------------------------------------------
 
@@ -427,15 +507,13 @@ class Connection:
         if bhs.opcode != Op.LOGIN_REQUEST:
             raise ProtocolError(f"opcode {bhs.opcode:#x} during login")
         if self.login is None:
-            from target.iscsi.login import Login
-
             self.login = Login(self.portal, self.local_address)
         step = self.login.receive(bhs, bytes(data))
         self._out.extend(step.pdus)
-        if step.outcome == "failed":
+        if step.outcome is LoginOutcome.FAILED:
             self.want_close = True
-            self.phase = Phase.CLOSED
-        elif step.outcome == "complete":
+            self._move(Transition.LOGIN_FAILED)
+        elif step.outcome is LoginOutcome.COMPLETE:
             self.enter_full_feature(step.session, self.login.stat_sn)
 
     def enter_full_feature(self, session: Session, stat_sn: int) -> None:
@@ -444,7 +522,8 @@ class Connection:
         session.connection = self
         self.params = p = session.params
         self.stat_sn = stat_sn
-        self.phase = Phase.FULL_FEATURE
+        self._move(Transition.LOGIN_COMPLETE)
+        self._discovery = p.session_type == "Discovery"
         self._max_recv = p.target_max_recv_data_segment_length
         self._hdigest = p.header_digest
         self._ddigest = p.data_digest
@@ -464,7 +543,7 @@ class Connection:
 
     # --- SCSI commands -----------------------------------------------------------------
 
-    def _new_command(self, bhs: Bhs) -> Command | None:
+    def _new_command(self, bhs: Bhs) -> TaskTransport | None:
         """Validate a SCSI Command PDU and set up its state; None when it is ignored."""
         session = self.session
         if session is None or session.device is None:
@@ -495,7 +574,7 @@ class Connection:
         lun = bhs.lun
         task = ScsiTask(self.nexus, lun[1] if lun == _LUN_PREFIX[lun[1]] else decode_lun(lun),
                         cdb, bhs.itt, flags & 7, None, edtl if flags & F_READ else 0)
-        cmd = Command(task, bhs)
+        cmd = TaskTransport(task, bhs)
         task.transport = cmd
         if write and edtl:
             cmd.buf = bytearray(edtl)
@@ -524,7 +603,7 @@ class Connection:
             pos += 3 + length + (-(3 + length) & 3)
         return cdb
 
-    def _start_command(self, cmd: Command) -> None:
+    def _start_command(self, cmd: TaskTransport) -> None:
         cmd.admitted = True
         if cmd.aborted:
             return
@@ -533,12 +612,12 @@ class Connection:
             cmd.task.data_pending = True  # into the task set now; it runs once its data is in
         self._queue(cmd)
 
-    def _queue(self, cmd: Command) -> None:
+    def _queue(self, cmd: TaskTransport) -> None:
         if not cmd.queued:
             cmd.queued = True
             self.ready.append(cmd.task)
 
-    def _send_r2ts(self, cmd: Command) -> None:
+    def _send_r2ts(self, cmd: TaskTransport) -> None:
         """R2Ts (11.8) for what is not asked for yet, at most MaxBurstLength each and
         MaxOutstandingR2T at a time: first a gap an unsolicited burst left (ended early by
         its F bit), then onwards from r2t_next."""
@@ -560,9 +639,9 @@ class Connection:
             ttt = self._next_ttt
             self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
             self._r2ts[ttt] = R2T(ttt, cmd, offset, length)
-            self._send(pdu.pack(Op.R2T, F_FINAL, 0, 0, 0, cmd.lun_raw, cmd.itt, ttt,
-                                self.stat_sn, session.exp_cmdsn, session.max_cmdsn, cmd.r2tsn,
-                                offset, length))
+            self._send(pdu.r2t(lun=cmd.lun_raw, itt=cmd.itt, ttt=ttt, statsn=self.stat_sn,
+                               exp_cmdsn=session.exp_cmdsn, max_cmdsn=session.max_cmdsn,
+                               r2tsn=cmd.r2tsn, buffer_offset=offset, desired_length=length))
             cmd.r2tsn += 1
             cmd.data_pdus += 1
             cmd.outstanding += 1
@@ -662,7 +741,7 @@ class Connection:
     def complete(self, task: ScsiTask, aborted_status: bool = False) -> None:
         """The SCSI layer is done with `task`: send its data and status (for an aborted
         command only with `aborted_status`: TASK ABORTED under TAS=1)."""
-        cmd: Command = task.transport
+        cmd: TaskTransport = task.transport
         if cmd is None:  # its connection is gone (connection_lost)
             return
         task.transport = None  # no task <-> command cycle once it is answered
@@ -703,17 +782,19 @@ class Connection:
         sense = task.sense
         exp = session.exp_cmdsn
         if sense:
-            self._send(pdu.pack(Op.SCSI_RESPONSE, F_FINAL | resid_flag, 0, status,
-                                2 + len(sense), ZERO_LUN, cmd.itt, 0, self._next_stat_sn(),
-                                exp, session.max_cmdsn, cmd.data_pdus, 0, resid),
+            self._send(pdu.scsi_response(flags=resid_flag, status=status, dsl=2 + len(sense),
+                                         itt=cmd.itt, statsn=self._next_stat_sn(),
+                                         exp_cmdsn=exp, max_cmdsn=session.max_cmdsn,
+                                         exp_datasn=cmd.data_pdus, residual=resid),
                        _SENSE_LEN.pack(len(sense)) + sense)
         else:
-            self._send(pdu.pack(Op.SCSI_RESPONSE, F_FINAL | resid_flag, 0, status, 0,
-                                ZERO_LUN, cmd.itt, 0, self._next_stat_sn(), exp,
-                                session.max_cmdsn, cmd.data_pdus, 0, resid))
+            self._send(pdu.scsi_response(flags=resid_flag, status=status, dsl=0, itt=cmd.itt,
+                                         statsn=self._next_stat_sn(), exp_cmdsn=exp,
+                                         max_cmdsn=session.max_cmdsn,
+                                         exp_datasn=cmd.data_pdus, residual=resid))
 
-    def _send_data_in(self, cmd: Command, data, n: int, status: int | None, resid_flag: int,
-                      resid: int) -> None:
+    def _send_data_in(self, cmd: TaskTransport, data, n: int, status: int | None,
+                      resid_flag: int, resid: int) -> None:
         view = data if isinstance(data, memoryview) else memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
@@ -724,6 +805,7 @@ class Connection:
         datasn = 0
         out = self._out
         hd, dd = self._hdigest, self._ddigest
+        data_in = pdu.data_in
         offset = 0
         while offset < n:
             burst_end = min(n, offset + burst)
@@ -731,13 +813,16 @@ class Connection:
                 seg = min(seg_max, burst_end - offset)
                 end = offset + seg
                 if end == n and status is not None:
-                    hdr = pdu.pack(Op.DATA_IN, F_FINAL | F_STATUS | resid_flag, 0, status, seg,
-                                   cmd.lun_raw, cmd.itt, RESERVED_TAG, self._next_stat_sn(),
-                                   session.exp_cmdsn, session.max_cmdsn, datasn, offset, resid)
+                    hdr = data_in(flags=F_FINAL | F_STATUS | resid_flag, status=status,
+                                  dsl=seg, lun=cmd.lun_raw, itt=cmd.itt,
+                                  statsn=self._next_stat_sn(), exp_cmdsn=session.exp_cmdsn,
+                                  max_cmdsn=session.max_cmdsn, datasn=datasn,
+                                  buffer_offset=offset, residual=resid)
                 else:
-                    hdr = pdu.pack(Op.DATA_IN, F_FINAL if end == burst_end else 0, 0, 0, seg,
-                                   cmd.lun_raw, cmd.itt, RESERVED_TAG, 0, session.exp_cmdsn,
-                                   session.max_cmdsn, datasn, offset, 0)
+                    hdr = data_in(flags=F_FINAL if end == burst_end else 0, dsl=seg,
+                                  lun=cmd.lun_raw, itt=cmd.itt, exp_cmdsn=session.exp_cmdsn,
+                                  max_cmdsn=session.max_cmdsn, datasn=datasn,
+                                  buffer_offset=offset)
                 chunk = view[offset:end]
                 out.append(hdr + pdu.digest(hdr) if hd else hdr)
                 out.append(chunk)
@@ -760,9 +845,9 @@ class Connection:
             return
         session = self.session
         ping = bytes(data)[: self.params.max_recv_data_segment_length] if bhs.dsl else b""
-        self._send(pdu.pack(Op.NOP_IN, F_FINAL, 0, 0, len(ping), bhs.lun, bhs.itt, RESERVED_TAG,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn),
-                   ping)
+        self._send(pdu.nop_in(dsl=len(ping), lun=bhs.lun, itt=bhs.itt, ttt=RESERVED_TAG,
+                              statsn=self._next_stat_sn(), exp_cmdsn=session.exp_cmdsn,
+                              max_cmdsn=session.max_cmdsn), ping)
 
     def ping(self) -> bool:
         """Send a NOP-In asking for a NOP-Out (11.19); False if the last one is unanswered."""
@@ -774,8 +859,8 @@ class Connection:
         ttt = self._next_ttt
         self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
         self._ping_ttt = ttt
-        self._send(pdu.pack(Op.NOP_IN, F_FINAL, 0, 0, 0, ZERO_LUN, RESERVED_TAG, ttt,
-                            self.stat_sn, session.exp_cmdsn, session.max_cmdsn))
+        self._send(pdu.nop_in(itt=RESERVED_TAG, ttt=ttt, statsn=self.stat_sn,
+                              exp_cmdsn=session.exp_cmdsn, max_cmdsn=session.max_cmdsn))
         return True
 
     def request_logout(self, seconds: int) -> None:
@@ -783,9 +868,9 @@ class Connection:
         if self.phase is not Phase.FULL_FEATURE or self.want_close:
             return
         session = self.session
-        self._send(pdu.pack(Op.ASYNC_MESSAGE, F_FINAL, 0, 0, 0, ZERO_LUN, RESERVED_TAG, 0,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn,
-                            1 << 24, seconds & 0xFFFF, 0))
+        self._send(pdu.async_message(event=1, parameter3=seconds & 0xFFFF,  # Time2Wait
+                                     statsn=self._next_stat_sn(), exp_cmdsn=session.exp_cmdsn,
+                                     max_cmdsn=session.max_cmdsn))
 
     def _text_request(self, bhs: Bhs, data) -> None:
         from target.iscsi.text import TextResponder
@@ -794,21 +879,23 @@ class Connection:
             self._text = TextResponder(self.session, self.portal)
         session = self.session
         for flags, ttt, payload in self._text.receive(bhs, bytes(data)):
-            self._send(pdu.pack(Op.TEXT_RESPONSE, flags, 0, 0, len(payload), bhs.lun, bhs.itt,
-                                ttt, self._next_stat_sn(), session.exp_cmdsn,
-                                session.max_cmdsn), payload)
+            self._send(pdu.text_response(flags=flags, dsl=len(payload), lun=bhs.lun,
+                                         itt=bhs.itt, ttt=ttt, statsn=self._next_stat_sn(),
+                                         exp_cmdsn=session.exp_cmdsn,
+                                         max_cmdsn=session.max_cmdsn), payload)
 
     def _logout(self, bhs: Bhs) -> None:
         """Logout (11.14, 11.15): close the session or this connection; ERL 0 only."""
         reason = bhs.flags & 0x7F
         session = self.session
         response = 0 if reason in (0, 1) else 2  # 2: connection recovery not supported
-        self._send(pdu.pack(Op.LOGOUT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn, 0,
-                            0, 0))
+        self._send(pdu.logout_response(response=response, itt=bhs.itt,
+                                       statsn=self._next_stat_sn(),
+                                       exp_cmdsn=session.exp_cmdsn,
+                                       max_cmdsn=session.max_cmdsn))
         if response == 0:
             self.want_close = True
-            self.phase = Phase.CLOSED
+            self._move(Transition.LOGOUT)
             self._end_session()
 
     def _task_management(self, bhs: Bhs) -> None:
@@ -872,8 +959,10 @@ class Connection:
         if outcome is not None and outcome.response is incorrect_lun:
             response = TmfResponse.LUN_DOES_NOT_EXIST
         session = self.session
-        self._send(pdu.pack(Op.TASK_MGMT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, bhs.itt, 0,
-                            self._next_stat_sn(), session.exp_cmdsn, session.max_cmdsn))
+        self._send(pdu.task_management_response(response=response, itt=bhs.itt,
+                                                statsn=self._next_stat_sn(),
+                                                exp_cmdsn=session.exp_cmdsn,
+                                                max_cmdsn=session.max_cmdsn))
         if received is not None:
             self._consider_received(received)
         if outcome is not None and outcome.function is Function.TARGET_COLD_RESET:
@@ -888,28 +977,29 @@ class Connection:
 
     def task_management_event(self, event: TmfEvent) -> None:
         """The task manager aborted tasks of this nexus (TaskOwner). Each stays aborted
-        (Command.aborted): one held behind a CmdSN hole is skipped when the hole closes.
+        (TaskTransport.aborted): one held behind a CmdSN hole is skipped when the hole
+        closes.
         TASK_ABORTED ones (TAS=1, another nexus's function) get that status now; the
         others go unanswered. Another nexus's TARGET COLD RESET ends this connection."""
         for a in event.aborted:
-            cmd: Command | None = a.task.transport
+            cmd: TaskTransport | None = a.task.transport
             if cmd is None:
                 continue
             self._abort(cmd, in_taskset=False)
             if a.disposition is Disposition.TASK_ABORTED:
                 self.complete(cmd.task, aborted_status=True)
         if event.taskset_changed:
-            self.taskset_changed = True
+            self._taskset_changed = True
         if event.cold_reset:
             self.close_for_reinstatement()
-        elif event.aborted and not event.issuer and self.notify:
-            self.notify()
+        elif event.aborted and not event.issuer and self._wakeup:
+            self._wakeup()
 
-    def _abort(self, cmd: Command, in_taskset: bool = True) -> None:
+    def _abort(self, cmd: TaskTransport, in_taskset: bool = True) -> None:
         cmd.aborted = True
         self._forget(cmd, in_taskset)
 
-    def _forget(self, cmd: Command, in_taskset: bool = True) -> None:
+    def _forget(self, cmd: TaskTransport, in_taskset: bool = True) -> None:
         """Drop a command's transport state; with `in_taskset`, also take its task out of
         the LU's task set (the task manager has done that when it aborted the task)."""
         if self._cmds.get(cmd.itt) is cmd:
@@ -925,7 +1015,7 @@ class Connection:
                 session = self.session
                 if in_taskset and session is not None and session.device is not None \
                         and session.device.tmf.release(cmd.task):
-                    self.taskset_changed = True
+                    self._taskset_changed = True
 
     # --- errors, closing ---------------------------------------------------------------
 
@@ -934,8 +1024,8 @@ class Connection:
         session = self.session
         exp = session.exp_cmdsn if session else 0
         mx = session.max_cmdsn if session else 0
-        self._send(pdu.pack(Op.REJECT, F_FINAL, reason, 0, BHS_LEN, ZERO_LUN, RESERVED_TAG, 0,
-                            self._next_stat_sn(), exp, mx), bhs.raw)
+        self._send(pdu.reject(reason=reason, statsn=self._next_stat_sn(), exp_cmdsn=exp,
+                              max_cmdsn=mx), bhs.raw)
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.warning("%s: %s; closing the connection", self.peer or "connection", exc)
@@ -947,14 +1037,14 @@ class Connection:
         """Another login reinstated this session, or a cold reset: end the connection."""
         self.want_close = True
         self._end_session()
-        if self.notify:
-            self.notify()
+        if self._wakeup:
+            self._wakeup()
 
     def connection_lost(self) -> None:
         """The transport is gone (peer closed, error, or we closed it). Nothing it held is
         kept in a reference cycle (task <-> command, session <-> connection), so its
         buffers go with the last reference, not at a later full garbage collection."""
-        self.phase = Phase.CLOSED
+        self._move(Transition.TRANSPORT_LOST)
         self.want_close = True
         cmds = list(self._cmds.values())
         for cmd in cmds:
@@ -966,6 +1056,7 @@ class Connection:
         self._end_session()
         if self.session is not None and self.session.connection is self:
             self.session.connection = None
+        self._wakeup = None  # no cycle shell <-> connection keeps a dead link alive
 
     def _end_session(self) -> None:
         session = self.session
@@ -995,13 +1086,78 @@ class Connection:
             if self._ddigest:
                 out.append(pdu.digest(data, pad))
 
-    def take_output(self) -> list:
-        """The buffers to send, in order; the caller owns the list."""
+    def next_event(self) -> Event | None:
+        """The next thing the shell is to do (target.iscsi.events), or None. TasksReady
+        comes back until the shell has emptied its queues; the others are given once."""
+        if self.ready or self.data_ready:
+            return self._tasks_ready
+        if self._taskset_changed:
+            self._taskset_changed = False
+            return TASKSET_CHANGED
+        if self.want_close and not self._close_told:
+            self._close_told = True
+            return CLOSE_WANTED
+        return None
+
+    def data_to_send(self) -> list | tuple:
+        """The buffers to send, in order (bytes and memoryviews, for sendmsg()); the caller
+        owns a non-empty list; () when there is nothing."""
         out = self._out
+        if not out:
+            return ()
         self._out = []
         return out
 
     @property
     def has_output(self) -> bool:
+        """Output is waiting (for tests that model a peer slow to read)."""
         return bool(self._out)
 
+
+
+class Request:
+    """One row of the request table: an initiator opcode (RFC 7143 10.2.1.2), its handler
+    (a Connection method taking the BHS, the data segment and the transport state of a
+    SCSI command), the phases it is allowed in, what a discovery session does with it,
+    and how it meets CmdSN ordering. As aioquic's frame handlers are kept."""
+
+    __slots__ = ("opcode", "name", "handler", "phases", "discovery", "ordering")
+
+    def __init__(self, opcode: Op, name: str,
+                 handler: Callable[[Connection, Bhs, object, TaskTransport | None], None],
+                 phases: frozenset[Phase], discovery: InDiscovery,
+                 ordering: Ordering) -> None:
+        self.opcode = opcode
+        self.name = name
+        self.handler = handler
+        self.phases = phases
+        self.discovery = discovery
+        self.ordering = ordering
+
+
+_FFP = frozenset({Phase.FULL_FEATURE})
+_LOGIN = frozenset({Phase.LOGIN})
+
+# Initiator opcodes (10.2.1.2). Not here: target opcodes and reserved ones, Rejected as
+# COMMAND_NOT_SUPPORTED in full feature phase (11.17.1). A Data-Out in a discovery
+# session is handled as data for no task (there are none) and discarded.
+REQUESTS: dict[int, Request] = {r.opcode: r for r in (
+    Request(Op.NOP_OUT, "NOP-Out", Connection._nop_out_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.CMDSN_UNLESS_REPLY),  # 11.18
+    Request(Op.SCSI_COMMAND, "SCSI Command", Connection._scsi_command, _FFP,
+            InDiscovery.ENDS, Ordering.CMDSN),  # 11.3
+    Request(Op.TASK_MGMT_REQUEST, "Task Management Function Request",
+            Connection._task_management_pdu, _FFP, InDiscovery.REJECTED,
+            Ordering.CMDSN),  # 11.5
+    Request(Op.LOGIN_REQUEST, "Login Request", Connection._login_pdu, _LOGIN,
+            InDiscovery.ALLOWED, Ordering.NONE),  # 11.12; CmdSN is login's own (6)
+    Request(Op.TEXT_REQUEST, "Text Request", Connection._text_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.CMDSN),  # 11.10
+    Request(Op.DATA_OUT, "SCSI Data-Out", Connection._data_out_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.NONE),  # 11.7
+    Request(Op.LOGOUT_REQUEST, "Logout Request", Connection._logout_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.CMDSN),  # 11.14
+    Request(Op.SNACK_REQUEST, "SNACK Request", Connection._snack_pdu, _FFP,
+            InDiscovery.ALLOWED, Ordering.NONE),  # 11.16: its handler Rejects it anyway
+)}
+assert set(REQUESTS) == pdu.INITIATOR_OPCODES

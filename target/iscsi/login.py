@@ -1,9 +1,11 @@
 """The login phase of one connection, sans-IO (RFC 7143 sections 6, 11.12, 11.13).
 
 Rules:
-- Stages (6.3, 11.12.3): CSG/NSG are 0 SecurityNegotiation, 1 LoginOperational-
-  Negotiation, 3 FullFeaturePhase. The first request may start in stage 0 or, when no
-  authentication is required, directly in stage 1 (6.3.2). Every request must carry the
+- Stages (6.3, 11.12.3, LoginStage): CSG/NSG are 0 SecurityNegotiation, 1
+  LoginOperationalNegotiation, 3 FullFeaturePhase. Each request leaves the login in a
+  LoginOutcome: CONTINUE, COMPLETE (full feature phase) or FAILED (the connection
+  closes). The first request may start in stage 0 or, when no authentication is
+  required, directly in stage 1 (6.3.2). Every request must carry the
   stage the target is in; T=1 asks to move to NSG, which must be a later stage (2 is
   reserved); T and C together are an initiator error (11.12.2). The target answers with
   the request's CSG and moves only when the initiator asked to (T=1) and it agrees; the
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
 
 from target.iscsi import pdu
 from target.iscsi.keys import (
@@ -63,9 +66,27 @@ from target.iscsi.session import Session
 
 log = logging.getLogger(__name__)
 
-SECURITY = 0
-OPERATIONAL = 1
-FULL_FEATURE = 3
+
+
+class LoginStage(IntEnum):
+    """CSG and NSG values (RFC 7143 11.12.3); 2 is reserved."""
+
+    SECURITY_NEGOTIATION = 0
+    LOGIN_OPERATIONAL_NEGOTIATION = 1
+    FULL_FEATURE_PHASE = 3
+
+
+class LoginOutcome(StrEnum):
+    """What a Login Request left the login in (LoginStep.outcome)."""
+
+    CONTINUE = "continue"  # more requests to come
+    COMPLETE = "complete"  # the final response went out: full feature phase (11.13.4)
+    FAILED = "failed"  # a response with Status-Class not 0: the connection closes (11.13.5)
+
+
+SECURITY = LoginStage.SECURITY_NEGOTIATION
+OPERATIONAL = LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
+FULL_FEATURE = LoginStage.FULL_FEATURE_PHASE
 VERSION = 0x00  # the only iSCSI version (11.12.4)
 LOGIN_MAX_DATA = 8192  # MaxRecvDataSegmentLength during login (13.12)
 MAX_LOGIN_TEXT = 64 * 1024  # a request text spanning PDUs beyond this: out of resources
@@ -78,7 +99,7 @@ class LoginStep:
     """What one Login Request produced: responses to send, and what happens next."""
 
     pdus: list[bytes] = field(default_factory=list)
-    outcome: str = "continue"  # "continue" | "complete" | "failed"
+    outcome: LoginOutcome = LoginOutcome.CONTINUE
     session: Session | None = None  # when complete
     status: tuple[int, int] = (0, 0)  # Status-Class, Status-Detail of the last response
     message: str = ""
@@ -92,13 +113,13 @@ class Login:
         self.local_address = local_address
         self.negotiation = Negotiation(portal.offers)
         self.params = self.negotiation.params  # the SessionParams being negotiated
-        self.stage: int | None = None  # the CSG the next request must carry
+        self.stage: LoginStage | None = None  # the CSG the next request must carry
         self.stat_sn = 0  # the StatSN of the next response (after login: of FFP)
         self.exp_cmdsn = 0
         self.isid = 0
         self.tsih = 0
         self.cid = 0
-        self.outcome = "continue"
+        self.outcome = LoginOutcome.CONTINUE
         self.session: Session | None = None
         self.target = None  # the TargetEntry of a Normal session
         self.auth_method: str | None = None
@@ -118,8 +139,8 @@ class Login:
 
     def receive(self, bhs: Bhs, data: bytes) -> LoginStep:
         """One Login Request in, its Login Response(s) out."""
-        if self.outcome != "continue":
-            return LoginStep([], "failed", message="login already over")
+        if self.outcome is not LoginOutcome.CONTINUE:
+            return LoginStep([], LoginOutcome.FAILED, message="login already over")
         try:
             return self._receive(bhs, bytes(data))
         except NegotiationError as exc:
@@ -147,7 +168,7 @@ class Login:
             if csg == OPERATIONAL and self.auth_required:
                 raise NegotiationError(AUTHENTICATION_FAILURE,
                                        "authentication is required: start in stage 0")
-            self.stage = csg
+            self.stage = LoginStage(csg)
         else:
             if (bhs.isid, bhs.tsih, bhs.cid) != (self.isid, self.tsih, self.cid):
                 raise NegotiationError(INITIATOR_ERROR, "ISID, TSIH or CID changed in login")
@@ -263,7 +284,7 @@ class Login:
             raise NegotiationError(AUTHENTICATION_FAILURE, "not authenticated")
         if nsg == FULL_FEATURE:
             return self._complete(bhs, piece)
-        self.stage = nsg
+        self.stage = LoginStage(nsg)
         return LoginStep([self._response(bhs, LOGIN_TRANSIT | csg << 2 | nsg, piece)])
 
     def _complete(self, bhs: Bhs, piece: bytes) -> LoginStep:
@@ -284,11 +305,11 @@ class Login:
         flags = LOGIN_TRANSIT | self.stage << 2 | FULL_FEATURE
         response = self._response(bhs, flags, piece)
         self.stage = FULL_FEATURE
-        self.outcome = "complete"
+        self.outcome = LoginOutcome.COMPLETE
         self.session = session
         log.info("login complete: %s session %s -> %s, TSIH %d", p.session_type,
                  p.initiator_name, p.target_name or "-", p.tsih)
-        return LoginStep([response], "complete", session)
+        return LoginStep([response], LoginOutcome.COMPLETE, session)
 
     def _close(self, old: Session) -> None:
         """Session reinstatement (6.3.5): the old session and its connection end."""
@@ -319,7 +340,7 @@ class Login:
             self.isid, self.tsih, self.cid = bhs.isid, bhs.tsih, bhs.cid
             self.exp_cmdsn, self.stat_sn = bhs.cmdsn, bhs.exp_stat_sn
         csg = (bhs.flags >> 2) & 3
-        self.outcome = "failed"
+        self.outcome = LoginOutcome.FAILED
         self._pending = None
-        return LoginStep([self._response(bhs, csg << 2, b"", status)], "failed",
+        return LoginStep([self._response(bhs, csg << 2, b"", status)], LoginOutcome.FAILED,
                          status=status, message=message)

@@ -10,6 +10,10 @@ Rules:
 - The data segment is padded to a multiple of 4 bytes (11.2.3); digests (CRC32C, 13.1)
   are sent after the header (+AHS) and after the padded data, least significant byte
   first, as the reference initiators do.
+- The target PDUs the connection sends are built by keyword builders named after their
+  RFC 7143 sections (scsi_response, data_in, r2t, nop_in, async_message, text_response,
+  logout_response, task_management_response, reject) over the same struct; pack() stays
+  for positional words (tests, the login response, initiators).
 - Nothing here allocates per data byte: data segments travel as separate buffers.
 """
 
@@ -250,3 +254,78 @@ def sn_lt(a: int, b: int) -> bool:
 
 def sn_le(a: int, b: int) -> bool:
     return a == b or sn_lt(a, b)
+
+
+# --- target PDUs by name (keyword builders over the one BHS struct) ----------------------
+# Each names the fields of its RFC 7143 section; words it does not name are reserved (0).
+
+_pack = BHS.pack
+
+
+def scsi_response(*, flags: int, response: int = 0, status: int, dsl: int, itt: int,
+                  statsn: int, exp_cmdsn: int, max_cmdsn: int, exp_datasn: int = 0,
+                  bidi_residual: int = 0, residual: int = 0) -> bytes:
+    """SCSI Response (11.4): flags o/u/O/U besides F; LUN reserved; 20 SNACK Tag (0)."""
+    return _pack(Op.SCSI_RESPONSE, F_FINAL | flags, response, status, dsl, ZERO_LUN, itt,
+                 0, statsn, exp_cmdsn, max_cmdsn, exp_datasn, bidi_residual, residual)
+
+
+def data_in(*, flags: int, status: int = 0, dsl: int, lun: bytes, itt: int,
+            ttt: int = RESERVED_TAG, statsn: int = 0, exp_cmdsn: int, max_cmdsn: int,
+            datasn: int, buffer_offset: int, residual: int = 0) -> bytes:
+    """SCSI Data-In (11.7): flags F/A/O/U/S; Status and StatSN only with S."""
+    return _pack(Op.DATA_IN, flags, 0, status, dsl, lun, itt, ttt, statsn, exp_cmdsn,
+                 max_cmdsn, datasn, buffer_offset, residual)
+
+
+def r2t(*, lun: bytes, itt: int, ttt: int, statsn: int, exp_cmdsn: int, max_cmdsn: int,
+        r2tsn: int, buffer_offset: int, desired_length: int) -> bytes:
+    """Ready To Transfer (11.8)."""
+    return _pack(Op.R2T, F_FINAL, 0, 0, 0, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
+                 r2tsn, buffer_offset, desired_length)
+
+
+def nop_in(*, dsl: int = 0, lun: bytes = ZERO_LUN, itt: int, ttt: int, statsn: int,
+           exp_cmdsn: int, max_cmdsn: int) -> bytes:
+    """NOP-In (11.19)."""
+    return _pack(Op.NOP_IN, F_FINAL, 0, 0, dsl, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
+                 0, 0, 0)
+
+
+def async_message(*, event: int, vcode: int = 0, parameter1: int = 0, parameter2: int = 0,
+                  parameter3: int = 0, dsl: int = 0, lun: bytes = ZERO_LUN, statsn: int,
+                  exp_cmdsn: int, max_cmdsn: int) -> bytes:
+    """Asynchronous Message (11.9): ITT ffffffff; 36 AsyncEvent, 37 AsyncVCode, 38-43
+    Parameter1..3."""
+    return _pack(Op.ASYNC_MESSAGE, F_FINAL, 0, 0, dsl, lun, RESERVED_TAG, 0, statsn,
+                 exp_cmdsn, max_cmdsn, event << 24 | vcode << 16 | parameter1,
+                 parameter2 << 16 | parameter3, 0)
+
+
+def text_response(*, flags: int, dsl: int, lun: bytes, itt: int, ttt: int, statsn: int,
+                  exp_cmdsn: int, max_cmdsn: int) -> bytes:
+    """Text Response (11.11): flags F/C."""
+    return _pack(Op.TEXT_RESPONSE, flags, 0, 0, dsl, lun, itt, ttt, statsn, exp_cmdsn,
+                 max_cmdsn, 0, 0, 0)
+
+
+def logout_response(*, response: int, itt: int, statsn: int, exp_cmdsn: int,
+                    max_cmdsn: int, time2wait: int = 0, time2retain: int = 0) -> bytes:
+    """Logout Response (11.15): 40-41 Time2Wait, 42-43 Time2Retain."""
+    return _pack(Op.LOGOUT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, itt, 0, statsn,
+                 exp_cmdsn, max_cmdsn, 0, time2wait << 16 | time2retain, 0)
+
+
+def task_management_response(*, response: int, itt: int, statsn: int, exp_cmdsn: int,
+                             max_cmdsn: int) -> bytes:
+    """Task Management Function Response (11.6)."""
+    return _pack(Op.TASK_MGMT_RESPONSE, F_FINAL, response, 0, 0, ZERO_LUN, itt, 0, statsn,
+                 exp_cmdsn, max_cmdsn, 0, 0, 0)
+
+
+def reject(*, reason: int, statsn: int, exp_cmdsn: int, max_cmdsn: int,
+           datasn_r2tsn: int = 0) -> bytes:
+    """Reject (11.17): the rejected header follows as the 48-byte data segment; ITT
+    ffffffff."""
+    return _pack(Op.REJECT, F_FINAL, reason, 0, BHS_LEN, ZERO_LUN, RESERVED_TAG, 0, statsn,
+                 exp_cmdsn, max_cmdsn, datasn_r2tsn, 0, 0)

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from target.dispatch import Dispatcher, pump_all, run_ready
 from target.iscsi import pdu
 from target.iscsi.connection import Connection
+from target.iscsi.events import TaskSetChanged, TasksReady
 from target.iscsi.pdu import Bhs, Op
 from target.iscsi.session import Session, SessionParams, SessionRegistry
 from target.scsi.device import ScsiDevice
@@ -84,37 +85,45 @@ class FakeWorkers:
 class FakeLink:
     """A Link without a socket: feed() is a receive burst, take() what the peer reads."""
 
-    def __init__(self, conn: Connection, dispatchers: dict, loop: FakeLoop) -> None:
-        self.conn = conn
+    def __init__(self, portal, peer: str, dispatchers: dict, loop: FakeLoop) -> None:
+        self.conn = Connection(portal, "127.0.0.1:3260", peer, wakeup=self._wakeup)
         self.dispatchers = dispatchers
         self.loop = loop
         self.closed = False
-        conn.notify = self._notified
 
     def feed(self, data: bytes) -> None:
+        """A receive burst, then its events handled as target.server's Link does."""
         self.conn.receive_data(data)
-        if self.conn.ready or self.conn.data_ready:
-            run_ready(self, self.dispatchers)
-        if self.conn.taskset_changed:
-            pump_all(self, self.dispatchers)
+        while (event := self.conn.next_event()) is not None:
+            if type(event) is TasksReady:
+                run_ready(self, event, self.dispatchers)
+            elif type(event) is TaskSetChanged:
+                pump_all(self, self.dispatchers)
 
     def flush(self) -> None:
         """The output stays queued until take(): a peer slow to read."""
 
-    def _notified(self) -> None:
-        if self.conn.taskset_changed:
-            self.loop.call_soon(pump_all, self, self.dispatchers)
+    def _wakeup(self) -> None:
+        self.loop.call_soon(self._on_wakeup)
+
+    def _on_wakeup(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            if type(event) is TaskSetChanged:
+                pump_all(self, self.dispatchers)
+            elif type(event) is TasksReady and not self.closed:
+                run_ready(self, event, self.dispatchers)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.conn.connection_lost()
-            if self.conn.taskset_changed:
-                self.loop.call_soon(pump_all, self, self.dispatchers)
+            while (event := self.conn.next_event()) is not None:
+                if type(event) is TaskSetChanged:
+                    self.loop.call_soon(pump_all, self, self.dispatchers)
 
     def take(self) -> list[tuple[Bhs, bytes]]:
         """The PDUs sent so far (no digests), decoded."""
-        raw = b"".join(bytes(b) for b in self.conn.take_output())
+        raw = b"".join(bytes(b) for b in self.conn.data_to_send())
         out, pos = [], 0
         while pos < len(raw):
             bhs = Bhs(raw[pos:pos + 48])
@@ -129,7 +138,8 @@ class Initiator:
 
     def __init__(self, shell: Shell, number: int, **params) -> None:
         portal = shell.portal
-        self.conn = Connection(portal, "127.0.0.1:3260", f"initiator-{number}")
+        self.link = FakeLink(portal, f"initiator-{number}", shell.dispatchers, shell.loop)
+        self.conn = self.link.conn
         p = SessionParams(initiator_name=f"iqn.2026-12.local.test:i{number}",
                           target_name=shell.device.name, isid=0x400000000000 + number,
                           tsih=number, immediate_data=True, first_burst_length=262144,
@@ -139,7 +149,6 @@ class Initiator:
         self.session = Session(p, shell.device, exp_cmdsn=1)
         portal.registry.add(self.session)
         self.conn.enter_full_feature(self.session, 1)
-        self.link = FakeLink(self.conn, shell.dispatchers, shell.loop)
         self.cmdsn = 1
         self.itt = 1
         self.immediate_data = p.immediate_data

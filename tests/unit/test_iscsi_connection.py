@@ -15,6 +15,7 @@ import pytest
 from target.backing.memory import MemoryStore
 from target.iscsi import pdu
 from target.iscsi.connection import Connection, Phase
+from target.iscsi.events import TasksReady
 from target.iscsi.pdu import Bhs, Op
 from target.iscsi.session import Session, SessionParams, SessionRegistry
 from target.scsi.commands import Access, CommandSet
@@ -81,19 +82,23 @@ class Harness:
                 self.run()
 
     def run(self) -> None:
-        """Execute what the connection delivered, with no task set: a task whose Data-Out
-        is still arriving (data_pending) runs when it comes back through data_ready, and
-        those (admitted earlier) before the newly admitted ones."""
+        """Execute what the connection delivered (its TasksReady events), with no task
+        set: a task whose Data-Out is still arriving (data_pending) runs when it comes back
+        in the event's data_in, and those (admitted earlier) before the newly admitted
+        ones."""
         conn = self.conn
-        while conn.data_ready or conn.ready:
-            task = (conn.data_ready or conn.ready).popleft()
-            if task.data_pending:
+        while (event := conn.next_event()) is not None:
+            if not isinstance(event, TasksReady):
                 continue
-            self.device.execute(task)
-            conn.complete(task)
+            while event.data_in or event.tasks:
+                task = (event.data_in or event.tasks).popleft()
+                if task.data_pending:
+                    continue
+                self.device.execute(task)
+                conn.complete(task)
 
     def pdus(self) -> list[tuple[Bhs, bytes]]:
-        raw = b"".join(bytes(b) for b in self.conn.take_output())
+        raw = b"".join(bytes(b) for b in self.conn.data_to_send())
         out = []
         hd = 4 if self.conn.params.header_digest else 0
         dd = 4 if self.conn.params.data_digest else 0
@@ -402,3 +407,48 @@ def test_oversized_data_segment_closes():
     h.conn._max_recv = 8192
     h.feed(h.frame(pdu.pack(Op.NOP_OUT, 0x80, 0, 0, 9000, bytes(8), 1, 0xFFFFFFFF, 1)))
     assert h.conn.want_close
+
+
+# RFC 7143 10.2.1.2 (initiator opcodes), written out from the RFC, not from target.iscsi.
+RFC_INITIATOR_OPCODES = {0x00: "NOP-Out", 0x01: "SCSI Command", 0x02: "SCSI Task Management",
+                         0x03: "Login", 0x04: "Text", 0x05: "SCSI Data-Out", 0x06: "Logout",
+                         0x10: "SNACK"}
+
+
+def test_request_table_has_a_row_for_each_initiator_opcode():
+    """10.2.1.2: the request table covers the initiator opcodes, no more; only the Login
+    Request is allowed before full feature phase (6.1), and only Data-Out and SNACK
+    carry no CmdSN (11.7.1, 11.16.1: their words 24-28 are ExpStatSN, not CmdSN)."""
+    from target.iscsi.connection import REQUESTS, Ordering
+
+    assert set(REQUESTS) == set(RFC_INITIATOR_OPCODES)
+    assert {op for op, r in REQUESTS.items() if Phase.LOGIN in r.phases} == {0x03}
+    assert {op for op, r in REQUESTS.items() if Phase.FULL_FEATURE in r.phases} == \
+        set(RFC_INITIATOR_OPCODES) - {0x03}
+    no_cmdsn = {op for op, r in REQUESTS.items() if r.ordering is Ordering.NONE}
+    assert no_cmdsn == {0x05, 0x10, 0x03}  # Login's CmdSN is the login's own (6.2)
+
+
+def test_discovery_session_rejects_task_management_and_answers_nop_out():
+    """Discovery sessions carry Text and Logout (RFC 7143 4.3); a TMF there is Rejected
+    (11.17.1, Protocol Error) and the connection goes on; a NOP-Out ping is answered."""
+    h = Harness(session_type="Discovery")
+    h.conn._discovery = True  # as enter_full_feature sets it for SessionType=Discovery
+    h.feed(h.frame(pdu.pack(Op.TASK_MGMT_REQUEST | 0x40, pdu.F_FINAL | 1, itt=5,
+                            w24=h.cmdsn)))
+    (rej, data), = h.pdus()
+    assert rej.opcode == Op.REJECT and rej.b2 == 0x04  # 11.17.1: Protocol Error
+    assert Bhs(data).itt == 5 and not h.conn.want_close
+    h.feed(h.frame(pdu.pack(Op.NOP_OUT | 0x40, pdu.F_FINAL, itt=6, w20=0xFFFFFFFF,
+                            w24=h.cmdsn)))
+    (nop, _), = h.pdus()
+    assert nop.opcode == Op.NOP_IN and nop.itt == 6
+
+
+def test_snack_is_rejected_at_error_recovery_level_0():
+    """11.16, 11.17.1: SNACK Reject (reason 0x03) when no recovery is supported; the
+    connection goes on."""
+    h = Harness()
+    h.feed(h.frame(pdu.pack(Op.SNACK_REQUEST, pdu.F_FINAL, itt=0xFFFFFFFF)))
+    (rej, _), = h.pdus()
+    assert rej.opcode == Op.REJECT and rej.b2 == 0x03 and not h.conn.want_close
