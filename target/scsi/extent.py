@@ -6,16 +6,19 @@ Rules:
   7-8; 12-byte: LBA 2-5, length 6-9; 16-byte: LBA 2-9, length 10-13; COMPARE AND WRITE:
   LBA 2-9, NUMBER OF LOGICAL BLOCKS byte 13; WRITE ATOMIC(16): LBA 2-9, TRANSFER LENGTH
   12-13 (SBC-4 5.48).
-- BLOCK_CDBS declares, once, which opcodes carry a block range, in which layout, whether
-  they change the medium (for the task set's ordering rules; SYNCHRONIZE CACHE counts as
-  one: it must follow the writes it makes durable), and whether a length of 0 means
-  "through the last LBA" (SYNCHRONIZE CACHE, PRE-FETCH, WRITE SAME with WSNZ=0;
-  SBC-4 5.26, 5.10, 5.47), and whether the command is atomic (COMPARE AND WRITE, SBC-4
-  5.3, and WRITE ATOMIC, 4.29: no overlapping command may run beside it, whatever the
-  queue algorithm modifier).
-- decode() never raises: a CDB too short for its layout has no extent (the LU rejects it).
-- Consumers: target.trace (the LBA/length it records) and target.scsi.taskset (which
-  tasks overlap, for the QAM=0 ordering rule, and where the disk head goes).
+- A BlockCdb is one command's block-range facts, kept in its table entry
+  (target.scsi.commands.Command.block; the tables in sbc.py declare them): the layout,
+  whether it changes the medium (for the task set's ordering rules; SYNCHRONIZE CACHE
+  counts as one: it must follow the writes it makes durable), whether a length of 0 means
+  "through the last LBA" (SYNCHRONIZE CACHE, PRE-FETCH, WRITE SAME with WSNZ=0; SBC-4
+  5.26, 5.10, 5.47), the byte-1 flags worth naming in a trace, and whether the command is
+  atomic (COMPARE AND WRITE, SBC-4 5.3, and WRITE ATOMIC, 4.29: no overlapping command may
+  run beside it, whatever the queue algorithm modifier).
+- decode() runs once per command, when the table entry is looked up on arrival
+  (CommandSet.parse); the Extent is kept on the task (ScsiTask.extent) and read from
+  there by the task set (overlaps, the disk head), the handlers, the trace and the fault
+  rules. It never raises: a CDB too short for its layout has no extent (the LU rejects
+  it).
 """
 
 from __future__ import annotations
@@ -46,31 +49,29 @@ _RW = {0x08: "FUA", 0x10: "DPO"}
 _BYTCHK = {0x02: "BYTCHK"}
 _IMMED = {0x02: "IMMED"}
 
-BLOCK_CDBS: dict[int, BlockCdb] = {
-    0x08: BlockCdb("6", False, False, {}),             # READ(6)
-    0x0A: BlockCdb("6", True, False, {}),              # WRITE(6)
-    0x28: BlockCdb("10", False, False, _RW),           # READ(10)
-    0x2A: BlockCdb("10", True, False, _RW),            # WRITE(10)
-    0x2E: BlockCdb("10", True, False, _BYTCHK),        # WRITE AND VERIFY(10)
-    0x2F: BlockCdb("10", False, False, _BYTCHK),       # VERIFY(10)
-    0x34: BlockCdb("10", False, True, _IMMED),         # PRE-FETCH(10)
-    0x35: BlockCdb("10", True, True, _IMMED),          # SYNCHRONIZE CACHE(10)
-    0x41: BlockCdb("10", True, True, {0x08: "UNMAP", 0x10: "ANCHOR"}),  # WRITE SAME(10)
-    0xA8: BlockCdb("12", False, False, _RW),           # READ(12)
-    0xAA: BlockCdb("12", True, False, _RW),            # WRITE(12)
-    0xAE: BlockCdb("12", True, False, _BYTCHK),        # WRITE AND VERIFY(12)
-    0xAF: BlockCdb("12", False, False, _BYTCHK),       # VERIFY(12)
-    0x88: BlockCdb("16", False, False, _RW),           # READ(16)
-    0x8A: BlockCdb("16", True, False, _RW),            # WRITE(16)
-    0x8B: BlockCdb("16", True, False, _RW),            # ORWRITE(16)
-    0x8E: BlockCdb("16", True, False, _BYTCHK),        # WRITE AND VERIFY(16)
-    0x8F: BlockCdb("16", False, False, _BYTCHK),       # VERIFY(16)
-    0x90: BlockCdb("16", False, True, _IMMED),         # PRE-FETCH(16)
-    0x91: BlockCdb("16", True, True, _IMMED),          # SYNCHRONIZE CACHE(16)
-    0x93: BlockCdb("16", True, True, {0x08: "UNMAP", 0x10: "ANCHOR", 0x01: "NDOB"}),
-    0x89: BlockCdb("caw", True, False, _RW, True),     # COMPARE AND WRITE
-    0x9C: BlockCdb("atomic16", True, False, _RW, True),  # WRITE ATOMIC(16)
-}
+# The layouts the SBC-4 tables use (sbc.py), by name.
+READ_6 = BlockCdb("6", False, False, {})
+WRITE_6 = BlockCdb("6", True, False, {})
+READ_10 = BlockCdb("10", False, False, _RW)
+WRITE_10 = BlockCdb("10", True, False, _RW)
+WRITE_VERIFY_10 = BlockCdb("10", True, False, _BYTCHK)
+VERIFY_10 = BlockCdb("10", False, False, _BYTCHK)
+PREFETCH_10 = BlockCdb("10", False, True, _IMMED)
+SYNC_10 = BlockCdb("10", True, True, _IMMED)
+WRITE_SAME_10 = BlockCdb("10", True, True, {0x08: "UNMAP", 0x10: "ANCHOR"})
+READ_12 = BlockCdb("12", False, False, _RW)
+WRITE_12 = BlockCdb("12", True, False, _RW)
+WRITE_VERIFY_12 = BlockCdb("12", True, False, _BYTCHK)
+VERIFY_12 = BlockCdb("12", False, False, _BYTCHK)
+READ_16 = BlockCdb("16", False, False, _RW)
+WRITE_16 = BlockCdb("16", True, False, _RW)
+WRITE_VERIFY_16 = BlockCdb("16", True, False, _BYTCHK)
+VERIFY_16 = BlockCdb("16", False, False, _BYTCHK)
+PREFETCH_16 = BlockCdb("16", False, True, _IMMED)
+SYNC_16 = BlockCdb("16", True, True, _IMMED)
+WRITE_SAME_16 = BlockCdb("16", True, True, {0x08: "UNMAP", 0x10: "ANCHOR", 0x01: "NDOB"})
+COMPARE_AND_WRITE = BlockCdb("caw", True, False, _RW, True)
+WRITE_ATOMIC_16 = BlockCdb("atomic16", True, False, _RW, True)
 
 
 class Extent(NamedTuple):
@@ -81,14 +82,11 @@ class Extent(NamedTuple):
     atomic: bool = False
 
 
-def decode(cdb: bytes | memoryview) -> Extent | None:
-    """The block range of a CDB, or None for commands without one (or too short)."""
-    if not cdb:
-        return None
-    entry = BLOCK_CDBS.get(cdb[0])
-    if entry is None or len(cdb) < LAYOUT_LENGTH[entry.layout]:
-        return None
+def decode(cdb: bytes | memoryview, entry: BlockCdb) -> Extent | None:
+    """The block range of a CDB in the layout `entry`, or None when it is too short."""
     layout = entry.layout
+    if len(cdb) < LAYOUT_LENGTH[layout]:
+        return None
     if layout == "10":
         lba = _U32_AT2.unpack_from(cdb, 2)[0]
         length = _U16_AT7.unpack_from(cdb, 7)[0]
@@ -107,9 +105,8 @@ def decode(cdb: bytes | memoryview) -> Extent | None:
     return Extent(lba, length, entry.writes, end, entry.atomic)
 
 
-def flag_names(cdb: bytes | memoryview) -> list[str]:
+def flag_names(cdb: bytes | memoryview, entry: BlockCdb) -> list[str]:
     """The named byte-1 flags set in a block CDB (FUA, DPO, BYTCHK, UNMAP, ...)."""
-    entry = BLOCK_CDBS.get(cdb[0]) if cdb else None
-    if entry is None or len(cdb) < 2:
+    if len(cdb) < 2:
         return []
     return [name for bit, name in entry.flags.items() if cdb[1] & bit]
