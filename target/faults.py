@@ -28,7 +28,7 @@ Rules:
     never returns it for a command.
 - The first matching rule in rule order wins; its `hits` counts what it did.
 - The LBA range and the read/write default sense use the block range decoded when the
-  task's CDB was looked up (ScsiTask.extent).
+  task's CDB was looked up (ScsiTask.lba, ScsiTask.blocks).
 - Rules come from the config's [[fault]] tables and from the control socket at run time
   (`scsi-target fault add|list|clear`); parse_rule() validates both the same way and
   names the bad field.
@@ -211,11 +211,11 @@ def _tmf_functions(value: Any) -> list[int]:
 
 
 def _extent(task: ScsiTask) -> extent.Extent | None:
-    """The task's block range, as its LU decoded it on arrival (ScsiTask.extent). A task
+    """The task's block range, as its LU decoded it on arrival (task.lba, task.blocks). A task
     the dispatcher matches before it reaches its task set has not been looked up yet: its
     range is then read with the disk table's layout for the opcode, and not kept."""
     if task.command is not None or task.rejection is not None:
-        return task.extent
+        return extent.of_task(task)
     from target.scsi.disk import DISK_COMMANDS
 
     cdb = task.cdb

@@ -8,7 +8,7 @@ Rules:
   and, for commands that waited in a task set, how many tasks were left in it.
 - The name comes from the task's table entry and the LBA and transfer length from its
   block range, both kept on the task when its CDB was looked up on arrival
-  (ScsiTask.command, ScsiTask.extent: target.scsi.commands.CommandSet.parse); the flags
+  (ScsiTask.command, ScsiTask.lba/blocks: target.scsi.commands.CommandSet.parse); the flags
   are named by the entry's block layout. Nothing is looked up or decoded again here.
 - Off the hot path when disabled: the server holds no tracer and never calls in here.
   When enabled, records are buffered and flushed at close (and every FLUSH_EVERY
@@ -137,7 +137,7 @@ class Tracer:
             "lun": task.lun,
             "tag": task.tag,
             "attr": _attr_name(task.attr),
-            **decode_cdb(task.cdb, command, task.extent),
+            **decode_cdb(task.cdb, command, extent.of_task(task) if command else None),
             "cdb": bytes(task.cdb).hex(),
             "status": _status_name(task.status),
             **sense_fields(task.sense),

@@ -27,16 +27,17 @@ Rules:
   REPORT LUNS, REQUEST SENSE); `in_sanitize` ones are served while a sanitize operation
   runs and `in_sanitize_failure` ones in the sanitize failure mode (SBC-4 4.11: the same
   three, and SANITIZE itself in the failure mode).
-- Parse once (LIO's model, tgt's table layout): CommandSet.parse() looks a task's CDB up
-  once, on arrival (TaskSet.submit, or LogicalUnit.execute for a task that did not come
-  through a task set), and keeps on the task the entry (ScsiTask.command), the decoded
-  block range (ScsiTask.extent) and, for a CDB the table refuses, the CheckCondition it
-  ends in (ScsiTask.rejection: raised by the LU after the unit attention and sanitize
-  checks, which come first). Nothing looks the CDB up or decodes its range again.
+- Parse once (LIO's model, tgt's table layout): CommandSet.parse() looks a task's CDB up once, on
+  arrival (TaskSet.submit, or LogicalUnit.execute for a task that did not come through a task set),
+  and keeps on the task the entry (ScsiTask.command), the decoded block range (ScsiTask.lba,
+  ScsiTask.blocks, by the entry's layout) and, for a CDB the table refuses, the CheckCondition it
+  ends in (ScsiTask.rejection: raised by the LU after the unit attention and sanitize checks, which
+  come first). Nothing looks the CDB up or decodes its range again.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -183,7 +184,7 @@ class CommandSet:
 
     def parse(self, task: ScsiTask) -> Command | None:
         """Look the task's CDB up once, on arrival: the entry and its decoded block range go
-        on the task (command, extent); a CDB the table refuses leaves command None and the
+        on the task (command; lba, blocks); a CDB the table refuses leaves command None and the
         CheckCondition it ends in as task.rejection. Returns the entry (or None)."""
         cdb = task.cdb
         cmd = self._by_opcode.get(cdb[0]) if cdb else None
@@ -197,8 +198,11 @@ class CommandSet:
                 return None
         task.command = cmd
         block = cmd.block
-        if block is not None:
-            task.extent = extent.decode(cdb, block)
+        if block is not None:  # the one decode of its range: LBA and length on the task
+            try:
+                task.lba, task.blocks = block.fields(cdb)
+            except (struct.error, IndexError):  # too short: the LU rejects it
+                pass
         return cmd
 
     def find(self, opcode: int, service_action: int | None = None) -> Command | None:

@@ -14,27 +14,41 @@ Rules:
   5.26, 5.10, 5.47), the byte-1 flags worth naming in a trace, and whether the command is
   atomic (COMPARE AND WRITE, SBC-4 5.3, and WRITE ATOMIC, 4.29: no overlapping command may
   run beside it, whatever the queue algorithm modifier).
-- decode() runs once per command, when the table entry is looked up on arrival
-  (CommandSet.parse); the Extent is kept on the task (ScsiTask.extent) and read from
-  there by the task set (overlaps, the disk head), the handlers, the trace and the fault
-  rules. It never raises: a CDB too short for its layout has no extent (the LU rejects
-  it).
+- The CDB is decoded once per command, when its table entry is looked up on arrival
+  (CommandSet.parse): the layout's precompiled `fields` unpack puts the LBA and the
+  length on the task (ScsiTask.lba, ScsiTask.blocks; None without a range, or for a CDB
+  too short for its layout, which the LU rejects). The task set (overlaps, the disk
+  head) and the READ/WRITE handlers read those fields; of_task() makes them an Extent
+  for the trace and the fault rules without decoding the CDB again. decode() is for a
+  CDB no table entry was looked up for; neither raises.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
-_U32_AT2 = struct.Struct(">I")
-_U16_AT7 = struct.Struct(">H")
-_U32X2_AT2 = struct.Struct(">II")
-_U64_U32_AT2 = struct.Struct(">QI")
-_U64_AT2 = struct.Struct(">Q")
-_U16_AT12 = struct.Struct(">H")
+# (LBA, length) of each layout, precompiled (the hot path: one unpack per CDB); each needs
+# the layout's whole CDB length (LAYOUT_LENGTH) and raises on a shorter one.
+_FIELDS_10 = struct.Struct(">2xIxHx").unpack_from
+_FIELDS_12 = struct.Struct(">2xIIxx").unpack_from
+_FIELDS_16 = struct.Struct(">2xQIxx").unpack_from
+_FIELDS_CAW = struct.Struct(">2xQ3xBxx").unpack_from
+_FIELDS_ATOMIC16 = struct.Struct(">2xQ2xHxx").unpack_from
 
+
+def _fields_6(cdb: bytes | memoryview) -> tuple[int, int]:
+    if len(cdb) < 6:
+        raise IndexError("short CDB")
+    return (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3], cdb[4] or 256
+
+
+_FIELDS = {"6": _fields_6, "10": _FIELDS_10, "12": _FIELDS_12, "16": _FIELDS_16,
+           "caw": _FIELDS_CAW, "atomic16": _FIELDS_ATOMIC16}
 LAYOUT_LENGTH = {"6": 6, "10": 10, "12": 12, "16": 16, "caw": 16, "atomic16": 16}
 TO_END = 1 << 62  # the length recorded for "through the last LBA"
+_new = tuple.__new__
 
 
 class BlockCdb(NamedTuple):
@@ -43,6 +57,12 @@ class BlockCdb(NamedTuple):
     zero_is_all: bool  # a length of 0 means through the last LBA
     flags: dict[int, str]  # byte-1 bits worth naming in a trace
     atomic: bool = False  # all or nothing against every overlapping command
+    fields: Callable[[bytes | memoryview], tuple[int, int]] = _fields_6  # (LBA, length)
+
+
+def _layout(layout: str, writes: bool, zero_is_all: bool, flags: dict[int, str],
+            atomic: bool = False) -> BlockCdb:
+    return BlockCdb(layout, writes, zero_is_all, flags, atomic, _FIELDS[layout])
 
 
 _RW = {0x08: "FUA", 0x10: "DPO"}
@@ -50,28 +70,28 @@ _BYTCHK = {0x02: "BYTCHK"}
 _IMMED = {0x02: "IMMED"}
 
 # The layouts the SBC-4 tables use (sbc.py), by name.
-READ_6 = BlockCdb("6", False, False, {})
-WRITE_6 = BlockCdb("6", True, False, {})
-READ_10 = BlockCdb("10", False, False, _RW)
-WRITE_10 = BlockCdb("10", True, False, _RW)
-WRITE_VERIFY_10 = BlockCdb("10", True, False, _BYTCHK)
-VERIFY_10 = BlockCdb("10", False, False, _BYTCHK)
-PREFETCH_10 = BlockCdb("10", False, True, _IMMED)
-SYNC_10 = BlockCdb("10", True, True, _IMMED)
-WRITE_SAME_10 = BlockCdb("10", True, True, {0x08: "UNMAP", 0x10: "ANCHOR"})
-READ_12 = BlockCdb("12", False, False, _RW)
-WRITE_12 = BlockCdb("12", True, False, _RW)
-WRITE_VERIFY_12 = BlockCdb("12", True, False, _BYTCHK)
-VERIFY_12 = BlockCdb("12", False, False, _BYTCHK)
-READ_16 = BlockCdb("16", False, False, _RW)
-WRITE_16 = BlockCdb("16", True, False, _RW)
-WRITE_VERIFY_16 = BlockCdb("16", True, False, _BYTCHK)
-VERIFY_16 = BlockCdb("16", False, False, _BYTCHK)
-PREFETCH_16 = BlockCdb("16", False, True, _IMMED)
-SYNC_16 = BlockCdb("16", True, True, _IMMED)
-WRITE_SAME_16 = BlockCdb("16", True, True, {0x08: "UNMAP", 0x10: "ANCHOR", 0x01: "NDOB"})
-COMPARE_AND_WRITE = BlockCdb("caw", True, False, _RW, True)
-WRITE_ATOMIC_16 = BlockCdb("atomic16", True, False, _RW, True)
+READ_6 = _layout("6", False, False, {})
+WRITE_6 = _layout("6", True, False, {})
+READ_10 = _layout("10", False, False, _RW)
+WRITE_10 = _layout("10", True, False, _RW)
+WRITE_VERIFY_10 = _layout("10", True, False, _BYTCHK)
+VERIFY_10 = _layout("10", False, False, _BYTCHK)
+PREFETCH_10 = _layout("10", False, True, _IMMED)
+SYNC_10 = _layout("10", True, True, _IMMED)
+WRITE_SAME_10 = _layout("10", True, True, {0x08: "UNMAP", 0x10: "ANCHOR"})
+READ_12 = _layout("12", False, False, _RW)
+WRITE_12 = _layout("12", True, False, _RW)
+WRITE_VERIFY_12 = _layout("12", True, False, _BYTCHK)
+VERIFY_12 = _layout("12", False, False, _BYTCHK)
+READ_16 = _layout("16", False, False, _RW)
+WRITE_16 = _layout("16", True, False, _RW)
+WRITE_VERIFY_16 = _layout("16", True, False, _BYTCHK)
+VERIFY_16 = _layout("16", False, False, _BYTCHK)
+PREFETCH_16 = _layout("16", False, True, _IMMED)
+SYNC_16 = _layout("16", True, True, _IMMED)
+WRITE_SAME_16 = _layout("16", True, True, {0x08: "UNMAP", 0x10: "ANCHOR", 0x01: "NDOB"})
+COMPARE_AND_WRITE = _layout("caw", True, False, _RW, True)
+WRITE_ATOMIC_16 = _layout("atomic16", True, False, _RW, True)
 
 
 class Extent(NamedTuple):
@@ -84,25 +104,23 @@ class Extent(NamedTuple):
 
 def decode(cdb: bytes | memoryview, entry: BlockCdb) -> Extent | None:
     """The block range of a CDB in the layout `entry`, or None when it is too short."""
-    layout = entry.layout
-    if len(cdb) < LAYOUT_LENGTH[layout]:
+    try:
+        lba, length = entry.fields(cdb)
+    except (struct.error, IndexError):
         return None
-    if layout == "10":
-        lba = _U32_AT2.unpack_from(cdb, 2)[0]
-        length = _U16_AT7.unpack_from(cdb, 7)[0]
-    elif layout == "16":
-        lba, length = _U64_U32_AT2.unpack_from(cdb, 2)
-    elif layout == "6":
-        lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
-        length = cdb[4] or 256
-    elif layout == "12":
-        lba, length = _U32X2_AT2.unpack_from(cdb, 2)
-    elif layout == "caw":
-        lba, length = _U64_AT2.unpack_from(cdb, 2)[0], cdb[13]
-    else:  # atomic16
-        lba, length = _U64_AT2.unpack_from(cdb, 2)[0], _U16_AT12.unpack_from(cdb, 12)[0]
     end = TO_END if (length == 0 and entry.zero_is_all) else lba + length
-    return Extent(lba, length, entry.writes, end, entry.atomic)
+    return _new(Extent, (lba, length, entry.writes, end, entry.atomic))
+
+
+def of_task(task) -> Extent | None:
+    """The block range decoded on arrival (task.lba, task.blocks), as an Extent."""
+    lba = task.lba
+    if lba is None:
+        return None
+    entry = task.command.block
+    length = task.blocks
+    end = TO_END if (length == 0 and entry.zero_is_all) else lba + length
+    return _new(Extent, (lba, length, entry.writes, end, entry.atomic))
 
 
 def flag_names(cdb: bytes | memoryview, entry: BlockCdb) -> list[str]:

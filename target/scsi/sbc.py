@@ -2,8 +2,8 @@
 
 Rules:
 - Each block command's entry declares its block-range layout (`block`, target.scsi.extent);
-  its LBA and length are decoded once, on arrival, into task.extent. READ and WRITE (the
-  hot path) read them from there; the other handlers unpack the fields they also need
+  its LBA and length are decoded once, on arrival, into task.lba and task.blocks. READ and
+  WRITE (the hot path) read them from there; the other handlers unpack the fields they also need
   (flags, group, the lengths of other fields) with precompiled struct.Struct unpacks;
   data goes to and from the store as memoryviews (no copies, DESIGN.md principle 5).
 - Every command that addresses blocks checks LBA + count against the capacity first:
@@ -174,8 +174,7 @@ def _write(lu, task, lba: int, count: int, fua: bool) -> None:
                   access=Access.READ, block=extent.READ_6)
 def read6(lu, task) -> None:
     lu.check_medium()
-    ext = task.extent  # 0 blocks means 256 (SBC-4 5.13): extent.decode
-    _read(lu, task, ext.lba, ext.blocks)
+    _read(lu, task, task.lba, task.blocks)  # 0 means 256 blocks (SBC-4 5.13): extent.py
 
 
 @COMMANDS.command(0x28, "READ(10)", _usage(0x28, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
@@ -185,8 +184,7 @@ def read10(lu, task) -> None:
     if task.cdb[1] & 0xE0:
         raise invalid_field_in_cdb(1, bit=7)
     lu.check_medium()
-    ext = task.extent
-    _read(lu, task, ext.lba, ext.blocks)
+    _read(lu, task, task.lba, task.blocks)
 
 
 @COMMANDS.command(0xA8, "READ(12)", _usage(0xA8, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
@@ -195,8 +193,7 @@ def read10(lu, task) -> None:
 def read12(lu, task) -> None:
     _no_protection(task.cdb[1])
     lu.check_medium()
-    ext = task.extent
-    _read(lu, task, ext.lba, ext.blocks)
+    _read(lu, task, task.lba, task.blocks)
 
 
 @COMMANDS.command(0x88, "READ(16)", _usage(0x88, 0xFA, *[0xFF] * 12, 0x1F, CONTROL), Direction.IN,
@@ -204,8 +201,7 @@ def read12(lu, task) -> None:
 def read16(lu, task) -> None:
     _no_protection(task.cdb[1])
     lu.check_medium()
-    ext = task.extent
-    _read(lu, task, ext.lba, ext.blocks)
+    _read(lu, task, task.lba, task.blocks)
 
 
 # --- WRITE -----------------------------------------------------------------------------
@@ -214,8 +210,7 @@ def read16(lu, task) -> None:
                   access=Access.WRITE, block=extent.WRITE_6)
 def write6(lu, task) -> None:
     lu.check_medium()
-    ext = task.extent  # 0 blocks means 256: extent.decode
-    _write(lu, task, ext.lba, ext.blocks, False)
+    _write(lu, task, task.lba, task.blocks, False)  # 0 means 256 blocks: extent.py
 
 
 @COMMANDS.command(0x2A, "WRITE(10)", _usage(0x2A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
@@ -226,8 +221,7 @@ def write10(lu, task) -> None:
     if flags & 0xE0:
         raise invalid_field_in_cdb(1, bit=7)
     lu.check_medium()
-    ext = task.extent
-    _write(lu, task, ext.lba, ext.blocks, flags & 0x08)
+    _write(lu, task, task.lba, task.blocks, flags & 0x08)
 
 
 @COMMANDS.command(0xAA, "WRITE(12)", _usage(0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
@@ -237,8 +231,7 @@ def write12(lu, task) -> None:
     flags = task.cdb[1]
     _no_protection(flags)
     lu.check_medium()
-    ext = task.extent
-    _write(lu, task, ext.lba, ext.blocks, flags & 0x08)
+    _write(lu, task, task.lba, task.blocks, flags & 0x08)
 
 
 @COMMANDS.command(0x8A, "WRITE(16)", _usage(0x8A, 0xFA, *[0xFF] * 12, 0x1F, CONTROL),
@@ -247,8 +240,7 @@ def write16(lu, task) -> None:
     flags = task.cdb[1]
     _no_protection(flags)
     lu.check_medium()
-    ext = task.extent
-    _write(lu, task, ext.lba, ext.blocks, flags & 0x08)
+    _write(lu, task, task.lba, task.blocks, flags & 0x08)
 
 
 _WA16 = struct.Struct(">xBQHHxx")  # flags, LBA, ATOMIC BOUNDARY, TRANSFER LENGTH

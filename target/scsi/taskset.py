@@ -15,7 +15,8 @@ Rules:
   data_ready() says its data is in (an enabled task waiting for data is parked).
 - Arrival: submit() looks the task's CDB up in the LU's table, once (CommandSet.parse:
   the entry, its block range and a refusal go on the task), before anything else; the
-  ordering below reads the entry's facts and task.extent, and the LU executes from them.
+  ordering below reads the entry's facts and task.lba/blocks, and the LU executes from
+  them.
 - Bypass (never queued, never held): commands whose table entry has queue=False
   (INQUIRY, REPORT LUNS, REQUEST SENSE) and CDBs the table does not know (the LU rejects
   them at once). submit() returns False for them and the shell runs them right away.
@@ -243,11 +244,13 @@ class TaskSet:
     def _entry(self, task: ScsiTask, cmd, now: float) -> Entry:
         self._seq += 1
         e = Entry(task, self._seq, now)
-        ext = task.extent
-        if ext is not None:
+        lba = task.lba
+        if lba is not None:  # decoded on arrival by the entry's layout
+            block = cmd.block
+            blocks = task.blocks
             e.ranged = True
-            e.lba, e.end, e.blocks, e.writes = ext.lba, ext.end, ext.blocks, ext.writes
-            e.atomic = ext.atomic
+            e.lba, e.blocks, e.writes, e.atomic = lba, blocks, block.writes, block.atomic
+            e.end = extent.TO_END if (blocks == 0 and block.zero_is_all) else lba + blocks
         elif cmd is not None and cmd.access in (Access.WRITE, Access.EXCLUSIVE):
             e.lba, e.end = WHOLE
             e.writes = True

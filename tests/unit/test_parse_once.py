@@ -1,12 +1,12 @@
 """Each CDB is looked up and its block range decoded once, on arrival (issue 13).
 
-The counts are of the real calls (CommandSet.parse, CommandSet.lookup, extent.decode)
-made while one command goes through its task set and its LU, queued or by the idle fast
-path. The outcomes asserted are the standards': SAM-5 5.14 (a unit attention is reported
-before an unsupported opcode, and not to INQUIRY), SBC-4 4.11 (during a sanitize every
-command but INQUIRY, REPORT LUNS and REQUEST SENSE ends in NOT READY, 04h/1Bh, including
-an opcode the table does not know), SPC-4 4.5 (fixed sense: key in byte 2, ASC/ASCQ in
-bytes 12-13).
+The counts are of the real calls (CommandSet.parse, CommandSet.lookup, extent.decode) made while one
+command goes through its task set and its LU, queued or by the idle fast path; and the READ handler
+is shown to use the range decoded on arrival (a changed task.lba reads other blocks), not a decode
+of its own. The outcomes asserted are the standards': SAM-5 5.14 (a unit attention is reported
+before an unsupported opcode, and not to INQUIRY), SBC-4 4.11 (during a sanitize every command but
+INQUIRY, REPORT LUNS and REQUEST SENSE ends in NOT READY, 04h/1Bh, including an opcode the table
+does not know), SPC-4 4.5 (fixed sense: key in byte 2, ASC/ASCQ in bytes 12-13).
 """
 
 from __future__ import annotations
@@ -69,8 +69,20 @@ def test_one_lookup_and_one_decode_per_command(monkeypatch, queued) -> None:
     else:
         lu.execute(task)
     assert task.status == Status.GOOD and len(task.data_in) == 1024
-    assert counts == {"parse": 1, "lookup": 0, "decode": 1}
-    assert task.extent == (8, 2, False, 10, False)  # SBC-4 5.14: LBA 2-5, length 7-8
+    assert counts == {"parse": 1, "lookup": 0, "decode": 0}
+    assert (task.lba, task.blocks) == (8, 2)  # SBC-4 5.14: LBA bytes 2-5, length 7-8
+    assert extent.of_task(task) == (8, 2, False, 10, False)
+
+
+def test_the_handler_reads_the_range_decoded_on_arrival() -> None:
+    lu = _lu()
+    lu.ua.seen(NEXUS).clear()
+    lu.store.write(0, bytes(range(256)) * 8)  # blocks 0-3 differ
+    task = _read10(0, 1)
+    lu.parse(task)
+    task.lba = 3  # what arrival decoded is what the handler uses
+    lu.execute(task)
+    assert task.status == Status.GOOD and bytes(task.data_in) == (bytes(range(256)) * 2)
 
 
 def test_unit_attention_comes_before_the_unsupported_opcode() -> None:

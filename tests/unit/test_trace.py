@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from target.scsi import extent
 from target.scsi.disk import DISK_COMMANDS
 from target.scsi.sense import LBA_OUT_OF_RANGE, CheckCondition, SenseKey
 from target.scsi.task import Nexus, ScsiTask, Status
@@ -23,7 +24,7 @@ def parsed(cdb: bytes):
     """(entry, extent) as the LU's table looks the CDB up on arrival (CommandSet.parse)."""
     task = ScsiTask(NEXUS, 0, cdb)
     DISK_COMMANDS.parse(task)
-    return task.command, task.extent
+    return task.command, extent.of_task(task)
 
 
 @pytest.mark.parametrize("cdb,expected", [
