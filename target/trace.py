@@ -68,13 +68,20 @@ def decode_cdb(cdb: bytes | memoryview, command=None, ext: Extent | None = None)
     return out
 
 
-def _parsed(task):
-    """A task no LU looked up (a fault rule answered it first, or no LU is behind its
-    LUN) is looked up here, in the disk table, so the trace still names the command."""
+def _table_entry(task):
+    """The disk table's entry for a task whose LU gave it none, so the trace still names
+    the command: one no LU looked up (a fault rule answered it first, or no LU is behind
+    its LUN) is looked up here, once; one its LU's table refused (UNMAP on a fully
+    provisioned LU) is named by the disk table, with no range."""
     from target.scsi.disk import DISK_COMMANDS
+    from target.scsi.sense import CheckCondition
 
-    DISK_COMMANDS.parse(task)
-    return task.command
+    if task.rejection is None:
+        return DISK_COMMANDS.parse(task)
+    try:
+        return DISK_COMMANDS.lookup(task.cdb)
+    except CheckCondition:
+        return None
 
 
 def _status_name(status: int) -> str:
@@ -120,8 +127,8 @@ class Tracer:
         if not self.enabled:
             return
         command = task.command
-        if command is None and task.rejection is None:
-            command = _parsed(task)
+        if command is None:
+            command = _table_entry(task)
         data_in = task.data_in
         n_in = 0
         if data_in is not None and task.status in (Status.GOOD, Status.CONDITION_MET):
