@@ -27,6 +27,8 @@ Rules:
     Faults.match_tmf() applies it (the connection's TMF handler calls it), and match()
     never returns it for a command.
 - The first matching rule in rule order wins; its `hits` counts what it did.
+- The LBA range and the read/write default sense use the block range decoded when the
+  task's CDB was looked up (ScsiTask.lba, ScsiTask.blocks).
 - Rules come from the config's [[fault]] tables and from the control socket at run time
   (`scsi-target fault add|list|clear`); parse_rule() validates both the same way and
   names the bad field.
@@ -208,6 +210,19 @@ def _tmf_functions(value: Any) -> list[int]:
     return out
 
 
+def _extent(task: ScsiTask) -> extent.Extent | None:
+    """The task's block range, as its LU decoded it on arrival (task.lba, task.blocks). A task
+    the dispatcher matches before it reaches its task set has not been looked up yet: its
+    range is then read with the disk table's layout for the opcode, and not kept."""
+    if task.command is not None or task.rejection is not None:
+        return extent.of_task(task)
+    from target.scsi.disk import DISK_COMMANDS
+
+    cdb = task.cdb
+    cmd = DISK_COMMANDS.find(cdb[0]) if cdb else None
+    return extent.decode(cdb, cmd.block) if cmd is not None and cmd.block else None
+
+
 class Faults:
     def __init__(self, rules: list[FaultRule] | None = None) -> None:
         self.rules: list[FaultRule] = []
@@ -243,7 +258,7 @@ class Faults:
                     task.nexus is None or task.nexus.initiator_name != rule.initiator):
                 continue
             if rule.lba_from is not None:
-                ext = ext or extent.decode(cdb)
+                ext = ext or _extent(task)
                 if ext is None or not (ext.lba < rule.lba_to and rule.lba_from < ext.end):
                     continue
             rule.matched += 1
@@ -295,7 +310,7 @@ class Faults:
         if rule.sense:
             key, asc, ascq = parse_sense(rule.sense)
         else:
-            ext = extent.decode(task.cdb)
+            ext = _extent(task)
             key, (asc, ascq) = SenseKey.MEDIUM_ERROR, ((0x0C, 0) if ext and ext.writes
                                                        else (0x11, 0))
         cc = CheckCondition(key, Asc(asc, ascq))

@@ -6,8 +6,10 @@ Rules:
   length by CDB layout, the flags by name), status, sense decoded (key, ASC/ASCQ), bytes
   moved in each direction, the latency from submission to completion (queueing included),
   and, for commands that waited in a task set, how many tasks were left in it.
-- The LBA, transfer length and named flags come from target.scsi.extent (the one table
-  of which CDBs carry a block range, shared with the task set).
+- The name comes from the task's table entry and the LBA and transfer length from its
+  block range, both kept on the task when its CDB was looked up on arrival
+  (ScsiTask.command, ScsiTask.lba/blocks: target.scsi.commands.CommandSet.parse); the flags
+  are named by the entry's block layout. Nothing is looked up or decoded again here.
 - Off the hot path when disabled: the server holds no tracer and never calls in here.
   When enabled, records are buffered and flushed at close (and every FLUSH_EVERY
   records); a write error turns the tracer off with one warning, it never fails I/O.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from target.scsi import extent
+from target.scsi.extent import Extent
 from target.scsi.sense import SenseKey, sense_key_asc
 from target.scsi.task import Status, TaskAttr
 
@@ -47,32 +50,36 @@ ASC_NAMES = {
 }
 
 
-def decode_cdb(cdb: bytes | memoryview, command=None) -> dict:
-    """Name, service action, LBA, transfer length (blocks) and named flags of a CDB."""
-    cdb = bytes(cdb)
-    opcode = cdb[0]
-    out: dict = {"op": command.name if command is not None else f"opcode 0x{opcode:02X}"}
-    if command is not None and command.service_action is not None:
+def decode_cdb(cdb: bytes | memoryview, command=None, ext: Extent | None = None) -> dict:
+    """Name, service action, LBA, transfer length (blocks) and named flags of a CDB, from
+    its table entry and the block range decoded on arrival (nothing is decoded here)."""
+    if command is None:
+        return {"op": f"opcode 0x{cdb[0]:02X}"}
+    out: dict = {"op": command.name}
+    if command.service_action is not None:
         out["sa"] = command.service_action
-    ext = extent.decode(cdb)
     if ext is None:
         return out
     out["lba"] = ext.lba
     out["blocks"] = ext.blocks
-    flags = extent.flag_names(cdb)
+    flags = extent.flag_names(cdb, command.block)
     if flags:
         out["flags"] = flags
     return out
 
 
-def _table_entry(cdb):
-    """The disk table's entry for a CDB the LU did not look up (stopped by a unit
-    attention first), so the trace still names the command."""
+def _table_entry(task):
+    """The disk table's entry for a task whose LU gave it none, so the trace still names
+    the command: one no LU looked up (a fault rule answered it first, or no LU is behind
+    its LUN) is looked up here, once; one its LU's table refused (UNMAP on a fully
+    provisioned LU) is named by the disk table, with no range."""
     from target.scsi.disk import DISK_COMMANDS
     from target.scsi.sense import CheckCondition
 
+    if task.rejection is None:
+        return DISK_COMMANDS.parse(task)
     try:
-        return DISK_COMMANDS.lookup(cdb)
+        return DISK_COMMANDS.lookup(task.cdb)
     except CheckCondition:
         return None
 
@@ -119,6 +126,9 @@ class Tracer:
                queued: int | None = None) -> None:
         if not self.enabled:
             return
+        command = task.command
+        if command is None:
+            command = _table_entry(task)
         data_in = task.data_in
         n_in = 0
         if data_in is not None and task.status in (Status.GOOD, Status.CONDITION_MET):
@@ -134,7 +144,7 @@ class Tracer:
             "lun": task.lun,
             "tag": task.tag,
             "attr": _attr_name(task.attr),
-            **decode_cdb(task.cdb, task.command or _table_entry(task.cdb)),
+            **decode_cdb(task.cdb, command, extent.of_task(task) if command else None),
             "cdb": bytes(task.cdb).hex(),
             "status": _status_name(task.status),
             **sense_fields(task.sense),

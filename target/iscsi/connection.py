@@ -206,10 +206,6 @@ class TaskTransport:
         self.gap: tuple[int, int] | None = None  # unsolicited range left unsent (F bit)
 
 
-# The old name of TaskTransport, left for _fail_data's annotation (another change edits
-# that method at the same time); drop it once both are merged.
-Command = TaskTransport
-
 
 class Connection:
     """The protocol state of one TCP connection to the target."""
@@ -688,7 +684,7 @@ class Connection:
                                        f"[{r2t.next_offset}, {r2t.end})")
         return cmd.view[offset:end]
 
-    def _fail_data(self, cmd: Command, bhs: Bhs, code: Asc, reason: int, what: str) -> None:
+    def _fail_data(self, cmd: TaskTransport, bhs: Bhs, code: Asc, reason: int, what: str) -> None:
         """A Data-Out out of sequence or out of range: Reject it (11.17) and end its command
         with CHECK CONDITION, ABORTED COMMAND (11.4.7.2); the session goes on. The rest of
         the command's data, if any arrives, is discarded as data for no task."""

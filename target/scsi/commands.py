@@ -20,16 +20,31 @@ Rules:
   them uses the table restricted() to its features: the command is then unsupported
   there in every respect (INVALID COMMAND OPERATION CODE, absent from RSOC), as its VPD
   pages say (SBC-4 6.6.4: MAXIMUM UNMAP LBA COUNT 0 = UNMAP not implemented).
+- `block` is the command's block-range layout (target.scsi.extent.BlockCdb: where the
+  LBA and the length sit, whether it writes, 0 = through the last LBA, atomic), None for
+  commands that address no blocks.
+- `ua_exempt` commands are not stopped by a pending unit attention (SAM-5 5.14: INQUIRY,
+  REPORT LUNS, REQUEST SENSE); `in_sanitize` ones are served while a sanitize operation
+  runs and `in_sanitize_failure` ones in the sanitize failure mode (SBC-4 4.11: the same
+  three, and SANITIZE itself in the failure mode).
+- Parse once (LIO's model, tgt's table layout): CommandSet.parse() looks a task's CDB up once, on
+  arrival (TaskSet.submit, or LogicalUnit.execute for a task that did not come through a task set),
+  and keeps on the task the entry (ScsiTask.command), the decoded block range (ScsiTask.lba,
+  ScsiTask.blocks, by the entry's layout) and, for a CDB the table refuses, the CheckCondition it
+  ends in (ScsiTask.rejection: raised by the LU after the unit attention and sanitize checks, which
+  come first). Nothing looks the CDB up or decodes its range again.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from target.scsi.sense import invalid_field_in_cdb, invalid_opcode
+from target.scsi import extent
+from target.scsi.sense import CheckCondition, invalid_field_in_cdb, invalid_opcode
 from target.scsi.task import Direction
 
 if TYPE_CHECKING:
@@ -65,6 +80,10 @@ class Command:
     queue: bool = True
     requires: frozenset[str] = frozenset()
     serial: bool = False
+    block: extent.BlockCdb | None = None
+    ua_exempt: bool = False
+    in_sanitize: bool = False
+    in_sanitize_failure: bool = False
 
     def __post_init__(self) -> None:
         if len(self.usage) != self.cdb_length:
@@ -94,12 +113,17 @@ class CommandSet:
         queue: bool = True,
         requires: frozenset[str] = frozenset(),
         serial: bool = False,
+        block: extent.BlockCdb | None = None,
+        ua_exempt: bool = False,
+        in_sanitize: bool = False,
+        in_sanitize_failure: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering `handler` as the entry for opcode (and service action)."""
 
         def register(handler: Handler) -> Handler:
             self.add(Command(opcode, name, len(usage), direction, handler, bytes(usage),
-                             service_action, access, reserve6, queue, requires, serial))
+                             service_action, access, reserve6, queue, requires, serial,
+                             block, ua_exempt, in_sanitize, in_sanitize_failure))
             return handler
 
         return register
@@ -156,6 +180,29 @@ class CommandSet:
         cmd = actions.get(cdb[1] & 0x1F) if len(cdb) > 1 else None
         if cmd is None:
             raise invalid_field_in_cdb(1, bit=4)
+        return cmd
+
+    def parse(self, task: ScsiTask) -> Command | None:
+        """Look the task's CDB up once, on arrival: the entry and its decoded block range go
+        on the task (command; lba, blocks); a CDB the table refuses leaves command None and the
+        CheckCondition it ends in as task.rejection. Returns the entry (or None)."""
+        cdb = task.cdb
+        cmd = self._by_opcode.get(cdb[0]) if cdb else None
+        if cmd is None:
+            try:
+                if not cdb:
+                    raise invalid_opcode()
+                cmd = self.lookup(cdb)
+            except CheckCondition as cc:
+                task.rejection = cc
+                return None
+        task.command = cmd
+        block = cmd.block
+        if block is not None:  # the one decode of its range: LBA and length on the task
+            try:
+                task.lba, task.blocks = block.fields(cdb)
+            except (struct.error, IndexError):  # too short: the LU rejects it
+                pass
         return cmd
 
     def find(self, opcode: int, service_action: int | None = None) -> Command | None:

@@ -6,32 +6,49 @@ Rules:
   7-8; 12-byte: LBA 2-5, length 6-9; 16-byte: LBA 2-9, length 10-13; COMPARE AND WRITE:
   LBA 2-9, NUMBER OF LOGICAL BLOCKS byte 13; WRITE ATOMIC(16): LBA 2-9, TRANSFER LENGTH
   12-13 (SBC-4 5.48).
-- BLOCK_CDBS declares, once, which opcodes carry a block range, in which layout, whether
-  they change the medium (for the task set's ordering rules; SYNCHRONIZE CACHE counts as
-  one: it must follow the writes it makes durable), and whether a length of 0 means
-  "through the last LBA" (SYNCHRONIZE CACHE, PRE-FETCH, WRITE SAME with WSNZ=0;
-  SBC-4 5.26, 5.10, 5.47), and whether the command is atomic (COMPARE AND WRITE, SBC-4
-  5.3, and WRITE ATOMIC, 4.29: no overlapping command may run beside it, whatever the
-  queue algorithm modifier).
-- decode() never raises: a CDB too short for its layout has no extent (the LU rejects it).
-- Consumers: target.trace (the LBA/length it records) and target.scsi.taskset (which
-  tasks overlap, for the QAM=0 ordering rule, and where the disk head goes).
+- A BlockCdb is one command's block-range facts, kept in its table entry
+  (target.scsi.commands.Command.block; the tables in sbc.py declare them): the layout,
+  whether it changes the medium (for the task set's ordering rules; SYNCHRONIZE CACHE
+  counts as one: it must follow the writes it makes durable), whether a length of 0 means
+  "through the last LBA" (SYNCHRONIZE CACHE, PRE-FETCH, WRITE SAME with WSNZ=0; SBC-4
+  5.26, 5.10, 5.47), the byte-1 flags worth naming in a trace, and whether the command is
+  atomic (COMPARE AND WRITE, SBC-4 5.3, and WRITE ATOMIC, 4.29: no overlapping command may
+  run beside it, whatever the queue algorithm modifier).
+- The CDB is decoded once per command, when its table entry is looked up on arrival
+  (CommandSet.parse): the layout's precompiled `fields` unpack puts the LBA and the
+  length on the task (ScsiTask.lba, ScsiTask.blocks; None without a range, or for a CDB
+  too short for its layout, which the LU rejects). The task set (overlaps, the disk
+  head) and the READ/WRITE handlers read those fields; of_task() makes them an Extent
+  for the trace and the fault rules without decoding the CDB again. decode() is for a
+  CDB no table entry was looked up for; neither raises.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
-_U32_AT2 = struct.Struct(">I")
-_U16_AT7 = struct.Struct(">H")
-_U32X2_AT2 = struct.Struct(">II")
-_U64_U32_AT2 = struct.Struct(">QI")
-_U64_AT2 = struct.Struct(">Q")
-_U16_AT12 = struct.Struct(">H")
+# (LBA, length) of each layout, precompiled (the hot path: one unpack per CDB); each needs
+# the layout's whole CDB length (LAYOUT_LENGTH) and raises on a shorter one.
+_FIELDS_10 = struct.Struct(">2xIxHx").unpack_from
+_FIELDS_12 = struct.Struct(">2xIIxx").unpack_from
+_FIELDS_16 = struct.Struct(">2xQIxx").unpack_from
+_FIELDS_CAW = struct.Struct(">2xQ3xBxx").unpack_from
+_FIELDS_ATOMIC16 = struct.Struct(">2xQ2xHxx").unpack_from
 
+
+def _fields_6(cdb: bytes | memoryview) -> tuple[int, int]:
+    if len(cdb) < 6:
+        raise IndexError("short CDB")
+    return (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3], cdb[4] or 256
+
+
+_FIELDS = {"6": _fields_6, "10": _FIELDS_10, "12": _FIELDS_12, "16": _FIELDS_16,
+           "caw": _FIELDS_CAW, "atomic16": _FIELDS_ATOMIC16}
 LAYOUT_LENGTH = {"6": 6, "10": 10, "12": 12, "16": 16, "caw": 16, "atomic16": 16}
 TO_END = 1 << 62  # the length recorded for "through the last LBA"
+_new = tuple.__new__
 
 
 class BlockCdb(NamedTuple):
@@ -40,37 +57,41 @@ class BlockCdb(NamedTuple):
     zero_is_all: bool  # a length of 0 means through the last LBA
     flags: dict[int, str]  # byte-1 bits worth naming in a trace
     atomic: bool = False  # all or nothing against every overlapping command
+    fields: Callable[[bytes | memoryview], tuple[int, int]] = _fields_6  # (LBA, length)
+
+
+def _layout(layout: str, writes: bool, zero_is_all: bool, flags: dict[int, str],
+            atomic: bool = False) -> BlockCdb:
+    return BlockCdb(layout, writes, zero_is_all, flags, atomic, _FIELDS[layout])
 
 
 _RW = {0x08: "FUA", 0x10: "DPO"}
 _BYTCHK = {0x02: "BYTCHK"}
 _IMMED = {0x02: "IMMED"}
 
-BLOCK_CDBS: dict[int, BlockCdb] = {
-    0x08: BlockCdb("6", False, False, {}),             # READ(6)
-    0x0A: BlockCdb("6", True, False, {}),              # WRITE(6)
-    0x28: BlockCdb("10", False, False, _RW),           # READ(10)
-    0x2A: BlockCdb("10", True, False, _RW),            # WRITE(10)
-    0x2E: BlockCdb("10", True, False, _BYTCHK),        # WRITE AND VERIFY(10)
-    0x2F: BlockCdb("10", False, False, _BYTCHK),       # VERIFY(10)
-    0x34: BlockCdb("10", False, True, _IMMED),         # PRE-FETCH(10)
-    0x35: BlockCdb("10", True, True, _IMMED),          # SYNCHRONIZE CACHE(10)
-    0x41: BlockCdb("10", True, True, {0x08: "UNMAP", 0x10: "ANCHOR"}),  # WRITE SAME(10)
-    0xA8: BlockCdb("12", False, False, _RW),           # READ(12)
-    0xAA: BlockCdb("12", True, False, _RW),            # WRITE(12)
-    0xAE: BlockCdb("12", True, False, _BYTCHK),        # WRITE AND VERIFY(12)
-    0xAF: BlockCdb("12", False, False, _BYTCHK),       # VERIFY(12)
-    0x88: BlockCdb("16", False, False, _RW),           # READ(16)
-    0x8A: BlockCdb("16", True, False, _RW),            # WRITE(16)
-    0x8B: BlockCdb("16", True, False, _RW),            # ORWRITE(16)
-    0x8E: BlockCdb("16", True, False, _BYTCHK),        # WRITE AND VERIFY(16)
-    0x8F: BlockCdb("16", False, False, _BYTCHK),       # VERIFY(16)
-    0x90: BlockCdb("16", False, True, _IMMED),         # PRE-FETCH(16)
-    0x91: BlockCdb("16", True, True, _IMMED),          # SYNCHRONIZE CACHE(16)
-    0x93: BlockCdb("16", True, True, {0x08: "UNMAP", 0x10: "ANCHOR", 0x01: "NDOB"}),
-    0x89: BlockCdb("caw", True, False, _RW, True),     # COMPARE AND WRITE
-    0x9C: BlockCdb("atomic16", True, False, _RW, True),  # WRITE ATOMIC(16)
-}
+# The layouts the SBC-4 tables use (sbc.py), by name.
+READ_6 = _layout("6", False, False, {})
+WRITE_6 = _layout("6", True, False, {})
+READ_10 = _layout("10", False, False, _RW)
+WRITE_10 = _layout("10", True, False, _RW)
+WRITE_VERIFY_10 = _layout("10", True, False, _BYTCHK)
+VERIFY_10 = _layout("10", False, False, _BYTCHK)
+PREFETCH_10 = _layout("10", False, True, _IMMED)
+SYNC_10 = _layout("10", True, True, _IMMED)
+WRITE_SAME_10 = _layout("10", True, True, {0x08: "UNMAP", 0x10: "ANCHOR"})
+READ_12 = _layout("12", False, False, _RW)
+WRITE_12 = _layout("12", True, False, _RW)
+WRITE_VERIFY_12 = _layout("12", True, False, _BYTCHK)
+VERIFY_12 = _layout("12", False, False, _BYTCHK)
+READ_16 = _layout("16", False, False, _RW)
+WRITE_16 = _layout("16", True, False, _RW)
+WRITE_VERIFY_16 = _layout("16", True, False, _BYTCHK)
+VERIFY_16 = _layout("16", False, False, _BYTCHK)
+PREFETCH_16 = _layout("16", False, True, _IMMED)
+SYNC_16 = _layout("16", True, True, _IMMED)
+WRITE_SAME_16 = _layout("16", True, True, {0x08: "UNMAP", 0x10: "ANCHOR", 0x01: "NDOB"})
+COMPARE_AND_WRITE = _layout("caw", True, False, _RW, True)
+WRITE_ATOMIC_16 = _layout("atomic16", True, False, _RW, True)
 
 
 class Extent(NamedTuple):
@@ -81,35 +102,29 @@ class Extent(NamedTuple):
     atomic: bool = False
 
 
-def decode(cdb: bytes | memoryview) -> Extent | None:
-    """The block range of a CDB, or None for commands without one (or too short)."""
-    if not cdb:
+def decode(cdb: bytes | memoryview, entry: BlockCdb) -> Extent | None:
+    """The block range of a CDB in the layout `entry`, or None when it is too short."""
+    try:
+        lba, length = entry.fields(cdb)
+    except (struct.error, IndexError):
         return None
-    entry = BLOCK_CDBS.get(cdb[0])
-    if entry is None or len(cdb) < LAYOUT_LENGTH[entry.layout]:
-        return None
-    layout = entry.layout
-    if layout == "10":
-        lba = _U32_AT2.unpack_from(cdb, 2)[0]
-        length = _U16_AT7.unpack_from(cdb, 7)[0]
-    elif layout == "16":
-        lba, length = _U64_U32_AT2.unpack_from(cdb, 2)
-    elif layout == "6":
-        lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
-        length = cdb[4] or 256
-    elif layout == "12":
-        lba, length = _U32X2_AT2.unpack_from(cdb, 2)
-    elif layout == "caw":
-        lba, length = _U64_AT2.unpack_from(cdb, 2)[0], cdb[13]
-    else:  # atomic16
-        lba, length = _U64_AT2.unpack_from(cdb, 2)[0], _U16_AT12.unpack_from(cdb, 12)[0]
     end = TO_END if (length == 0 and entry.zero_is_all) else lba + length
-    return Extent(lba, length, entry.writes, end, entry.atomic)
+    return _new(Extent, (lba, length, entry.writes, end, entry.atomic))
 
 
-def flag_names(cdb: bytes | memoryview) -> list[str]:
+def of_task(task) -> Extent | None:
+    """The block range decoded on arrival (task.lba, task.blocks), as an Extent."""
+    lba = task.lba
+    if lba is None:
+        return None
+    entry = task.command.block
+    length = task.blocks
+    end = TO_END if (length == 0 and entry.zero_is_all) else lba + length
+    return _new(Extent, (lba, length, entry.writes, end, entry.atomic))
+
+
+def flag_names(cdb: bytes | memoryview, entry: BlockCdb) -> list[str]:
     """The named byte-1 flags set in a block CDB (FUA, DPO, BYTCHK, UNMAP, ...)."""
-    entry = BLOCK_CDBS.get(cdb[0]) if cdb else None
-    if entry is None or len(cdb) < 2:
+    if len(cdb) < 2:
         return []
     return [name for bit, name in entry.flags.items() if cdb[1] & bit]

@@ -13,7 +13,10 @@ Rules:
   table 15) with "+reserve6" when a RESERVE(6) held by another I_T nexus makes it
   conflict (SPC-2 7.21.2), queueing ("queue": may wait in the task set; "at once": served
   without queueing), serial ("serial": one at a time per LU), and the LU features it
-  requires (commands.Command.requires; "-" for none).
+  requires (commands.Command.requires; "-" for none), the block-range layout
+  (commands.Command.block: CDB layout of target.scsi.extent, "write", "to-end",
+  "atomic"; "-" for none), "exempt" from unit attentions (SAM-5 5.14), and whether it is
+  served during a sanitize operation (SBC-4 4.11: "served", "failure mode" or "-").
 - `scsi-target opcodes` prints the text form; `--markdown` the Markdown table that is
   committed as docs/opcodes.md (tests/unit/test_opcodes_listing.py keeps the two equal).
 """
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from target.scsi.commands import Command, CommandSet
 
 COLUMNS = ("opcode", "SA", "name", "CDB", "direction", "handler", "access", "queueing",
-           "serial", "requires")
+           "serial", "requires", "block", "UA", "sanitize")
 
 GENERATED_BY = "scsi-target opcodes --markdown > docs/opcodes.md"
 
@@ -56,7 +59,29 @@ def row(cmd: Command) -> tuple[str, ...]:
             access,
             "queue" if cmd.queue else "at once",
             "serial" if cmd.serial else "-",
-            ",".join(sorted(cmd.requires)) or "-")
+            ",".join(sorted(cmd.requires)) or "-",
+            block(cmd),
+            "exempt" if cmd.ua_exempt else "-",
+            sanitize(cmd))
+
+
+def block(cmd: Command) -> str:
+    """The block-range layout (commands.Command.block, target.scsi.extent): its CDB layout,
+    then "write" (orders as a write), "to-end" (0 blocks = through the last LBA), "atomic"."""
+    b = cmd.block
+    if b is None:
+        return "-"
+    facts = [name for name, on in (("write", b.writes), ("to-end", b.zero_is_all),
+                                   ("atomic", b.atomic)) if on]
+    return " ".join([b.layout, ",".join(facts)]).strip()
+
+
+def sanitize(cmd: Command) -> str:
+    """Served during a sanitize operation and in the failure mode ("served"), in the failure
+    mode only ("failure mode"), or refused ("-"): SBC-4 4.11."""
+    if cmd.in_sanitize:
+        return "served"
+    return "failure mode" if cmd.in_sanitize_failure else "-"
 
 
 def rows(table: CommandSet) -> list[tuple[str, ...]]:
@@ -85,7 +110,12 @@ def markdown(table: CommandSet) -> str:
         " exclusive), `+reserve6` when another nexus's RESERVE(6) makes it conflict"
         " (SPC-2 7.21.2); queueing = may wait in the task set (`queue`) or is served at"
         " once; serial = one at a time per LU; requires = LU features the command needs"
-        " (a LU without them lacks the command).",
+        " (a LU without them lacks the command); block = the block-range layout (CDB"
+        " layout; `write`: ordered as a write, `to-end`: 0 blocks means through the last"
+        " LBA, `atomic`: all or nothing against overlapping commands); UA = `exempt` when"
+        " a pending unit attention does not stop it (SAM-5 5.14); sanitize = served while"
+        " a sanitize operation runs and in its failure mode (`served`), in the failure"
+        " mode only, or refused (SBC-4 4.11).",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",

@@ -1,11 +1,15 @@
 """A logical unit: the checks common to every command, then the table's handler.
 
 Rules (SAM-5 5.14, SPC-4 5.13, SPC-4 4.5):
-- Order of checks for each command: unit attention (reported to every command but
-  INQUIRY, REPORT LUNS and REQUEST SENSE, SAM-5 5.14 / SPC-4 5.14?), opcode lookup
-  in the table (INVALID COMMAND OPERATION CODE), the CDB length and the NACA bit of the
-  CONTROL byte (SAM-5 5.2: ACA is not supported), reservation conflicts (checked once,
-  here, from the table's `access` and `reserve6`, SPC-4 5.13.1), then the handler.
+- The CDB was looked up once, on arrival (CommandSet.parse, from TaskSet.submit; here
+  for a task that did not come through a task set): execute() reads the entry from
+  task.command and its facts from the entry.
+- Order of checks for each command: unit attention (reported to every command but those
+  whose entry is `ua_exempt`: INQUIRY, REPORT LUNS and REQUEST SENSE, SAM-5 5.14), the
+  opcode lookup's outcome (INVALID COMMAND OPERATION CODE, task.rejection), the CDB
+  length and the NACA bit of the CONTROL byte (SAM-5 5.2: ACA is not supported),
+  reservation conflicts (checked once, here, from the table's `access` and `reserve6`,
+  SPC-4 5.13.1), then the handler.
   A sanitize operation in progress, or a failed one, refuses commands right after the
   unit attentions (SBC-4 4.11; the rules are in sanitize.py).
 - CheckCondition from anywhere below becomes sense data here and only here, in the
@@ -54,9 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_IO_THREADS = 8  # per LU whose store can sleep (tgt's bs_rdwr runs 16 per LU)
-
-# Commands a pending unit attention does not stop (SAM-5 5.14).
-_UA_EXEMPT = frozenset({0x12, 0xA0, 0x03})  # INQUIRY, REPORT LUNS, REQUEST SENSE
 
 
 class UnitAttentions:
@@ -163,23 +164,29 @@ class LogicalUnit:
     def num_blocks(self) -> int:
         return self.store.size // self.block_size
 
+    def parse(self, task: ScsiTask) -> None:
+        """Look the task's CDB up in this LU's table, once, on arrival (CommandSet.parse)."""
+        self.commands.parse(task)
+
     def execute(self, task: ScsiTask) -> None:
         """Run one command to completion; fills task.status, sense and data_in."""
         try:
-            cdb = task.cdb
-            opcode = cdb[0]
-            if opcode not in _UA_EXEMPT:
+            cmd = task.command
+            if cmd is None and task.rejection is None:  # not come through a task set
+                cmd = self.commands.parse(task)
+            if cmd is None or not cmd.ua_exempt:
                 code = self.ua.pop(task.nexus)
                 if code is not None:
                     raise CheckCondition(SenseKey.UNIT_ATTENTION, code)
             if self.sanitize.engaged:  # a sanitize runs, or failed (SBC-4 4.11)
-                self.sanitize.check(opcode)
-            cmd = self.commands.lookup(cdb)
-            task.command = cmd
+                self.sanitize.check(cmd)
+            if cmd is None:
+                raise task.rejection
             if task.attr == TaskAttr.ACA:
                 # No ACA condition is ever established here (NACA=1 is refused), and an
                 # ACA task without one is an error (SAM-5 8.6.5).
                 raise CheckCondition(SenseKey.ILLEGAL_REQUEST, INVALID_MESSAGE_ERROR)
+            cdb = task.cdb
             if len(cdb) < cmd.cdb_length:
                 raise invalid_field_in_cdb(0)
             if cdb[cmd.cdb_length - 1] & 0x04:  # NACA (SAM-5 5.2); ACA is not supported
@@ -192,11 +199,8 @@ class LogicalUnit:
             self._check_condition(task, cc)
         except Exception:  # a bug must not take the session down: report it as such
             log.exception("command %s failed", bytes(task.cdb).hex())
-            task.status = Status.CHECK_CONDITION
-            task.sense = CheckCondition(
-                SenseKey.HARDWARE_ERROR, Asc(0x44, 0x00)
-            ).sense(self.mode.d_sense)
-            task.data_in = None
+            self._check_condition(task, CheckCondition(SenseKey.HARDWARE_ERROR,
+                                                       Asc(0x44, 0x00)))
 
     # --- medium access ------------------------------------------------------------------
 

@@ -34,14 +34,16 @@ Rules:
   answers NOT READY, MEDIUM NOT PRESENT. Reservations: Access.WRITE (SANITIZE conflicts
   under Write Exclusive and Exclusive Access, and with another nexus's RESERVE(6)).
 - While a sanitize operation is in progress (SBC-4 4.11), every command but INQUIRY,
-  REPORT LUNS and REQUEST SENSE ends in NOT READY, LOGICAL UNIT NOT READY, SANITIZE IN
-  PROGRESS (04h/1Bh) with the progress indication (SKSV=1, progress / 65536) in the
-  sense-key specific field (SPC-4 4.5.2.4.4); REQUEST SENSE returns that same sense data
-  as its parameter data (SPC-4 6.39). lu.execute calls SanitizeState.check() before the
+  REPORT LUNS and REQUEST SENSE (their table entries say `in_sanitize`) ends in NOT
+  READY, LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS (04h/1Bh) with the progress
+  indication (SKSV=1, progress / 65536) in the sense-key specific field (SPC-4
+  4.5.2.4.4); REQUEST SENSE returns that same sense data as its parameter data (SPC-4
+  6.39). lu.execute calls SanitizeState.check() before the
   table's handler, after unit attentions.
 - Completion (SBC-4 4.11): an operation that fails (StoreError) leaves the LU in sanitize
   failure mode: every command but INQUIRY, REPORT LUNS, REQUEST SENSE and SANITIZE ends in
-  MEDIUM ERROR, SANITIZE COMMAND FAILED (31h/03h), and REQUEST SENSE returns that sense.
+  MEDIUM ERROR, SANITIZE COMMAND FAILED (31h/03h), and REQUEST SENSE returns that sense
+  (entries with `in_sanitize_failure`: the same three, and SANITIZE's).
   Unrestricted completion mode (AUSE=1 on the failed operation): EXIT FAILURE MODE ends
   the failure mode as if the operation had completed without error. Restricted mode
   (AUSE=0): EXIT FAILURE MODE, and a new sanitize that asks for AUSE=1, are INVALID FIELD
@@ -69,7 +71,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from target.backing.base import StoreError
-from target.scsi.commands import Access, CommandSet, Handler
+from target.scsi.commands import Access, Command, CommandSet, Handler
 from target.scsi.sense import (
     LU_NOT_READY_SANITIZE_IN_PROGRESS,
     Asc,
@@ -99,9 +101,6 @@ SANITIZE_COMMAND_FAILED = Asc(0x31, 0x03)
 STEP_BYTES = 8 << 20  # medium bytes one step() writes or deallocates
 _CHUNK = 1 << 20      # bytes per store.write() of an overwrite pass
 
-# Commands served while a sanitize operation runs, and after one failed (SBC-4 4.11).
-_ALLOWED_IN_PROGRESS = frozenset({0x12, 0xA0, 0x03})  # INQUIRY, REPORT LUNS, REQUEST SENSE
-_ALLOWED_FAILED = _ALLOWED_IN_PROGRESS | {OPCODE}
 
 
 class Operation:
@@ -190,15 +189,17 @@ class SanitizeState:
             return CheckCondition(SenseKey.MEDIUM_ERROR, SANITIZE_COMMAND_FAILED)
         return None
 
-    def check(self, opcode: int) -> None:
-        """Refuse a command the sanitize state does not allow (before its handler runs)."""
+    def check(self, cmd: Command | None) -> None:
+        """Refuse a command the sanitize state does not allow (before its handler runs): its
+        table entry says whether it is served while an operation runs (`in_sanitize`) and
+        in the failure mode (`in_sanitize_failure`); a CDB the table refused is not."""
         if self.active is not None:
-            allowed = _ALLOWED_IN_PROGRESS
+            allowed = cmd is not None and cmd.in_sanitize
         elif self.failed:
-            allowed = _ALLOWED_FAILED
+            allowed = cmd is not None and cmd.in_sanitize_failure
         else:
             return
-        if opcode not in allowed:
+        if not allowed:
             cc = self.condition()
             assert cc is not None
             raise cc
@@ -293,7 +294,7 @@ def _usage(sa: int) -> list[int]:
 
 def _entry(sa: int, name: str) -> Callable[[Handler], Handler]:
     return COMMANDS.command(OPCODE, f"SANITIZE/{name}", _usage(sa), Direction.OUT,
-                            service_action=sa, access=Access.WRITE)
+                            service_action=sa, access=Access.WRITE, in_sanitize_failure=True)
 
 
 def _check_cdb(lu: LogicalUnit, task: ScsiTask) -> int:

@@ -1,7 +1,10 @@
 """SBC-4 block commands, as an opcode table (DESIGN.md principle 2).
 
 Rules:
-- READ/WRITE are the hot path: CDB fields come from precompiled struct.Struct unpacks,
+- Each block command's entry declares its block-range layout (`block`, target.scsi.extent);
+  its LBA and length are decoded once, on arrival, into task.lba and task.blocks. READ and
+  WRITE (the hot path) read them from there; the other handlers unpack the fields they also need
+  (flags, group, the lengths of other fields) with precompiled struct.Struct unpacks;
   data goes to and from the store as memoryviews (no copies, DESIGN.md principle 5).
 - Every command that addresses blocks checks LBA + count against the capacity first:
   LOGICAL BLOCK ADDRESS OUT OF RANGE (SBC-4 4.5), and counts against the block limits
@@ -35,7 +38,7 @@ from __future__ import annotations
 import struct
 
 from target.backing.base import StoreError
-from target.scsi import vpd_sbc
+from target.scsi import extent, vpd_sbc
 from target.scsi.commands import Access, CommandSet
 from target.scsi.sense import (
     MEDIUM_REMOVAL_PREVENTED,
@@ -168,80 +171,76 @@ def _write(lu, task, lba: int, count: int, fua: bool) -> None:
 # --- READ ------------------------------------------------------------------------------
 
 @COMMANDS.command(0x08, "READ(6)", _usage(0x08, 0x1F, 0xFF, 0xFF, 0xFF, CONTROL), Direction.IN,
-                  access=Access.READ)
+                  access=Access.READ, block=extent.READ_6)
 def read6(lu, task) -> None:
-    cdb = task.cdb
     lu.check_medium()
-    lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
-    _read(lu, task, lba, cdb[4] or 256)  # 0 means 256 blocks (SBC-4 5.13)
+    _read(lu, task, task.lba, task.blocks)  # 0 means 256 blocks (SBC-4 5.13): extent.py
 
 
 @COMMANDS.command(0x28, "READ(10)", _usage(0x28, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
-                                           CONTROL), Direction.IN, access=Access.READ)
+                                           CONTROL), Direction.IN, access=Access.READ,
+                  block=extent.READ_10)
 def read10(lu, task) -> None:
-    flags, lba, count = _RW10.unpack_from(task.cdb)
-    if flags & 0xE0:
+    if task.cdb[1] & 0xE0:
         raise invalid_field_in_cdb(1, bit=7)
     lu.check_medium()
-    _read(lu, task, lba, count)
+    _read(lu, task, task.lba, task.blocks)
 
 
 @COMMANDS.command(0xA8, "READ(12)", _usage(0xA8, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-                                           0xFF, 0x1F, CONTROL), Direction.IN, access=Access.READ)
+                                           0xFF, 0x1F, CONTROL), Direction.IN, access=Access.READ,
+                  block=extent.READ_12)
 def read12(lu, task) -> None:
-    flags, lba, count = _RW12.unpack_from(task.cdb)
-    _no_protection(flags)
+    _no_protection(task.cdb[1])
     lu.check_medium()
-    _read(lu, task, lba, count)
+    _read(lu, task, task.lba, task.blocks)
 
 
 @COMMANDS.command(0x88, "READ(16)", _usage(0x88, 0xFA, *[0xFF] * 12, 0x1F, CONTROL), Direction.IN,
-                  access=Access.READ)
+                  access=Access.READ, block=extent.READ_16)
 def read16(lu, task) -> None:
-    flags, lba, count = _RW16.unpack_from(task.cdb)
-    _no_protection(flags)
+    _no_protection(task.cdb[1])
     lu.check_medium()
-    _read(lu, task, lba, count)
+    _read(lu, task, task.lba, task.blocks)
 
 
 # --- WRITE -----------------------------------------------------------------------------
 
 @COMMANDS.command(0x0A, "WRITE(6)", _usage(0x0A, 0x1F, 0xFF, 0xFF, 0xFF, CONTROL), Direction.OUT,
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.WRITE_6)
 def write6(lu, task) -> None:
-    cdb = task.cdb
     lu.check_medium()
-    lba = (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3]
-    _write(lu, task, lba, cdb[4] or 256, False)
+    _write(lu, task, task.lba, task.blocks, False)  # 0 means 256 blocks: extent.py
 
 
 @COMMANDS.command(0x2A, "WRITE(10)", _usage(0x2A, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
-                                            CONTROL), Direction.OUT, access=Access.WRITE)
+                                            CONTROL), Direction.OUT, access=Access.WRITE,
+                  block=extent.WRITE_10)
 def write10(lu, task) -> None:
-    flags, lba, count = _RW10.unpack_from(task.cdb)
+    flags = task.cdb[1]
     if flags & 0xE0:
         raise invalid_field_in_cdb(1, bit=7)
     lu.check_medium()
-    _write(lu, task, lba, count, flags & 0x08)
+    _write(lu, task, task.lba, task.blocks, flags & 0x08)
 
 
 @COMMANDS.command(0xAA, "WRITE(12)", _usage(0xAA, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
                                             0xFF, 0x1F, CONTROL), Direction.OUT,
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.WRITE_12)
 def write12(lu, task) -> None:
-    flags, lba, count = _RW12.unpack_from(task.cdb)
+    flags = task.cdb[1]
     _no_protection(flags)
     lu.check_medium()
-    _write(lu, task, lba, count, flags & 0x08)
+    _write(lu, task, task.lba, task.blocks, flags & 0x08)
 
 
 @COMMANDS.command(0x8A, "WRITE(16)", _usage(0x8A, 0xFA, *[0xFF] * 12, 0x1F, CONTROL),
-                  Direction.OUT, access=Access.WRITE)
+                  Direction.OUT, access=Access.WRITE, block=extent.WRITE_16)
 def write16(lu, task) -> None:
-    flags, lba, count = _RW16.unpack_from(task.cdb)
+    flags = task.cdb[1]
     _no_protection(flags)
     lu.check_medium()
-    _write(lu, task, lba, count, flags & 0x08)
+    _write(lu, task, task.lba, task.blocks, flags & 0x08)
 
 
 _WA16 = struct.Struct(">xBQHHxx")  # flags, LBA, ATOMIC BOUNDARY, TRANSFER LENGTH
@@ -249,7 +248,7 @@ _WA16 = struct.Struct(">xBQHHxx")  # flags, LBA, ATOMIC BOUNDARY, TRANSFER LENGT
 
 @COMMANDS.command(0x9C, "WRITE ATOMIC(16)", _usage(0x9C, 0xF8, *[0xFF] * 8, 0xFF, 0xFF, 0xFF, 0xFF,
                                                    0x3F, CONTROL), Direction.OUT,
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.WRITE_ATOMIC_16)
 def write_atomic16(lu, task) -> None:
     """SBC-4 5.48 / 4.29: all the blocks are written or none. The command runs as one step
     of the LU (nothing else on it interleaves) and the store takes it as one write. The
@@ -317,7 +316,8 @@ def _verify(lu, task, flags: int, lba: int, count: int) -> None:
 
 
 @COMMANDS.command(0x2F, "VERIFY(10)", _usage(0x2F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF,
-                                             CONTROL), Direction.OUT, access=Access.READ)
+                                             CONTROL), Direction.OUT, access=Access.READ,
+                  block=extent.VERIFY_10)
 def verify10(lu, task) -> None:
     flags, lba, count = _RW10.unpack_from(task.cdb)
     _verify(lu, task, flags, lba, count)
@@ -325,14 +325,14 @@ def verify10(lu, task) -> None:
 
 @COMMANDS.command(0xAF, "VERIFY(12)", _usage(0xAF, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
                                              0xFF, 0x1F, CONTROL), Direction.OUT,
-                  access=Access.READ)
+                  access=Access.READ, block=extent.VERIFY_12)
 def verify12(lu, task) -> None:
     flags, lba, count = _RW12.unpack_from(task.cdb)
     _verify(lu, task, flags, lba, count)
 
 
 @COMMANDS.command(0x8F, "VERIFY(16)", _usage(0x8F, 0xF6, *[0xFF] * 12, 0x1F, CONTROL),
-                  Direction.OUT, access=Access.READ)
+                  Direction.OUT, access=Access.READ, block=extent.VERIFY_16)
 def verify16(lu, task) -> None:
     flags, lba, count = _RW16.unpack_from(task.cdb)
     _verify(lu, task, flags, lba, count)
@@ -349,7 +349,7 @@ def _write_and_verify(lu, task, flags: int, lba: int, count: int) -> None:
 
 @COMMANDS.command(0x2E, "WRITE AND VERIFY(10)", _usage(0x2E, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F,
                                                        0xFF, 0xFF, CONTROL), Direction.OUT,
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.WRITE_VERIFY_10)
 def write_and_verify10(lu, task) -> None:
     flags, lba, count = _RW10.unpack_from(task.cdb)
     _write_and_verify(lu, task, flags, lba, count)
@@ -357,21 +357,21 @@ def write_and_verify10(lu, task) -> None:
 
 @COMMANDS.command(0xAE, "WRITE AND VERIFY(12)", _usage(0xAE, 0xF2, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
                                                        0xFF, 0xFF, 0xFF, 0x1F, CONTROL),
-                  Direction.OUT, access=Access.WRITE)
+                  Direction.OUT, access=Access.WRITE, block=extent.WRITE_VERIFY_12)
 def write_and_verify12(lu, task) -> None:
     flags, lba, count = _RW12.unpack_from(task.cdb)
     _write_and_verify(lu, task, flags, lba, count)
 
 
 @COMMANDS.command(0x8E, "WRITE AND VERIFY(16)", _usage(0x8E, 0xF2, *[0xFF] * 12, 0x1F, CONTROL),
-                  Direction.OUT, access=Access.WRITE)
+                  Direction.OUT, access=Access.WRITE, block=extent.WRITE_VERIFY_16)
 def write_and_verify16(lu, task) -> None:
     flags, lba, count = _RW16.unpack_from(task.cdb)
     _write_and_verify(lu, task, flags, lba, count)
 
 
 @COMMANDS.command(0x8B, "ORWRITE(16)", _usage(0x8B, 0xF8, *[0xFF] * 12, 0x1F, CONTROL),
-                  Direction.OUT, access=Access.WRITE)
+                  Direction.OUT, access=Access.WRITE, block=extent.WRITE_16)
 def orwrite16(lu, task) -> None:
     """SBC-4 5.9: OR the Data-Out into the medium (no XDREAD/XPWRITE mode)."""
     flags, lba, count = _RW16.unpack_from(task.cdb)
@@ -411,14 +411,14 @@ def _sync(lu, task, lba: int, count: int) -> None:
 
 @COMMANDS.command(0x35, "SYNCHRONIZE CACHE(10)", _usage(0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F,
                                                         0xFF, 0xFF, CONTROL),
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.SYNC_10)
 def synchronize_cache10(lu, task) -> None:
     _, lba, count = _RW10.unpack_from(task.cdb)
     _sync(lu, task, lba, count)
 
 
 @COMMANDS.command(0x91, "SYNCHRONIZE CACHE(16)", _usage(0x91, 0x02, *[0xFF] * 12, 0x1F, CONTROL),
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.SYNC_16)
 def synchronize_cache16(lu, task) -> None:
     _, lba, count = _RW16.unpack_from(task.cdb)
     _sync(lu, task, lba, count)
@@ -432,14 +432,15 @@ def _prefetch(lu, task, lba: int, count: int) -> None:
 
 
 @COMMANDS.command(0x34, "PRE-FETCH(10)", _usage(0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF,
-                                                0xFF, CONTROL), access=Access.READ)
+                                                0xFF, CONTROL), access=Access.READ,
+                  block=extent.PREFETCH_10)
 def prefetch10(lu, task) -> None:
     _, lba, count = _RW10.unpack_from(task.cdb)
     _prefetch(lu, task, lba, count)
 
 
 @COMMANDS.command(0x90, "PRE-FETCH(16)", _usage(0x90, 0x02, *[0xFF] * 12, 0x1F, CONTROL),
-                  access=Access.READ)
+                  access=Access.READ, block=extent.PREFETCH_16)
 def prefetch16(lu, task) -> None:
     _, lba, count = _RW16.unpack_from(task.cdb)
     _prefetch(lu, task, lba, count)
@@ -515,14 +516,14 @@ def _discard_io(task, store, ranges: list[tuple[int, int]], lba: int) -> None:
 
 @COMMANDS.command(0x41, "WRITE SAME(10)", _usage(0x41, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF,
                                                  0xFF, CONTROL), Direction.OUT,
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.WRITE_SAME_10)
 def write_same10(lu, task) -> None:
     flags, lba, count = _WS10.unpack_from(task.cdb)
     _write_same(lu, task, flags, lba, count, False)
 
 
 @COMMANDS.command(0x93, "WRITE SAME(16)", _usage(0x93, 0xF9, *[0xFF] * 12, 0x1F, CONTROL),
-                  Direction.OUT, access=Access.WRITE)
+                  Direction.OUT, access=Access.WRITE, block=extent.WRITE_SAME_16)
 def write_same16(lu, task) -> None:
     flags, lba, count = _RW16.unpack_from(task.cdb)
     _write_same(lu, task, flags & 0xFE, lba, count, bool(flags & 0x01))
@@ -695,7 +696,7 @@ def prevent_allow_medium_removal(lu, task) -> None:
 
 @COMMANDS.command(0x89, "COMPARE AND WRITE", _usage(0x89, 0xF8, *[0xFF] * 8, 0, 0, 0, 0xFF, 0x1F,
                                                     CONTROL), Direction.OUT,
-                  access=Access.WRITE)
+                  access=Access.WRITE, block=extent.COMPARE_AND_WRITE)
 def compare_and_write(lu, task) -> None:
     """SBC-4 5.3: compare the first half of the Data-Out with the medium; if equal, write
     the second half. The medium access is one step, and the task set lets no overlapping

@@ -224,8 +224,13 @@ def _inquiry_fields(task: ScsiTask) -> tuple[bool, int, int]:
     return evpd, page, struct.unpack_from(">H", cdb, 3)[0]
 
 
+# INQUIRY, REPORT LUNS and REQUEST SENSE are served whatever is pending: a unit attention
+# (SAM-5 5.14) or a sanitize operation, running or failed (SBC-4 4.11).
+_ALWAYS_SERVED = {"ua_exempt": True, "in_sanitize": True, "in_sanitize_failure": True}
+
+
 @COMMANDS.command(0x12, "INQUIRY", [0x12, 0x01, 0xFF, 0xFF, 0xFF, 0x04], Direction.IN,
-                  access=Access.ALLOWED, reserve6=False, queue=False)
+                  access=Access.ALLOWED, reserve6=False, queue=False, **_ALWAYS_SERVED)
 def inquiry(lu: LogicalUnit, task: ScsiTask) -> None:
     evpd, page, alloc = _inquiry_fields(task)
     if evpd:
@@ -245,7 +250,7 @@ def test_unit_ready(lu: LogicalUnit, task: ScsiTask) -> None:
 
 
 @COMMANDS.command(0x03, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xFF, 0x04], Direction.IN,
-                  access=Access.ALLOWED, reserve6=False, queue=False)
+                  access=Access.ALLOWED, reserve6=False, queue=False, **_ALWAYS_SERVED)
 def request_sense(lu: LogicalUnit, task: ScsiTask) -> None:
     """Return (and clear) a pending unit attention, else the LU's state (SPC-4 6.39)."""
     desc = bool(task.cdb[1] & 0x01)
@@ -284,7 +289,8 @@ def _device_luns(lu: LogicalUnit) -> list[int]:
 
 
 @COMMANDS.command(0xA0, "REPORT LUNS", [0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04],
-                  Direction.IN, access=Access.ALLOWED, reserve6=False, queue=False)
+                  Direction.IN, access=Access.ALLOWED, reserve6=False, queue=False,
+                  **_ALWAYS_SERVED)
 def report_luns(lu: LogicalUnit, task: ScsiTask) -> None:
     task.data_in = report_luns_data(_device_luns(lu), task)
 

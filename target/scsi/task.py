@@ -14,6 +14,9 @@ Rules:
 - Medium access (the store calls of READ, WRITE, SYNCHRONIZE CACHE ...) may be left in
   `io` for the shell to run on a worker thread (LogicalUnit.io); the task is complete
   only when the LU has finished it (LogicalUnit.complete_io).
+- The CDB is looked up in the LU's table once, on arrival (CommandSet.parse): the entry,
+  the decoded block range and the refusal, if any, are kept here (command, lba and
+  blocks, rejection) and every later stage reads them from the task.
 - An I_T nexus is named by its initiator and target port names (RFC 7143 section 4.2.7.1:
   "iqn...,i,0x<ISID>" and "iqn...,t,0x<TPGT>"); the SCSI layer keys unit attentions,
   reservations and registrations on it.
@@ -99,6 +102,9 @@ class ScsiTask:
         "data_in",
         "out_length",
         "command",
+        "lba",
+        "blocks",
+        "rejection",
         "transport",
         "shell",
         "deferred",
@@ -129,7 +135,14 @@ class ScsiTask:
         self.sense: bytes = b""
         self.data_in: bytes | bytearray | memoryview | None = None
         self.out_length: int | None = None  # bytes of Data-Out the CDB called for
-        self.command = None  # the Command table entry, set by the LU on dispatch
+        # Set once, on arrival, by CommandSet.parse (target.scsi.commands): the table entry,
+        # the block range its CDB addresses (LBA and length as the CDB says, by the entry's
+        # layout, target.scsi.extent; None without one), or, for a CDB the table refuses,
+        # the CheckCondition it ends in.
+        self.command = None
+        self.lba: int | None = None
+        self.blocks: int | None = None
+        self.rejection = None
         self.transport: object = None  # the transport's own per-command state
         self.shell: object = None  # the I/O shell's own state while the task is queued
         # The device server ends it later (SANITIZE with IMMED=0 run in the background):

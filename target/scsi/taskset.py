@@ -13,6 +13,10 @@ Rules:
   the transport delivers commands in CmdSN order, RFC 7143 3.2.2.1): it takes its place in
   the order at once, so newer tasks are ordered after it, but it is not dispatched until
   data_ready() says its data is in (an enabled task waiting for data is parked).
+- Arrival: submit() looks the task's CDB up in the LU's table, once (CommandSet.parse:
+  the entry, its block range and a refusal go on the task), before anything else; the
+  ordering below reads the entry's facts and task.lba/blocks, and the LU executes from
+  them.
 - Bypass (never queued, never held): commands whose table entry has queue=False
   (INQUIRY, REPORT LUNS, REQUEST SENSE) and CDBs the table does not know (the LU rejects
   them at once). submit() returns False for them and the shell runs them right away.
@@ -33,9 +37,10 @@ Rules:
   OUT...) is ordered against every block task both ways; other commands without a block
   range (TEST UNIT READY, READ CAPACITY, MODE SENSE) are ordered against nothing. With
   QAM=1 only the task attributes order tasks, except for atomic commands (COMPARE AND
-  WRITE, WRITE ATOMIC: extent.py), which are ordered against overlapping tasks both ways
-  under any QAM (SBC-4 5.3, 4.29: all or nothing for every other command). Serial
-  commands (commands.py: PERSISTENT RESERVE OUT) wait for every older serial task.
+  WRITE, WRITE ATOMIC: their entries' block layouts, extent.py), which are ordered
+  against overlapping tasks both ways under any QAM (SBC-4 5.3, 4.29: all or nothing
+  for every other command). Serial commands (commands.py: PERSISTENT RESERVE OUT) wait
+  for every older serial task.
 - Enabled block tasks go through the elevator (target.scsi.elevator: fifo or disksort
   with its starvation bound); enabled tasks without a block range are served FIFO ahead
   of the elevator (they cost no seek).
@@ -60,10 +65,10 @@ from typing import TYPE_CHECKING
 from target.scsi import extent
 from target.scsi.commands import Access
 from target.scsi.elevator import DiskModel, Elevator
-from target.scsi.sense import CheckCondition
 from target.scsi.task import ScsiTask, Status, TaskAttr
 
 if TYPE_CHECKING:
+    from target.scsi.commands import CommandSet
     from target.scsi.lu import LogicalUnit
 
 DEFAULT_DEPTH = 64        # tasks running at once: plenty for the synchronous stores
@@ -177,13 +182,15 @@ class TaskSet:
         or an idle LU) or, when task.status is TASK SET FULL, completes it as it is. With
         data_ready=False the task waits for data_ready() before it can be dispatched (and
         the idle fast path does not apply: it cannot run yet)."""
+        cmd = task.command
+        if cmd is None and task.rejection is None:  # arrival: the one lookup of its CDB
+            cmd = self._table().parse(task)
         if data_ready and self.idle_fast_path and not self._entries and self.model is None:
             # Idle and without a model: nothing to order against and no time to wait; the
             # task runs at once and completes before the next one arrives (synchronous
             # stores), so no queue ever forms - as in a driver whose device is free.
             self.stats.direct += 1
             return False
-        cmd = self._lookup(task)
         if cmd is None or not cmd.queue or task.attr == TaskAttr.ACA:
             self.stats.bypassed += 1
             return False
@@ -237,11 +244,13 @@ class TaskSet:
     def _entry(self, task: ScsiTask, cmd, now: float) -> Entry:
         self._seq += 1
         e = Entry(task, self._seq, now)
-        ext = extent.decode(task.cdb)
-        if ext is not None:
+        lba = task.lba
+        if lba is not None:  # decoded on arrival by the entry's layout
+            block = cmd.block
+            blocks = task.blocks
             e.ranged = True
-            e.lba, e.end, e.blocks, e.writes = ext.lba, ext.end, ext.blocks, ext.writes
-            e.atomic = ext.atomic
+            e.lba, e.blocks, e.writes, e.atomic = lba, blocks, block.writes, block.atomic
+            e.end = extent.TO_END if (blocks == 0 and block.zero_is_all) else lba + blocks
         elif cmd is not None and cmd.access in (Access.WRITE, Access.EXCLUSIVE):
             e.lba, e.end = WHOLE
             e.writes = True
@@ -302,18 +311,14 @@ class TaskSet:
         else:
             self._plain.remove(e)
 
-    def _lookup(self, task: ScsiTask):
+    def _table(self) -> CommandSet:
+        """The table the LU looks its CDBs up in (the disk table for a set with no LU)."""
         lu = self.lu
         if lu is None:
             from target.scsi.disk import DISK_COMMANDS
 
-            table = DISK_COMMANDS
-        else:
-            table = lu.commands
-        try:
-            return table.lookup(task.cdb)
-        except CheckCondition:
-            return None
+            return DISK_COMMANDS
+        return lu.commands
 
     @staticmethod
     def _depend(e: Entry, older: Entry) -> None:

@@ -76,7 +76,7 @@ def test_rows_agree_with_the_standards() -> None:
     assert _row(0x28) | {"handler": ""} == {
         "opcode": "28h", "SA": "-", "name": "READ(10)", "CDB": "10", "direction": "IN",
         "handler": "", "access": "read+reserve6", "queueing": "queue", "serial": "-",
-        "requires": "-"}
+        "requires": "-", "block": "10", "UA": "-", "sanitize": "-"}
     # SBC-4 5.39 WRITE(10): 2Ah, 10 bytes, Data-Out, conflicts under Write Exclusive too.
     assert (_row(0x2A)["CDB"], _row(0x2A)["direction"], _row(0x2A)["access"]) == (
         "10", "OUT", "write+reserve6")
@@ -93,3 +93,16 @@ def test_rows_agree_with_the_standards() -> None:
     assert _row(0x42)["requires"] == "thin"
     # SPC-4 6.6 INQUIRY is answered even with a unit attention pending: never queued here.
     assert _row(0x12)["queueing"] == "at once"
+    # SAM-5 5.14: INQUIRY, REPORT LUNS and REQUEST SENSE are not stopped by a unit
+    # attention; SBC-4 4.11: they (and, in the failure mode, SANITIZE) are served during a
+    # sanitize; every other command is refused then.
+    for op in (0x12, 0xA0, 0x03):
+        assert (_row(op)["UA"], _row(op)["sanitize"]) == ("exempt", "served")
+    assert _row(0x48, 0x01)["sanitize"] == "failure mode" and _row(0x48, 0x01)["UA"] == "-"
+    assert {c.name for c in DISK_COMMANDS if c.ua_exempt} == {"INQUIRY", "REQUEST SENSE",
+                                                              "REPORT LUNS"}
+    # SBC-4 5.26 SYNCHRONIZE CACHE(10): 0 blocks = through the last LBA; 5.3 COMPARE AND
+    # WRITE is atomic; 5.14 READ(10) addresses blocks in the 10-byte layout.
+    assert _row(0x35)["block"] == "10 write,to-end"
+    assert _row(0x89)["block"] == "caw write,atomic"
+    assert _row(0x25)["block"] == "-"  # READ CAPACITY(10) addresses no range

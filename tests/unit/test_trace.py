@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from target.scsi import extent
 from target.scsi.disk import DISK_COMMANDS
 from target.scsi.sense import LBA_OUT_OF_RANGE, CheckCondition, SenseKey
 from target.scsi.task import Nexus, ScsiTask, Status
@@ -19,8 +20,11 @@ NEXUS = Nexus("iqn.2026-11.local.test:host,i,0x1", "iqn.2026-11.local.test:t,t,0
               initiator_name="iqn.2026-11.local.test:host")
 
 
-def entry(cdb: bytes):
-    return DISK_COMMANDS.lookup(cdb)
+def parsed(cdb: bytes):
+    """(entry, extent) as the LU's table looks the CDB up on arrival (CommandSet.parse)."""
+    task = ScsiTask(NEXUS, 0, cdb)
+    DISK_COMMANDS.parse(task)
+    return task.command, extent.of_task(task)
 
 
 @pytest.mark.parametrize("cdb,expected", [
@@ -38,21 +42,21 @@ def entry(cdb: bytes):
 def test_decode_block_commands(cdb, expected):
     """SBC-4 field positions: 6-byte (21-bit LBA, 0 = 256 blocks), 10, 12, 16-byte and
     COMPARE AND WRITE's one-byte NUMBER OF LOGICAL BLOCKS."""
-    got = decode_cdb(cdb, entry(cdb))
+    got = decode_cdb(cdb, *parsed(cdb))
     assert {k: got[k] for k in expected} == expected
 
 
 def test_decode_unknown_opcode_and_service_action():
     assert decode_cdb(bytes([0xC5]) + bytes(9)) == {"op": "opcode 0xC5"}
     rc16 = struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0)
-    assert decode_cdb(rc16, entry(rc16)) == {"op": "READ CAPACITY(16)", "sa": 0x10}
+    assert decode_cdb(rc16, *parsed(rc16)) == {"op": "READ CAPACITY(16)", "sa": 0x10}
 
 
 def test_record_of_a_failed_command(tmp_path):
     """A CHECK CONDITION record carries the decoded sense and no data moved."""
     cdb = struct.pack(">BBIBHB", 0x28, 0, 99999, 0, 1, 0)
     task = ScsiTask(NEXUS, 0, cdb, tag=7, expected_in=512)
-    task.command = entry(cdb)
+    DISK_COMMANDS.parse(task)
     task.status = Status.CHECK_CONDITION
     task.sense = CheckCondition(SenseKey.ILLEGAL_REQUEST, LBA_OUT_OF_RANGE).sense(False)
     live = io.StringIO()
