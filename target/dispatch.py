@@ -28,12 +28,12 @@ Rules:
 - Completing a task can enable others (ORDERED, QAM=0 overlaps, depth): pump() loops
   until nothing more may start; a completion that arrives while pumping (the synchronous
   case) just releases its dependents for the loop in progress.
-- Fault rules (target.faults), when there are any, are matched first (for a task whose
-  Data-Out is still arriving: when it is all in): an error status completes the task at
-  once without running it, "drop" closes the link, "delay" lets it run in its turn (the
-  ordering rules hold) and sends its status that much later, "medium-delay" makes its
-  medium access take longer, on a worker thread whatever the store, as a slow disk would
-  (the loop and the other LUs are not held up).
+- Fault rules (target.faults), when there are any, are matched first, on the task as
+  its LU parsed it (for a task whose Data-Out is still arriving: when it is all in): an
+  error status completes the task at once without running it, "drop" closes the link,
+  "delay" lets it run in its turn (the ordering rules hold) and sends its status that
+  much later, "medium-delay" makes its medium access take longer, on a worker thread
+  whatever the store, as a slow disk would (the loop and the other LUs are not held up).
 - With a tracer, each command is recorded at completion with its latency from submit
   (queueing included) and the task set's state.
 - Background operations (a SANITIZE, SBC-4 4.11): the dispatcher makes the LU start them
@@ -161,8 +161,11 @@ class Dispatcher:
             elif task.status:  # TASK SET FULL: answered now, its late data is dropped
                 self._complete(link, task, start)
             return  # (bypass: submitted again by data_ready())
-        if self.faults.rules and self._inject(link, task, start):
-            return
+        if self.faults.rules:
+            if task.command is None and task.rejection is None:
+                self.lu.parse(task)  # the one lookup, before the rules read its range
+            if self._inject(link, task, start):
+                return
         if ts.submit(task, self.loop.time()):
             task.shell = (link, start)
             return

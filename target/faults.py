@@ -211,16 +211,9 @@ def _tmf_functions(value: Any) -> list[int]:
 
 
 def _extent(task: ScsiTask) -> extent.Extent | None:
-    """The task's block range, as its LU decoded it on arrival (task.lba, task.blocks). A task
-    the dispatcher matches before it reaches its task set has not been looked up yet: its
-    range is then read with the disk table's layout for the opcode, and not kept."""
-    if task.command is not None or task.rejection is not None:
-        return extent.of_task(task)
-    from target.scsi.disk import DISK_COMMANDS
-
-    cdb = task.cdb
-    cmd = DISK_COMMANDS.find(cdb[0]) if cdb else None
-    return extent.decode(cdb, cmd.block) if cmd is not None and cmd.block else None
+    """The task's block range, as its LU decoded it on arrival (task.lba, task.blocks; the
+    dispatcher parses a task before the rules see it)."""
+    return extent.of_task(task)
 
 
 class Faults:

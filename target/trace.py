@@ -70,9 +70,9 @@ def decode_cdb(cdb: bytes | memoryview, command=None, ext: Extent | None = None)
 
 def _table_entry(task):
     """The disk table's entry for a task whose LU gave it none, so the trace still names
-    the command: one no LU looked up (a fault rule answered it first, or no LU is behind
-    its LUN) is looked up here, once; one its LU's table refused (UNMAP on a fully
-    provisioned LU) is named by the disk table, with no range."""
+    the command: one no LU looked up (no LU is behind its LUN) is looked up here, once;
+    one its LU's table refused (UNMAP on a fully provisioned LU) is named by the disk
+    table, with no range."""
     from target.scsi.disk import DISK_COMMANDS
     from target.scsi.sense import CheckCondition
 

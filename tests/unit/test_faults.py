@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from target.faults import FaultError, Faults, parse_rule
+from target.scsi.disk import DISK_COMMANDS
 from target.scsi.task import Nexus, ScsiTask, Status
 
 pytestmark = pytest.mark.unit
@@ -15,12 +16,18 @@ pytestmark = pytest.mark.unit
 NEXUS = Nexus("i,i,0x1", "t,t,0x1", initiator_name="iqn.2026-11.test:a")
 
 
+def arrived(task: ScsiTask) -> ScsiTask:
+    """As the dispatcher hands a task to the rules: parsed by its LU's table."""
+    DISK_COMMANDS.parse(task)
+    return task
+
+
 def write(lba: int, blocks: int = 8, lun: int = 0) -> ScsiTask:
-    return ScsiTask(NEXUS, lun, struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0))
+    return arrived(ScsiTask(NEXUS, lun, struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0)))
 
 
 def read(lba: int, blocks: int = 8) -> ScsiTask:
-    return ScsiTask(NEXUS, 0, struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0))
+    return arrived(ScsiTask(NEXUS, 0, struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0)))
 
 
 def test_lba_range_and_operation_select_the_commands():
