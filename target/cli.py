@@ -253,7 +253,7 @@ def banner(app, bound: list[tuple[str, int]]) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     from target import app as appmod
-    from target import server as srvmod
+    from target.shell import server as srvmod
 
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG),
@@ -287,8 +287,8 @@ def serve(args: argparse.Namespace) -> int:
             application.close()
             raise OSError(exc.errno, f"cannot write the trace {args.trace}: "
                           f"{exc.strerror}") from None
-    from target.control import Control, default_socket
     from target.faults import Faults
+    from target.shell.control import Control, default_socket
 
     faults = Faults(cfg.faults)
 
@@ -332,7 +332,7 @@ def config_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     import json
 
-    from target.control import ControlError, find_socket, render_status, request
+    from target.shell.control import ControlError, find_socket, render_status, request
 
     try:
         answer = request(find_socket(args.control), {"command": "status"})
@@ -347,7 +347,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def fault_command(args: argparse.Namespace) -> int:
-    from target.control import ControlError, find_socket, request
+    from target.shell.control import ControlError, find_socket, request
 
     if args.action == "add":
         rule: dict = {"action": args.fault_action}

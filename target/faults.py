@@ -2,7 +2,7 @@
 
 Rules:
 - Sans-IO: Faults.match(task, target) -> the Fault to apply, or None; the shell
-  (target.dispatch) applies it. With no rules, match() is not called at all.
+  (target.shell.dispatch) applies it. With no rules, match() is not called at all.
 - A rule matches a command by target IQN, LUN, operation (names from the opcode table
   such as "WRITE(10)", or a hex opcode "0x2a"), LBA range (the command's block range
   overlaps [lba_from, lba_to)), initiator name (exact) - each optional - and then by

@@ -18,7 +18,7 @@ Rules:
   only after the first large free and so differs from run to run.
 - The environment wins: MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ set by the user
   leave that threshold alone. On a C library without mallopt (musl) nothing is done.
-- Called once by the server's run() (target.server), before it serves.
+- Called once by the server's run() (target.shell.server), before it serves.
 """
 
 from __future__ import annotations

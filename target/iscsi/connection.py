@@ -18,7 +18,7 @@ Rules:
   orders newer tasks after them (SAM-5 8.6, SPC-4 7.5.8 QAM=0) even while their Data-Out
   is still arriving: such a task has `data_pending` set, and when the last of its data
   is in it is put in the event's `data_in`; the shell runs it only then
-  (target.dispatch) and hands it back with complete(task).
+  (target.shell.dispatch) and hands it back with complete(task).
 - Requests are dispatched by one table, REQUESTS (opcode -> Request: handler, the phases
   it is allowed in, what a discovery session does with it, CmdSN ordering or none), as
   aioquic keeps its frame handlers. Phases follow the target states of RFC 7143 8.1

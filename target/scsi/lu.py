@@ -158,7 +158,7 @@ class LogicalUnit:
         self.inline_io = True
         # Worker threads the server gives the store's calls (0: on the event loop).
         self.io_threads = DEFAULT_IO_THREADS if store.blocking else 0
-        self.io_stats = None  # target.dispatch.IoStats, under the server
+        self.io_stats = None  # target.shell.dispatch.IoStats, under the server
 
     @property
     def num_blocks(self) -> int:

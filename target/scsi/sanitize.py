@@ -54,7 +54,7 @@ Rules:
   then reported to the commands that follow.
 - An Operation runs in bounded steps (STEP_BYTES each) and reports its progress. Without
   a shell (state.background False: unit tests, tools) the handler runs it to completion
-  at once. Under the server's shell (target.dispatch sets background) the handler only
+  at once. Under the server's shell (target.shell.dispatch sets background) the handler only
   starts it: the shell calls advance() until it ends, waiting STEP_BYTES / rate between
   steps when the LU has a sanitize rate (config sanitize_mb_s: a real drive's sanitize
   takes minutes to hours, and an initiator's handling of that is what gets tested), and

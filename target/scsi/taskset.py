@@ -48,7 +48,7 @@ Rules:
   set is answered with that status without entering it.
 - Aborts (ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LU/target reset, I_T nexus loss,
   PREEMPT AND ABORT, decided by the task manager target.scsi.tmf, which also discards
-  the tasks their transport ended; a fault rule's error status, target.dispatch):
+  the tasks their transport ended; a fault rule's error status, target.shell.dispatch):
   discard() takes a task out that has not started and releases the tasks that waited for
   it; a task already running is marked and its completion is not reported (the transport
   drops it), but it keeps its dispatch slot until done().

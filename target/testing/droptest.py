@@ -73,11 +73,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from target.control import ControlError, request
 from target.iscsi import pdu
 from target.iscsi.initiator import Initiator, InitiatorError, Result
 from target.iscsi.pdu import F_FINAL, F_READ, F_WRITE, RESERVED_TAG, Bhs, Op, TmfFunction
 from target.scsi.task import encode_lun
+from target.shell.control import ControlError, request
 from target.testing.cdb import sense_key
 from target.testing.servers import HOST, OurTarget, tail
 

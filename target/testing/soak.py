@@ -103,10 +103,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from target.control import ControlError
-from target.control import request as control_request
 from target.iscsi.pdu import TmfResponse
 from target.scsi.task import Status
+from target.shell.control import ControlError
+from target.shell.control import request as control_request
 from target.testing import cdb
 from target.testing.pipelined import (
     Command,

@@ -117,7 +117,7 @@ def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_prope
 
     # The dump's WRITEs, in the target's trace, cover exactly its bytes on the LUN (to the
     # 4 KiB page: dd writes through the block device's page cache).
-    target.server.stop()  # flushes the trace
+    target.shell.server.stop()  # flushes the trace
     start = (kdump.SEEK_MIB << 20) // SECTOR
     end = start + -(-length // PAGE) * (PAGE // SECTOR)
     assert covered(trace_writes_after(trace, crashed_at_wall)) == [(start, end)]
@@ -139,7 +139,7 @@ def test_kdump_under_faults_on_the_dump_device(scsi_target, guest, tmp_path, fau
     """Faults set at run time through the target's control socket on the WRITEs to the
     dump area: the capture kernel either completes a valid dump (transient faults) or
     reports the failure and powers off; nothing hangs."""
-    from target.control import request
+    from target.shell.control import request
 
     control = tmp_path / "ctl" / "target.sock"
     target = scsi_target(LUN, args=["--control", str(control)])

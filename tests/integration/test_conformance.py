@@ -31,7 +31,7 @@ BASELINE = REPO.parent / "shared" / "conformance" / "tgt-baseline.tsv"
 @pytest.mark.parametrize(("block_size", "store"), [(512, "memory"), (4096, "file")])
 def test_libiscsi_full_suite_all_pass(tmp_path, block_size, store):
     """At 4096-byte blocks the LUs are image files on the test's disk (not tmpfs), so
-    every command's medium access runs on worker threads (target.dispatch)."""
+    every command's medium access runs on worker threads (target.shell.dispatch)."""
     out = tmp_path / "results.tsv"
     args = [sys.executable, str(REPO / "tools" / "conformance"), "--full", "--block-size",
             str(block_size), "--store", store, "--out", str(out),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from target.control import request
+from target.shell.control import request
 from target.testing import droptest
 from target.testing.servers import OurTarget
 

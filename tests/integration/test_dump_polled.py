@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-from target.control import request
 from target.dump.polled import (
     GROUP1,
     GROUP4,
@@ -35,6 +34,7 @@ from target.dump.polled import (
 from target.iscsi.initiator import Initiator
 from target.iscsi.pdu import Op, TmfFunction
 from target.scsi.task import Status, encode_lun
+from target.shell.control import request
 from target.testing.servers import OurTarget, Tgtd, find_program
 
 pytestmark = pytest.mark.integration

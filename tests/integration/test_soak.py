@@ -43,8 +43,8 @@ from pathlib import Path
 
 import pytest
 
-from target.control import request as control_request
 from target.scsi.task import Status
+from target.shell.control import request as control_request
 from target.testing import cdb
 from target.testing.pipelined import Request, Session
 from target.testing.servers import OurTarget, initiator_iqn

@@ -3,7 +3,7 @@ under the test's control: a loop whose time and callbacks the test advances, wor
 threads whose jobs the test runs one at a time in the order it chooses, and a link that
 keeps a connection's output until the test takes it (a peer that has not read it yet).
 
-Only unit tests use these; the product's shell is target.server and target.dispatch.
+Only unit tests use these; the product's shell is target.shell.server and target.shell.dispatch.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import struct
 from collections import deque
 from types import SimpleNamespace
 
-from target.dispatch import Dispatcher, pump_all, run_ready
 from target.iscsi import pdu
 from target.iscsi.connection import Connection
 from target.iscsi.events import TaskSetChanged, TasksReady
 from target.iscsi.pdu import Bhs, Op
 from target.iscsi.session import Session, SessionParams, SessionRegistry
 from target.scsi.device import ScsiDevice
+from target.shell.dispatch import Dispatcher, pump_all, run_ready
 
 
 class FakeLoop:
@@ -92,7 +92,7 @@ class FakeLink:
         self.closed = False
 
     def feed(self, data: bytes) -> None:
-        """A receive burst, then its events handled as target.server's Link does."""
+        """A receive burst, then its events handled as target.shell.server's Link does."""
         self.conn.receive_data(data)
         while (event := self.conn.next_event()) is not None:
             if type(event) is TasksReady:

@@ -4,7 +4,7 @@
 - The module list names every module under target/, and nothing else.
 - The hop tables of READ(10) and WRITE(10) (immediate data, R2T) are checked against the
   code itself, not against our reading of it: the command is sent over a real loopback
-  TCP socket to a real target.server.Link (real Connection, Dispatcher, LogicalUnit,
+  TCP socket to a real target.shell.server.Link (real Connection, Dispatcher, LogicalUnit,
   MemoryStore) and the calls are recorded with sys.setprofile; the functions of each
   table must be entered in that order (a subsequence of the profile), and the stated
   READ(10) hop count must be the table's. The answers are checked too: Data-In with
@@ -26,13 +26,13 @@ from types import SimpleNamespace
 import pytest
 
 from target.backing.memory import MemoryStore
-from target.dispatch import Dispatcher
 from target.iscsi import pdu
 from target.iscsi.pdu import Bhs, Op
 from target.iscsi.session import Session, SessionParams, SessionRegistry
 from target.scsi.device import ScsiDevice
 from target.scsi.disk import make_disk
-from target.server import Link, Server
+from target.shell.dispatch import Dispatcher
+from target.shell.server import Link, Server
 
 pytestmark = pytest.mark.unit
 

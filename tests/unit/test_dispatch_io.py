@@ -1,4 +1,4 @@
-"""Medium access off the event loop (target.dispatch, LogicalUnit.io): the ordering rules
+"""Medium access off the event loop (target.shell.dispatch, LogicalUnit.io): the ordering rules
 hold against tasks whose store calls are still running on a worker thread.
 
 The real Connection, Dispatcher, task set and SBC handlers run in-process; the loop and

@@ -1,7 +1,7 @@
 """The control channel: requests to a running target over a local socket, answered here.
 
 Rules:
-- Transport (in target.server): a unix stream socket, one JSON object per line each way.
+- Transport (in target.shell.server): a unix stream socket, one JSON object per line each way.
   Only the local user can reach it (the socket lives in a 0700 directory). This module is
   sans-IO: handle(request) -> response, both dicts.
 - Requests: {"command": "fault-add", "rule": {...}} (target.faults.parse_rule),

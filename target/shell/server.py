@@ -17,14 +17,14 @@ Rules:
 - The Link consumes its Connection's events (target.iscsi.events) after every receive
   and when the connection's wakeup runs (a change made from outside a receive: another
   session's task management, a reinstatement): TasksReady go to their LU's task set
-  through its Dispatcher (target.dispatch: elevator, dispatch depth, rotational model;
+  through its Dispatcher (target.shell.dispatch: elevator, dispatch depth, rotational model;
   tasks for a LUN with no LU are answered by the device at once), TaskSetChanged pumps
   the task sets again, CloseWanted closes the link once its output is sent. It reads
   none of the connection's flags and resets none.
 - The event loop is uvloop when it is installed, or asyncio's own (`--event-loop`).
 - run() sets the C allocator's thresholds first (target.malloc: fresh per-command data
   buffers are reused from the heap, not mapped and faulted in each time).
-- The control socket (target.control) is served here too: a unix socket, JSON lines.
+- The control socket (target.shell.control) is served here too: a unix socket, JSON lines.
 - Shutdown (SIGINT/SIGTERM): stop accepting, ask every full-feature session to log out
   (Async Message, event 1, RFC 7143 11.9.1), wait a short while, drop what is left, then
   flush and close the stores.
@@ -44,11 +44,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from target import malloc
-from target.dispatch import Dispatcher, pump_all, run_ready
 from target.faults import Faults
 from target.iscsi.connection import Connection, Phase
 from target.iscsi.events import CloseWanted, TaskSetChanged, TasksReady
 from target.iscsi.portal import Portal
+from target.shell.dispatch import Dispatcher, pump_all, run_ready
 from target.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ class Server:
                  faults: Faults | None = None) -> None:
         self.portal = portal
         self.faults = faults if faults is not None else Faults()
-        self.control = control  # target.control.Control answering on control_path
+        self.control = control  # target.shell.control.Control answering on control_path
         self.control_path = control_path
         self._control_server: asyncio.AbstractServer | None = None
         self.tracer = tracer  # None: tracing off, and nothing on the hot path
@@ -253,7 +253,7 @@ class Server:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listeners: list[socket.socket] = []
         self.links: set[Link] = set()
-        self.dispatchers: dict = {}  # LogicalUnit -> target.dispatch.Dispatcher
+        self.dispatchers: dict = {}  # LogicalUnit -> target.shell.dispatch.Dispatcher
         self.bound: list[tuple[str, int]] = []
         self._stop: asyncio.Event | None = None
         # uvloop calls a reader once on a socket error and stops watching (see Link).
@@ -291,7 +291,7 @@ class Server:
         return self.bound
 
     async def start_control(self) -> None:
-        """The control socket (target.control): JSON lines, in a directory only we can use."""
+        """The control socket (target.shell.control): JSON lines, in a directory only we can use."""
         path = self.control_path
         if self.control is None or path is None:
             return
