@@ -12,15 +12,14 @@ from dataclasses import dataclass, field
 
 from target.backing.base import Store
 from target.backing.memory import MemoryStore
-from target.config import Config, ConfigError, LunConfig, SchedulerConfig, TargetConfig
+from target.config import Config, ConfigError, LunConfig, TargetConfig
 from target.iscsi.portal import Portal, TargetEntry
 from target.iscsi.session import SessionRegistry
 from target.scsi.device import ScsiDevice
-from target.scsi.disk import DISK_COMMANDS
+from target.scsi.disk import make_disk
 from target.scsi.elevator import DiskModel
-from target.scsi.lu import LogicalUnit
 from target.scsi.task import Identity
-from target.scsi.taskset import TaskSet
+from target.scsi.taskset import Queueing
 
 
 @dataclass
@@ -52,18 +51,21 @@ def open_store(lun: LunConfig, where: str) -> Store:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def build_taskset(lu: LogicalUnit, s: SchedulerConfig) -> TaskSet:
-    """The LU's task set as its [scheduler] table says (target.scsi.taskset)."""
+def queueing(lun: LunConfig, store: Store) -> Queueing:
+    """How the LU's task set queues, as its [scheduler] table says (target.scsi.taskset);
+    a rotational model spans the store's capacity."""
+    s = lun.scheduler
     model = None
     if s.disk is not None:
         d = s.disk
-        model = DiskModel(capacity_blocks=lu.num_blocks, block_size=lu.block_size, rpm=d.rpm,
+        model = DiskModel(capacity_blocks=max(1, store.size // lun.block_size),
+                          block_size=lun.block_size, rpm=d.rpm,
                           track_to_track_ms=d.track_to_track_ms,
                           average_seek_ms=d.average_seek_ms, full_stroke_ms=d.full_stroke_ms,
                           media_mb_s=d.media_mb_s)
-    return TaskSet(lu, policy=s.elevator, depth=s.dispatch_depth, queue_limit=s.queue_depth,
-                   max_passes=s.max_passes or None, deadline=(s.deadline_ms / 1000) or None,
-                   blocks_per_cylinder=s.cylinder_blocks or None, model=model)
+    return Queueing(policy=s.elevator, depth=s.dispatch_depth, queue_limit=s.queue_depth,
+                    max_passes=s.max_passes or None, deadline=(s.deadline_ms / 1000) or None,
+                    blocks_per_cylinder=s.cylinder_blocks or None, model=model)
 
 
 def build_device(t: TargetConfig, source: str) -> ScsiDevice:
@@ -74,17 +76,14 @@ def build_device(t: TargetConfig, source: str) -> ScsiDevice:
         identity = Identity(vendor=lun.vendor, product=lun.product, revision=lun.revision,
                             serial=lun.serial)
         try:
-            lu = LogicalUnit(lun.lun, store, DISK_COMMANDS, block_size=lun.block_size,
-                             identity=identity, read_only=lun.read_only, thin=lun.thin,
-                             removable=lun.removable,
-                             physical_block_size=lun.physical_block_size)
+            lu = make_disk(lun.lun, store, block_size=lun.block_size, identity=identity,
+                           read_only=lun.read_only, thin=lun.thin, removable=lun.removable,
+                           physical_block_size=lun.physical_block_size,
+                           queueing=queueing(lun, store), sanitize_rate=lun.sanitize_mb_s * 1e6,
+                           io_threads=lun.io_threads)
         except ValueError as exc:
             store.close()
             raise ConfigError(f"{where}: {exc}") from None
-        lu.taskset = build_taskset(lu, lun.scheduler)
-        lu.sanitize.rate = lun.sanitize_mb_s * 1e6
-        if lun.io_threads is not None:
-            lu.io_threads = lun.io_threads
         device.add(lu)
     return device
 

@@ -11,7 +11,8 @@ Rules:
 - Actions:
   - "check-condition": CHECK CONDITION with the rule's sense (key/ASC/ASCQ; default
     MEDIUM ERROR, 11h/00h UNRECOVERED READ ERROR for reads and 0Ch/00h WRITE ERROR for
-    writes); the command is not executed (a failed write changes nothing).
+    writes); the command is not executed (a failed write changes nothing). The Fault
+    carries the CheckCondition; the LU turns it into sense in its format (LogicalUnit.fail).
   - "busy": BUSY status; "task-set-full": TASK SET FULL status (SAM-5 5.3); not executed.
   - "delay": executed in its turn (the task set's ordering rules hold), its status held
     for delay_ms.
@@ -86,7 +87,7 @@ class FaultRule:
 class Fault:
     rule: FaultRule
     status: int | None = None          # complete with this status, not executed
-    sense: bytes = b""
+    check: CheckCondition | None = None  # or end in CHECK CONDITION with this sense
     delay: float = 0.0                 # seconds to hold the completion
     medium_delay: float = 0.0          # seconds its medium access takes longer
     drop: bool = False
@@ -235,7 +236,7 @@ class Faults:
         self.rules = [r for r in self.rules if rule_id is not None and r.id != rule_id]
         return before - len(self.rules)
 
-    def match(self, task: ScsiTask, target: str, d_sense: bool = False) -> Fault | None:
+    def match(self, task: ScsiTask, target: str) -> Fault | None:
         cdb = task.cdb
         ext = None
         for rule in self.rules:
@@ -261,7 +262,7 @@ class Faults:
             if rule.every is not None and n % rule.every:
                 continue
             rule.hits += 1
-            return self._fault(rule, task, d_sense)
+            return self._fault(rule, task)
         return None
 
     def match_tmf(self, function: int, lun: int, target: str,
@@ -288,7 +289,7 @@ class Faults:
         return None
 
     @staticmethod
-    def _fault(rule: FaultRule, task: ScsiTask, d_sense: bool) -> Fault:
+    def _fault(rule: FaultRule, task: ScsiTask) -> Fault:
         action = rule.action
         if action == "busy":
             return Fault(rule, status=Status.BUSY)
@@ -306,8 +307,7 @@ class Faults:
             ext = _extent(task)
             key, (asc, ascq) = SenseKey.MEDIUM_ERROR, ((0x0C, 0) if ext and ext.writes
                                                        else (0x11, 0))
-        cc = CheckCondition(key, Asc(asc, ascq))
-        return Fault(rule, status=Status.CHECK_CONDITION, sense=cc.sense(d_sense))
+        return Fault(rule, check=CheckCondition(key, Asc(asc, ascq)))
 
     def describe(self) -> list[dict[str, Any]]:
         return [r.describe() for r in self.rules]

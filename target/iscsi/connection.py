@@ -692,11 +692,7 @@ class Connection:
         self._reject(bhs, reason)
         self._forget(cmd)
         task = cmd.task
-        lu = self.session.device.luns.get(task.lun)
-        task.status = Status.CHECK_CONDITION
-        task.sense = CheckCondition(SenseKey.ABORTED_COMMAND, code).sense(
-            bool(lu and lu.mode.d_sense))
-        task.data_in = None
+        self.session.device.fail(task, CheckCondition(SenseKey.ABORTED_COMMAND, code))
         task.out_length = None
         self.complete(task)
         cmd.aborted = True

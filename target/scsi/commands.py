@@ -16,6 +16,10 @@ Rules:
   the task attributes and the queue algorithm modifier: PERSISTENT RESERVE OUT, whose
   transaction (state file written off the event loop, then commit or rollback) must start
   from the state the previous one left.
+- VPD pages are registered in the same tables (CommandSet.vpd: page code, name, builder),
+  each by the module whose commands it describes: spc.py 00h, 80h, 83h, 86h; sbc.py B0h,
+  B1h, B2h (built in vpd_sbc.py); xcopy.py 8Fh. Joining tables joins their pages (a page
+  defined twice is an error), so an LU lists and serves exactly the pages of its table.
 - `requires` names the LU features the command exists for ("thin": UNMAP). A LU without
   them uses the table restricted() to its features: the command is then unsupported
   there in every respect (INVALID COMMAND OPERATION CODE, absent from RSOC), as its VPD
@@ -41,17 +45,17 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Any
 
 from target.scsi import extent
 from target.scsi.sense import CheckCondition, invalid_field_in_cdb, invalid_opcode
-from target.scsi.task import Direction
+from target.scsi.task import Direction, Nexus, ScsiTask
 
-if TYPE_CHECKING:
-    from target.scsi.lu import LogicalUnit
-    from target.scsi.task import ScsiTask
-
-Handler = Callable[["LogicalUnit", "ScsiTask"], None]
+# A handler is called with the LU that received the command (target.scsi.lu.LogicalUnit,
+# which builds on this module, so the type names no LU here) and the task.
+Handler = Callable[[Any, ScsiTask], None]
+# A VPD page builder: the whole page, header included (SPC-4 7.8), for an LU and a nexus.
+PageBuilder = Callable[[Any, Nexus], bytes]
 
 # Opcodes whose service action is CDB byte 1, bits 4-0 (SPC-4 4.2.5.1).
 SERVICE_ACTION_OPCODES = frozenset({0x48, 0x5E, 0x5F, 0x83, 0x84, 0x9E, 0x9F, 0xA3, 0xA4})
@@ -91,14 +95,27 @@ class Command:
                              f"CDB has {self.cdb_length}")
 
 
+@dataclass(frozen=True)
+class VpdPage:
+    """One VPD page a command set brings (SPC-4 7.8): INQUIRY with EVPD=1 and this PAGE
+    CODE returns build(lu, nexus); the Supported VPD Pages page (00h) lists the codes."""
+
+    code: int
+    name: str
+    build: PageBuilder
+    requires: frozenset[str] = frozenset()
+
+
 class CommandSet:
-    """A table of Commands keyed by opcode (and service action)."""
+    """A table of Commands keyed by opcode (and service action), and the VPD pages that
+    come with them (keyed by page code)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._by_opcode: dict[int, Command] = {}
         self._by_sa: dict[int, dict[int, Command]] = {}
         self._restricted: dict[frozenset[str], CommandSet] = {}
+        self.vpd_pages: dict[int, VpdPage] = {}
 
     def command(
         self,
@@ -128,6 +145,21 @@ class CommandSet:
 
         return register
 
+    def vpd(self, code: int, name: str, *, requires: frozenset[str] = frozenset()
+            ) -> Callable[[PageBuilder], PageBuilder]:
+        """Decorator registering `build` as VPD page `code` of this table."""
+
+        def register(build: PageBuilder) -> PageBuilder:
+            self.add_vpd(VpdPage(code, name, build, requires))
+            return build
+
+        return register
+
+    def add_vpd(self, page: VpdPage) -> None:
+        if page.code in self.vpd_pages:
+            raise ValueError(f"VPD page {page.code:#04x} registered twice")
+        self.vpd_pages[page.code] = page
+
     def add(self, cmd: Command) -> None:
         if cmd.service_action is None:
             if cmd.opcode in self._by_opcode or cmd.opcode in self._by_sa:
@@ -145,11 +177,13 @@ class CommandSet:
         merged = CommandSet(f"{self.name}+{other.name}")
         for cmd in [*self, *other]:
             merged.add(cmd)
+        for page in [*self.vpd_pages.values(), *other.vpd_pages.values()]:
+            merged.add_vpd(page)
         return merged
 
     def restricted(self, features: frozenset[str]) -> CommandSet:
         """This table without the commands needing a feature not in `features` (cached)."""
-        if all(cmd.requires <= features for cmd in self):
+        if all(e.requires <= features for e in [*self, *self.vpd_pages.values()]):
             return self
         table = self._restricted.get(features)
         if table is None:
@@ -157,6 +191,9 @@ class CommandSet:
             for cmd in self:
                 if cmd.requires <= features:
                     table.add(cmd)
+            for page in self.vpd_pages.values():
+                if page.requires <= features:
+                    table.add_vpd(page)
             self._restricted[features] = table
         return table
 

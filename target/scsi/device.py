@@ -5,6 +5,10 @@ Rules (SAM-5 4.6, SPC-4 6.6.2, 6.33, 6.39):
   answers with PERIPHERAL QUALIFIER 011b / DEVICE TYPE 1Fh, REPORT LUNS lists the LUs,
   REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as data, and any other command ends in
   CHECK CONDITION, ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h).
+- Every CHECK CONDITION that does not come out of an LU's own execution (the
+  transport's data errors, an absent LU) ends through fail(), which takes the sense
+  format from the addressed LU (LogicalUnit.fail), fixed when there is none; both end in
+  ScsiTask.check_condition, the one place that sets the status.
 - Task management is the task manager's (target.scsi.tmf, `tmf`: one per device, as the
   target resets span its LUs); the LU state resets it asks for (lu_reset, target_reset)
   and I_T nexus loss are fanned out to the LUs here.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from target.scsi import spc
 from target.scsi.lu import LogicalUnit
 from target.scsi.sense import (
     BUS_DEVICE_RESET_FUNCTION_OCCURRED,
@@ -55,22 +60,32 @@ class ScsiDevice:
 
     def execute_no_lu(self, task: ScsiTask) -> None:
         opcode = task.cdb[0]
-        if opcode in (INQUIRY, REPORT_LUNS) and self.luns:
-            # Served by any LU's table with the absent LUN's view (SPC-4 6.6.2, 6.33).
-            from target.scsi import spc
+        try:
+            if opcode in (INQUIRY, REPORT_LUNS) and self.luns:
+                # Served with the absent LUN's view (SPC-4 6.6.2, 6.33).
+                spc.absent_lun(list(self.luns), task)
+                return
+            cc = CheckCondition(SenseKey.ILLEGAL_REQUEST, LOGICAL_UNIT_NOT_SUPPORTED)
+            if opcode == REQUEST_SENSE:  # the condition as parameter data (SPC-4 6.39)
+                task.status = Status.GOOD
+                desc = bool(task.cdb[1] & 1) if len(task.cdb) > 1 else False
+                alloc = task.cdb[4] if len(task.cdb) > 4 else 0
+                task.data_in = cc.sense(desc)[:alloc]
+                return
+            raise cc
+        except CheckCondition as cc:
+            self.fail(task, cc)
 
-            spc.absent_lun(self, task)
-            return
-        cc = CheckCondition(SenseKey.ILLEGAL_REQUEST, LOGICAL_UNIT_NOT_SUPPORTED)
-        if opcode == REQUEST_SENSE:
-            task.status = Status.GOOD
-            desc = bool(task.cdb[1] & 1) if len(task.cdb) > 1 else False
-            sense = cc.sense(desc)
-            alloc = task.cdb[4] if len(task.cdb) > 4 else 0
-            task.data_in = sense[:alloc]
-            return
-        task.status = Status.CHECK_CONDITION
-        task.sense = cc.sense(False)
+    def fail(self, task: ScsiTask, cc: CheckCondition) -> None:
+        """End a task in CHECK CONDITION, for a caller outside the LU's own execution (the
+        transport's data errors, fault rules, an absent LU): the sense format is the
+        addressed LU's (LogicalUnit.fail: its D_SENSE), fixed when no LU is behind the LUN
+        (SPC-4 4.5.1: no control mode page asks for descriptors)."""
+        lu = self.luns.get(task.lun)
+        if lu is not None:
+            lu.fail(task, cc)
+        else:
+            task.check_condition(cc, False)
 
     # --- task management spanning LUs --------------------------------------------------
 

@@ -2,37 +2,27 @@
 
 Rules:
 - DISK_COMMANDS = spc.COMMANDS | sbc.COMMANDS | sanitize.COMMANDS (SANITIZE, SBC-4 5.30)
-  | defects.COMMANDS (READ DEFECT DATA, SBC-4 5.23/5.24); an opcode (or service action)
-  defined twice is an error at import time (CommandSet.add), so the tables stay disjoint.
-- | xcopy.COMMANDS: EXTENDED COPY (LID1) and RECEIVE COPY RESULTS (SPC-4 6.4, 6.27).
+  | defects.COMMANDS (READ DEFECT DATA, SBC-4 5.23/5.24) | xcopy.COMMANDS (EXTENDED COPY
+  (LID1) and RECEIVE COPY RESULTS, SPC-4 6.4, 6.27); their VPD pages are joined with them.
+  An opcode (or service action), or a VPD page, defined twice is an error at import time
+  (CommandSet.add, add_vpd), so the tables stay disjoint.
 - make_disk() builds a LogicalUnit over a store with that table; keyword arguments go to
-  LogicalUnit (block_size, identity, read_only, thin, removable, device).
+  LogicalUnit (block_size, identity, read_only, thin, removable, queueing, ...).
+- This module is the top of target.scsi's command sets: it imports them, none imports it.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-from target.scsi import defects, sanitize, spc, xcopy
+from target.scsi import defects, sanitize, sbc, spc, xcopy
 from target.scsi.commands import CommandSet
 from target.scsi.lu import LogicalUnit
 
 if TYPE_CHECKING:
     from target.backing.base import Store
 
-
-def _sbc_commands() -> CommandSet:
-    try:
-        sbc = importlib.import_module("target.scsi.sbc")
-    except ModuleNotFoundError as exc:  # sbc.py not written yet: SPC commands only
-        if exc.name != "target.scsi.sbc":
-            raise
-        return CommandSet("sbc")
-    return sbc.COMMANDS
-
-
-DISK_COMMANDS: CommandSet = (spc.COMMANDS | _sbc_commands() | sanitize.COMMANDS
+DISK_COMMANDS: CommandSet = (spc.COMMANDS | sbc.COMMANDS | sanitize.COMMANDS
                              | defects.COMMANDS | xcopy.COMMANDS)
 
 

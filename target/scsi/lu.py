@@ -31,79 +31,46 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from target.scsi import reservations, vpd_sbc, xcopy
+from target.scsi import vpd_sbc
+from target.scsi.copyresults import CopyManager
 from target.scsi.modepages import ModePages
+from target.scsi.reservations import Reservations
 from target.scsi.sanitize import SANITIZE_COMMAND_FAILED, SanitizeState
 from target.scsi.sense import (
     CAPACITY_DATA_HAS_CHANGED,
+    INTERNAL_TARGET_FAILURE,
     INVALID_MESSAGE_ERROR,
     MEDIUM_NOT_PRESENT,
-    POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED,
     Asc,
     CheckCondition,
+    ReservationConflict,
     SenseKey,
     invalid_field_in_cdb,
     write_protected,
 )
 from target.scsi.task import Identity, Nexus, ScsiTask, Status, TaskAttr
-from target.scsi.taskset import TaskSet
+from target.scsi.taskset import Queueing, TaskSet
+from target.scsi.ua import UnitAttentions
 
 if TYPE_CHECKING:
     from target.backing.base import Store
     from target.scsi.commands import CommandSet
-    from target.scsi.device import ScsiDevice
+    from target.scsi.tmf import TaskManager
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IO_THREADS = 8  # per LU whose store can sleep (tgt's bs_rdwr runs 16 per LU)
 
 
-class UnitAttentions:
-    """Pending unit attention conditions, per I_T nexus (SAM-5 5.14)."""
+class Device(Protocol):
+    """What an LU knows of the SCSI target device it belongs to (target.scsi.device's
+    ScsiDevice, which builds on this module): its name, its LUs and its task manager."""
 
-    def __init__(self) -> None:
-        self._pending: dict[Nexus, list[Asc]] = {}
-
-    def seen(self, nexus: Nexus) -> list[Asc]:
-        queue = self._pending.get(nexus)
-        if queue is None:
-            queue = self._pending[nexus] = [POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED]
-        return queue
-
-    def establish(self, code: Asc, *, nexus: Nexus | None = None,
-                  exclude: Nexus | None = None) -> None:
-        """Queue `code` for one nexus, or for every known nexus but `exclude`."""
-        targets = [nexus] if nexus is not None else [n for n in self._pending if n != exclude]
-        for n in targets:
-            queue = self.seen(n)
-            if code in queue:
-                continue
-            if code.asc == 0x29:  # a reset supersedes what was pending before it
-                queue[:] = [c for c in queue if c.asc != 0x29]
-                queue.insert(0, code)
-            else:
-                queue.append(code)
-
-    def peek(self, nexus: Nexus) -> Asc | None:
-        queue = self.seen(nexus)
-        return queue[0] if queue else None
-
-    def pop(self, nexus: Nexus) -> Asc | None:
-        queue = self.seen(nexus)
-        return queue.pop(0) if queue else None
-
-    def clear(self, nexus: Nexus) -> None:
-        """The nexus is known and has nothing pending: what was queued for it is dropped,
-        and it does not get the first-contact 29h/00h (seen() finds it known). This is the
-        state a nexus is in once its initiator has been told of every condition (each
-        pop() reports one, SAM-5 5.14); forget() is the opposite, a nexus never seen."""
-        self._pending[nexus] = []
-
-    def forget(self, nexus: Nexus) -> None:
-        """The nexus is gone; a new one with the same name starts afresh (29h/00h)."""
-        self._pending.pop(nexus, None)
+    name: str
+    luns: dict[int, LogicalUnit]
+    tmf: TaskManager
 
 
 class LogicalUnit:
@@ -121,7 +88,9 @@ class LogicalUnit:
         thin: bool = False,
         removable: bool = False,
         physical_block_size: int | None = None,
-        device: ScsiDevice | None = None,
+        queueing: Queueing | None = None,
+        sanitize_rate: float = 0.0,
+        io_threads: int | None = None,
     ) -> None:
         if block_size not in (512, 1024, 2048, 4096):
             raise ValueError(f"block size {block_size} is not one of 512, 1024, 2048, 4096")
@@ -143,22 +112,40 @@ class LogicalUnit:
         self.read_only = read_only
         self.thin = thin
         self.removable = removable
-        self.device = device
+        self.device: Device | None = None  # set by ScsiDevice.add
         self.medium_present = True
         # I_T nexuses with medium removal prevented (SBC-4 5.13 PREVENT ALLOW MEDIUM REMOVAL).
         self.prevent: set[Nexus] = set()
         self.max_transfer_blocks = vpd_sbc.max_transfer_blocks(self)
+        q = queueing or Queueing()
+        # MEDIUM ROTATION RATE of VPD B1h (SBC-4 6.6.2): the rotational model's spindle
+        # speed in rpm when the LU has one, else 0001h, a non-rotating medium.
+        self.rotation_rate = q.model.rpm if q.model is not None else 1
         self.mode = ModePages(self)
         self.ua = UnitAttentions()
-        self.reservations = reservations.Reservations(self)
-        self.sanitize = SanitizeState()
-        self.taskset = TaskSet(self)
+        self.reservations = Reservations(self)
+        self.sanitize = SanitizeState(rate=sanitize_rate)
+        self.copies = CopyManager()  # EXTENDED COPY's kept results (target.scsi.xcopy)
+        self.taskset = TaskSet(self, policy=q.policy, depth=q.depth, queue_limit=q.queue_limit,
+                               max_passes=q.max_passes, deadline=q.deadline,
+                               blocks_per_cylinder=q.blocks_per_cylinder, model=q.model,
+                               idle_fast_path=q.idle_fast_path)
         # Medium access runs inside execute() (True), or is left in task.io for the shell to
-        # run off the event loop (False: set by the server for stores that can sleep).
+        # run off the event loop (False: the shell says so in attach_shell()).
         self.inline_io = True
         # Worker threads the server gives the store's calls (0: on the event loop).
-        self.io_threads = DEFAULT_IO_THREADS if store.blocking else 0
-        self.io_stats = None  # target.shell.dispatch.IoStats, under the server
+        if io_threads is None:
+            io_threads = DEFAULT_IO_THREADS if store.blocking else 0
+        self.io_threads = io_threads
+        self.io_stats: Any = None  # target.shell.dispatch.IoStats, under the server
+
+    def attach_shell(self, *, inline_io: bool, io_stats: Any) -> None:
+        """A shell takes the LU over (target.shell.dispatch.Dispatcher): medium access runs
+        inline or is left in task.io for it, background operations (SANITIZE) are driven by
+        it a step at a time, and it keeps its I/O figures in io_stats."""
+        self.inline_io = inline_io
+        self.sanitize.background = True
+        self.io_stats = io_stats
 
     @property
     def num_blocks(self) -> int:
@@ -192,15 +179,10 @@ class LogicalUnit:
             if cdb[cmd.cdb_length - 1] & 0x04:  # NACA (SAM-5 5.2); ACA is not supported
                 raise invalid_field_in_cdb(cmd.cdb_length - 1, bit=2)
             if self.reservations.conflicts(task, cmd):
-                task.status = Status.RESERVATION_CONFLICT
-                return
+                raise ReservationConflict
             cmd.handler(self, task)
-        except CheckCondition as cc:
-            self._check_condition(task, cc)
-        except Exception:  # a bug must not take the session down: report it as such
-            log.exception("command %s failed", bytes(task.cdb).hex())
-            self._check_condition(task, CheckCondition(SenseKey.HARDWARE_ERROR,
-                                                       Asc(0x44, 0x00)))
+        except Exception as exc:
+            self._ended(task, exc, "command")
 
     # --- medium access ------------------------------------------------------------------
 
@@ -242,12 +224,8 @@ class LogicalUnit:
                 then(task, error)
             elif error is not None:
                 raise error
-        except CheckCondition as cc:
-            self._check_condition(task, cc)
-        except Exception:
-            log.exception("medium access of command %s failed", bytes(task.cdb).hex())
-            self._check_condition(task, CheckCondition(SenseKey.HARDWARE_ERROR,
-                                                       Asc(0x44, 0x00)))
+        except Exception as exc:
+            self._ended(task, exc, "medium access of command")
 
     def check_medium(self) -> None:
         """NOT READY, MEDIUM NOT PRESENT for a removable LU whose medium is ejected."""
@@ -259,10 +237,24 @@ class LogicalUnit:
         if self.mode.write_protected:
             raise write_protected()
 
-    def _check_condition(self, task: ScsiTask, cc: CheckCondition) -> None:
-        task.status = Status.CHECK_CONDITION
-        task.sense = cc.sense(self.mode.d_sense)
-        task.data_in = None
+    def fail(self, task: ScsiTask, cc: CheckCondition) -> None:
+        """End a task of this LU in CHECK CONDITION, its sense in the format the control
+        mode page's D_SENSE asks for (SPC-4 4.5.1, 7.5.8)."""
+        task.check_condition(cc, self.mode.d_sense)
+
+    def _ended(self, task: ScsiTask, exc: Exception, what: str) -> None:
+        """What a command raised becomes its status, here and only here: CheckCondition
+        -> CHECK CONDITION with sense, ReservationConflict -> RESERVATION CONFLICT, anything
+        else (a bug must not take the session down) -> HARDWARE ERROR, INTERNAL TARGET
+        FAILURE (44h/00h), logged with its traceback."""
+        if isinstance(exc, CheckCondition):
+            self.fail(task, exc)
+        elif isinstance(exc, ReservationConflict):
+            task.status = Status.RESERVATION_CONFLICT
+            task.data_in = None
+        else:
+            log.error("%s %s failed", what, bytes(task.cdb).hex(), exc_info=exc)
+            self.fail(task, CheckCondition(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE))
 
     def finished_deferred(self) -> list[ScsiTask]:
         """Deferred tasks whose background operation has ended, status and sense set
@@ -272,8 +264,7 @@ class LogicalUnit:
         for task, ok in ended:
             task.deferred = False
             if not ok:
-                self._check_condition(task, CheckCondition(SenseKey.MEDIUM_ERROR,
-                                                           SANITIZE_COMMAND_FAILED))
+                self.fail(task, CheckCondition(SenseKey.MEDIUM_ERROR, SANITIZE_COMMAND_FAILED))
         return [task for task, _ in ended]
 
     # --- events from the transport and task management -------------------------------
@@ -283,7 +274,7 @@ class LogicalUnit:
         self.reservations.nexus_lost(nexus)
         self.ua.forget(nexus)
         self.prevent.discard(nexus)
-        xcopy.nexus_lost(self, nexus)  # its kept copy results (SPC-4 6.27)
+        self.copies.nexus_lost(nexus)  # its kept copy results (SPC-4 6.27)
 
     def abort_tasks_of(self, victims: list[Nexus], task: ScsiTask) -> None:
         """PREEMPT AND ABORT: the target's task manager aborts the tasks of the preempted
@@ -304,7 +295,7 @@ class LogicalUnit:
         self.reservations.reset()
         self.mode.reset()
         self.prevent.clear()  # SBC-4 5.13: a reset allows medium removal again
-        xcopy.reset(self)
+        self.copies.reset()
         self.ua.establish(code)
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ State read elsewhere: `d_sense` (lu.py, sense format), `swp` (SBC write path: DA
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from target.scsi.sense import (
     MODE_PARAMETERS_CHANGED,
@@ -57,8 +57,20 @@ from target.scsi.sense import (
 )
 
 if TYPE_CHECKING:
-    from target.scsi.lu import LogicalUnit
     from target.scsi.task import ScsiTask
+    from target.scsi.ua import UnitAttentions
+
+
+class Unit(Protocol):
+    """What the mode pages read of their LU (target.scsi.lu.LogicalUnit, which builds on
+    this module): its geometry, whether it is read-only, and its unit attentions."""
+
+    block_size: int
+    read_only: bool
+    ua: UnitAttentions
+
+    @property
+    def num_blocks(self) -> int: ...
 
 PC_CURRENT = 0
 PC_CHANGEABLE = 1
@@ -81,7 +93,7 @@ _BUSY_TIMEOUT_UNLIMITED = 0xFFFF
 class ModePages:
     """The mode parameters of one logical unit: current values, masks and defaults."""
 
-    def __init__(self, lu: LogicalUnit, *, wce: bool = True, d_sense: bool = False) -> None:
+    def __init__(self, lu: Unit, *, wce: bool = True, d_sense: bool = False) -> None:
         self.lu = lu
         self._default_wce = wce
         self._default_d_sense = d_sense

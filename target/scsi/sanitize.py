@@ -54,7 +54,7 @@ Rules:
   then reported to the commands that follow.
 - An Operation runs in bounded steps (STEP_BYTES each) and reports its progress. Without
   a shell (state.background False: unit tests, tools) the handler runs it to completion
-  at once. Under the server's shell (target.shell.dispatch sets background) the handler only
+  at once. Under the server's shell (LogicalUnit.attach_shell sets background) the handler only
   starts it: the shell calls advance() until it ends, waiting STEP_BYTES / rate between
   steps when the LU has a sanitize rate (config sanitize_mb_s: a real drive's sanitize
   takes minutes to hours, and an initiator's handling of that is what gets tested), and
@@ -68,7 +68,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from target.backing.base import StoreError
 from target.scsi.commands import Access, Command, CommandSet, Handler
@@ -85,8 +85,24 @@ from target.scsi.task import Direction
 
 if TYPE_CHECKING:
     from target.backing.base import Store
-    from target.scsi.lu import LogicalUnit
     from target.scsi.task import ScsiTask
+
+
+class Unit(Protocol):
+    """What SANITIZE uses of its LU (target.scsi.lu.LogicalUnit, which builds on this
+    module, as it keeps a SanitizeState): the store and geometry it overwrites, its
+    checks and its sanitize state."""
+
+    store: Store
+    block_size: int
+    sanitize: SanitizeState
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    def check_medium(self) -> None: ...
+
+    def check_writable(self) -> None: ...
 
 COMMANDS = CommandSet("sanitize")
 
@@ -166,12 +182,12 @@ class Operation:
 class SanitizeState:
     """A LU's sanitize state (SBC-4 4.11): the operation in progress, or the failure mode."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: float = 0.0) -> None:
         self.active: Operation | None = None
         self.failed = False
         self.unrestricted = False  # the failed operation had AUSE=1
-        self.background = False  # a shell drives operations with advance()
-        self.rate = 0.0  # bytes per second of a background operation; 0: as fast as it goes
+        self.background = False  # a shell drives operations with advance() (attach_shell)
+        self.rate = rate  # bytes per second of a background operation; 0: as fast as it goes
         self.waiting: list[ScsiTask] = []  # IMMED=0 SANITIZE tasks of the operation
         self.ended: list[tuple[ScsiTask, bool]] = []  # (task, completed without error)
 
@@ -297,7 +313,7 @@ def _entry(sa: int, name: str) -> Callable[[Handler], Handler]:
                             service_action=sa, access=Access.WRITE, in_sanitize_failure=True)
 
 
-def _check_cdb(lu: LogicalUnit, task: ScsiTask) -> int:
+def _check_cdb(lu: Unit, task: ScsiTask) -> int:
     """Reserved fields and the PARAMETER LIST LENGTH rule; returns that length."""
     cdb = task.cdb
     if cdb[1] & 0x40:  # ZNR: zoned block devices only
@@ -316,7 +332,7 @@ def _check_cdb(lu: LogicalUnit, task: ScsiTask) -> int:
     return length
 
 
-def _overwrite_block(lu: LogicalUnit, task: ScsiTask, length: int) -> tuple[bytes, int, bool]:
+def _overwrite_block(lu: Unit, task: ScsiTask, length: int) -> tuple[bytes, int, bool]:
     """The OVERWRITE parameter list: (one block of pattern, OVERWRITE COUNT, INVERT)."""
     data = bytes(task.data_out or b"")[:length]
     if len(data) < length:
@@ -337,7 +353,7 @@ def _overwrite_block(lu: LogicalUnit, task: ScsiTask, length: int) -> tuple[byte
     return block, count, bool(b0 & 0x80)
 
 
-def _sanitize(lu: LogicalUnit, task: ScsiTask, block: bytes | None = None, passes: int = 1,
+def _sanitize(lu: Unit, task: ScsiTask, block: bytes | None = None, passes: int = 1,
               invert: bool = False) -> None:
     cdb = task.cdb
     lu.check_medium()
@@ -360,25 +376,25 @@ def _sanitize(lu: LogicalUnit, task: ScsiTask, block: bytes | None = None, passe
 
 
 @_entry(OVERWRITE, "OVERWRITE")
-def sanitize_overwrite(lu: LogicalUnit, task: ScsiTask) -> None:
+def sanitize_overwrite(lu: Unit, task: ScsiTask) -> None:
     length = _check_cdb(lu, task)
     block, count, invert = _overwrite_block(lu, task, length)
     _sanitize(lu, task, block, count, invert)
 
 
 @_entry(BLOCK_ERASE, "BLOCK ERASE")
-def sanitize_block_erase(lu: LogicalUnit, task: ScsiTask) -> None:
+def sanitize_block_erase(lu: Unit, task: ScsiTask) -> None:
     _check_cdb(lu, task)
     _sanitize(lu, task)
 
 
 @_entry(CRYPTOGRAPHIC_ERASE, "CRYPTOGRAPHIC ERASE")
-def sanitize_cryptographic_erase(lu: LogicalUnit, task: ScsiTask) -> None:
+def sanitize_cryptographic_erase(lu: Unit, task: ScsiTask) -> None:
     _check_cdb(lu, task)
     _sanitize(lu, task)
 
 
 @_entry(EXIT_FAILURE_MODE, "EXIT FAILURE MODE")
-def sanitize_exit_failure_mode(lu: LogicalUnit, task: ScsiTask) -> None:
+def sanitize_exit_failure_mode(lu: Unit, task: ScsiTask) -> None:
     _check_cdb(lu, task)
     lu.sanitize.exit_failure_mode()

@@ -56,6 +56,13 @@ from target.scsi.task import Direction, Status
 
 COMMANDS = CommandSet("sbc")
 
+# The SBC-4 VPD pages (SBC-4 6.6), built in vpd_sbc.py from what this module enforces.
+COMMANDS.vpd(0xB0, "Block Limits")(lambda lu, nexus: vpd_sbc.block_limits(lu))
+COMMANDS.vpd(0xB1, "Block Device Characteristics")(
+    lambda lu, nexus: vpd_sbc.block_device_characteristics(lu))
+COMMANDS.vpd(0xB2, "Logical Block Provisioning")(
+    lambda lu, nexus: vpd_sbc.logical_block_provisioning(lu))
+
 _RW10 = struct.Struct(">xBIxHx")  # flags, LBA, (group), transfer length
 _RW12 = struct.Struct(">xBIIxx")
 _RW16 = struct.Struct(">xBQIxx")

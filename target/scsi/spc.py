@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -45,6 +44,7 @@ from target.scsi.sense import (
     MEDIUM_NOT_PRESENT,
     NO_ADDITIONAL_SENSE,
     CheckCondition,
+    ReservationConflict,
     SenseKey,
     invalid_field_in_cdb,
     invalid_field_in_parameter_list,
@@ -53,7 +53,6 @@ from target.scsi.sense import (
 from target.scsi.task import Direction, Identity, Nexus, Status, encode_lun
 
 if TYPE_CHECKING:
-    from target.scsi.device import ScsiDevice
     from target.scsi.lu import LogicalUnit
     from target.scsi.task import ScsiTask
 
@@ -151,49 +150,44 @@ def standard_inquiry(lu: LogicalUnit | None, identity: Identity, pq_pdt: int) ->
     return bytes(data)
 
 
-def _vpd(lu: LogicalUnit, code: int, payload: bytes) -> bytes:
+def _vpd(code: int, payload: bytes) -> bytes:
     return struct.pack(">BBH", PDT_DIRECT_ACCESS, code, len(payload)) + payload
 
 
-def _sbc_pages() -> dict[int, Callable[[LogicalUnit], bytes]]:
-    try:
-        vpd_sbc = importlib.import_module("target.scsi.vpd_sbc")
-    except ModuleNotFoundError as exc:  # vpd_sbc.py not written yet
-        if exc.name != "target.scsi.vpd_sbc":
-            raise
-        return {}
-    xcopy = importlib.import_module("target.scsi.xcopy")
-    return {
-        0x8F: xcopy.third_party_copy_vpd,  # SPC-4 7.8.17, only with a copy manager
-        0xB0: vpd_sbc.block_limits,
-        0xB1: vpd_sbc.block_device_characteristics,
-        0xB2: vpd_sbc.logical_block_provisioning,
-    }
-
-
 def supported_vpd_pages(lu: LogicalUnit) -> list[int]:
-    pages = sorted(p for p in _sbc_pages()
-                   if p != 0x8F or lu.commands.find(0x83, 0x00) is not None)
-    return [0x00, 0x80, 0x83, 0x86, *pages]
+    """The page codes of the LU's table (CommandSet.vpd), ascending (SPC-4 7.8.16)."""
+    return sorted(lu.commands.vpd_pages)
 
 
 def vpd_page(lu: LogicalUnit, nexus: Nexus, code: int) -> bytes:
     """One VPD page, header included; CheckCondition for a page not implemented."""
-    if code == 0x00:
-        return _vpd(lu, 0x00, bytes(supported_vpd_pages(lu)))
-    if code == 0x80:
-        return _vpd(lu, 0x80, serial_number(lu).encode("ascii", "replace"))
-    if code == 0x83:
-        return _vpd(lu, 0x83, device_identification(lu, nexus))
-    if code == 0x86:
-        ext = bytearray(60)
-        ext[1] = 0x07  # HEADSUP, ORDSUP, SIMPSUP
-        ext[3] = 0x01  # LUICLR
-        return _vpd(lu, 0x86, bytes(ext))
-    page = _sbc_pages().get(code)
+    page = lu.commands.vpd_pages.get(code)
     if page is None:
         raise invalid_field_in_cdb(2)
-    return bytes(page(lu))
+    return bytes(page.build(lu, nexus))
+
+
+@COMMANDS.vpd(0x00, "Supported VPD Pages")
+def supported_vpd_pages_page(lu: LogicalUnit, nexus: Nexus) -> bytes:
+    return _vpd(0x00, bytes(supported_vpd_pages(lu)))
+
+
+@COMMANDS.vpd(0x80, "Unit Serial Number")
+def unit_serial_number_page(lu: LogicalUnit, nexus: Nexus) -> bytes:
+    return _vpd(0x80, serial_number(lu).encode("ascii", "replace"))
+
+
+@COMMANDS.vpd(0x83, "Device Identification")
+def device_identification_page(lu: LogicalUnit, nexus: Nexus) -> bytes:
+    return _vpd(0x83, device_identification(lu, nexus))
+
+
+@COMMANDS.vpd(0x86, "Extended INQUIRY Data")
+def extended_inquiry_page(lu: LogicalUnit, nexus: Nexus) -> bytes:
+    ext = bytearray(60)
+    ext[1] = 0x07  # HEADSUP, ORDSUP, SIMPSUP
+    ext[3] = 0x01  # LUICLR
+    return _vpd(0x86, bytes(ext))
 
 
 def device_identification(lu: LogicalUnit, nexus: Nexus) -> bytes:
@@ -469,10 +463,6 @@ REGISTER_AND_IGNORE_EXISTING_KEY = 0x06
 REGISTER_AND_MOVE = 0x07
 
 
-class _Conflict(Exception):
-    """RESERVATION CONFLICT status (not a CHECK CONDITION)."""
-
-
 def _pr_out_params(task: ScsiTask, move: bool) -> bytes:
     plen = struct.unpack_from(">I", task.cdb, 5)[0]
     task.out_length = plen
@@ -494,7 +484,7 @@ def _pr_type(task: ScsiTask) -> PrType:
 
 def _check_key(lu: LogicalUnit, nexus: Nexus, key: int) -> None:
     if lu.reservations.registrations.get(nexus) != key:
-        raise _Conflict
+        raise ReservationConflict
 
 
 def _pr_out(sa: int, name: str) -> Callable[[Handler], Handler]:
@@ -512,11 +502,9 @@ def _pr_out(sa: int, name: str) -> Callable[[Handler], Handler]:
             res.begin()
             try:
                 after = body(lu, task)
-            except _Conflict:
+            except ReservationConflict:
                 res.rollback()
-                task.status = Status.RESERVATION_CONFLICT
-                task.data_in = None
-                return
+                raise
             except BaseException:
                 res.rollback()
                 raise
@@ -568,7 +556,7 @@ def pr_out_register(lu: LogicalUnit, task: ScsiTask) -> None:
     res = lu.reservations
     current = res.registrations.get(task.nexus)
     if key != (current or 0):
-        raise _Conflict
+        raise ReservationConflict
     if current is None and sa_key == 0:
         return  # "no further action": APTPL state unchanged too (SPC-4 5.13.7)
     res.register(task.nexus, sa_key)
@@ -597,7 +585,7 @@ def pr_out_reserve(lu: LogicalUnit, task: ScsiTask) -> None:
     if res.reservation is not None:
         if res.is_holder(task.nexus) and res.reservation.type == type_:
             return
-        raise _Conflict
+        raise ReservationConflict
     res.reserve(task.nexus, type_)
 
 
@@ -649,7 +637,7 @@ def _preempt(lu: LogicalUnit, task: ScsiTask) -> list[Nexus]:
         if not all_reg:
             raise invalid_field_in_parameter_list(8)
     elif sa_key not in res.registrations.values():
-        raise _Conflict
+        raise ReservationConflict
     return res.preempt(task.nexus, sa_key, type_)
 
 
@@ -706,7 +694,7 @@ def pr_out_register_and_move(lu: LogicalUnit, task: ScsiTask) -> None:
     _check_key(lu, nexus, key)
     res = lu.reservations
     if res.reservation is None or not res.is_holder(nexus):
-        raise _Conflict
+        raise ReservationConflict
     if res.reservation.type.all_registrants:
         raise invalid_field_in_cdb(2, bit=3)
     if sa_key == 0:
@@ -734,12 +722,12 @@ def pr_out_register_and_move(lu: LogicalUnit, task: ScsiTask) -> None:
 
 def _reserve(lu: LogicalUnit, task: ScsiTask) -> None:
     if not lu.reservations.reserve6(task.nexus):
-        task.status = Status.RESERVATION_CONFLICT
+        raise ReservationConflict
 
 
 def _release(lu: LogicalUnit, task: ScsiTask) -> None:
     if not lu.reservations.release6(task.nexus):
-        task.status = Status.RESERVATION_CONFLICT
+        raise ReservationConflict
 
 
 @COMMANDS.command(0x16, "RESERVE(6)", [0x16, 0, 0, 0, 0, 0x04], access=Access.ALLOWED)
@@ -781,31 +769,26 @@ def release10(lu: LogicalUnit, task: ScsiTask) -> None:
 # --- LUNs with no logical unit ------------------------------------------------------------------
 
 
-def absent_lun(device: ScsiDevice, task: ScsiTask) -> None:
-    """INQUIRY and REPORT LUNS addressed to a LUN with no LU (SPC-4 6.6.2, 6.33)."""
-    try:
-        opcode = task.cdb[0]
-        if opcode == 0xA0:
-            if len(task.cdb) < 12:
-                raise invalid_field_in_cdb(0)
-            task.data_in = report_luns_data(list(device.luns), task)
-        elif opcode == 0x12:
-            if len(task.cdb) < 6:
-                raise invalid_field_in_cdb(0)
-            evpd, page, alloc = _inquiry_fields(task)
-            pq_pdt = PQ_NOT_SUPPORTED | PDT_UNKNOWN
-            if not evpd:
-                data = standard_inquiry(None, Identity(), pq_pdt)
-            elif page == 0x00:
-                data = struct.pack(">BBHB", pq_pdt, 0x00, 1, 0x00)
-            else:
-                raise invalid_field_in_cdb(2)
-            _alloc(task, data, alloc)
-        else:
+def absent_lun(luns: list[int], task: ScsiTask) -> None:
+    """INQUIRY and REPORT LUNS addressed to a LUN with no LU (SPC-4 6.6.2, 6.33), in a
+    target whose LUs are `luns`; CheckCondition for a CDB in error (ScsiDevice.fail)."""
+    opcode = task.cdb[0]
+    if opcode == 0xA0:
+        if len(task.cdb) < 12:
             raise invalid_field_in_cdb(0)
-        task.status = Status.GOOD
-    except CheckCondition as cc:
-        task.status = Status.CHECK_CONDITION
-        task.sense = cc.sense(False)
-        task.data_in = None
-
+        task.data_in = report_luns_data(luns, task)
+    elif opcode == 0x12:
+        if len(task.cdb) < 6:
+            raise invalid_field_in_cdb(0)
+        evpd, page, alloc = _inquiry_fields(task)
+        pq_pdt = PQ_NOT_SUPPORTED | PDT_UNKNOWN
+        if not evpd:
+            data = standard_inquiry(None, Identity(), pq_pdt)
+        elif page == 0x00:
+            data = struct.pack(">BBHB", pq_pdt, 0x00, 1, 0x00)
+        else:
+            raise invalid_field_in_cdb(2)
+        _alloc(task, data, alloc)
+    else:
+        raise invalid_field_in_cdb(0)
+    task.status = Status.GOOD

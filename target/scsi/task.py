@@ -27,6 +27,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from target.scsi.sense import CheckCondition
 
 
 class Status(IntEnum):
@@ -155,6 +159,15 @@ class ScsiTask:
         self.completion_delay = 0.0  # seconds its status is held once it is done (fault rule)
         # Its Data-Out is still arriving: it is in the task set (ordered) but may not run.
         self.data_pending = False
+
+    def check_condition(self, cc: CheckCondition, descriptor: bool) -> None:
+        """End in CHECK CONDITION with cc's sense data (SAM-5 5.3.1, SPC-4 4.5): the one
+        place a task gets that status. The format, descriptor or fixed, is decided by
+        LogicalUnit.fail (its control mode page's D_SENSE) or ScsiDevice.fail (fixed when
+        no LU is behind the LUN); nothing else calls this."""
+        self.status = Status.CHECK_CONDITION
+        self.sense = cc.sense(descriptor)
+        self.data_in = None
 
     def __repr__(self) -> str:
         return f"<ScsiTask tag={self.tag:#x} lun={self.lun} cdb={bytes(self.cdb).hex()}>"

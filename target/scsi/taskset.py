@@ -60,7 +60,8 @@ Rules:
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from target.scsi import extent
 from target.scsi.commands import Access
@@ -69,7 +70,15 @@ from target.scsi.task import ScsiTask, Status, TaskAttr
 
 if TYPE_CHECKING:
     from target.scsi.commands import CommandSet
-    from target.scsi.lu import LogicalUnit
+    from target.scsi.modepages import ModePages
+
+
+class Unit(Protocol):
+    """What a task set reads of its LU (target.scsi.lu.LogicalUnit, which builds on this
+    module): the table its CDBs are looked up in, and the control mode page (QAM)."""
+
+    commands: CommandSet
+    mode: ModePages
 
 DEFAULT_DEPTH = 64        # tasks running at once: plenty for the synchronous stores
 DEFAULT_QUEUE_LIMIT = 512  # tasks in the task set before TASK SET FULL
@@ -120,12 +129,32 @@ class TaskSetStats:
         self.held_by_order = 0  # tasks that had to wait for an older one (ORDERED, QAM=0)
 
 
+@dataclass(frozen=True)
+class Queueing:
+    """How an LU's task set queues and dispatches (a LUN's [scheduler] table): what
+    LogicalUnit builds its TaskSet with."""
+
+    policy: str = "disksort"
+    depth: int = DEFAULT_DEPTH
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
+    max_passes: int | None = 64
+    deadline: float | None = 0.5
+    blocks_per_cylinder: int | None = None
+    model: DiskModel | None = None
+    idle_fast_path: bool = True
+
+
 class TaskSet:
-    def __init__(self, lu: LogicalUnit | None = None, *, policy: str = "disksort",
+    def __init__(self, lu: Unit | None = None, *, policy: str = "disksort",
                  depth: int = DEFAULT_DEPTH, queue_limit: int = DEFAULT_QUEUE_LIMIT,
                  max_passes: int | None = 64, deadline: float | None = 0.5,
                  blocks_per_cylinder: int | None = None,
-                 model: DiskModel | None = None, idle_fast_path: bool = True) -> None:
+                 model: DiskModel | None = None, idle_fast_path: bool = True,
+                 commands: CommandSet | None = None) -> None:
+        table = lu.commands if lu is not None else commands
+        if table is None:
+            raise ValueError("a task set needs its LU, or a command table to look CDBs up in")
+        self._commands = table
         if depth < 1:
             raise ValueError(f"dispatch depth must be at least 1, not {depth}")
         if queue_limit < 1:
@@ -184,7 +213,7 @@ class TaskSet:
         the idle fast path does not apply: it cannot run yet)."""
         cmd = task.command
         if cmd is None and task.rejection is None:  # arrival: the one lookup of its CDB
-            cmd = self._table().parse(task)
+            cmd = self._commands.parse(task)
         if data_ready and self.idle_fast_path and not self._entries and self.model is None:
             # Idle and without a model: nothing to order against and no time to wait; the
             # task runs at once and completes before the next one arrives (synchronous
@@ -310,15 +339,6 @@ class TaskSet:
             self.elevator.remove(e)
         else:
             self._plain.remove(e)
-
-    def _table(self) -> CommandSet:
-        """The table the LU looks its CDBs up in (the disk table for a set with no LU)."""
-        lu = self.lu
-        if lu is None:
-            from target.scsi.disk import DISK_COMMANDS
-
-            return DISK_COMMANDS
-        return lu.commands
 
     @staticmethod
     def _depend(e: Entry, older: Entry) -> None:

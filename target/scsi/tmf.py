@@ -37,6 +37,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -50,7 +51,33 @@ from target.scsi.sense import (
 from target.scsi.task import Nexus, ScsiTask, Status
 
 if TYPE_CHECKING:
-    from target.scsi.device import ScsiDevice
+    from target.scsi.modepages import ModePages
+    from target.scsi.taskset import TaskSet
+    from target.scsi.ua import UnitAttentions
+
+
+class Unit(Protocol):
+    """What the task manager uses of an LU (target.scsi.lu.LogicalUnit): its task set,
+    its control mode page (TAS) and its unit attentions."""
+
+    lun: int
+    taskset: TaskSet
+    mode: ModePages
+    ua: UnitAttentions
+
+
+class Device(Protocol):
+    """What the task manager uses of its SCSI target device (target.scsi.device.ScsiDevice,
+    which builds on this module): its LUs and the state resets it fans out to them."""
+
+    @property
+    def luns(self) -> Mapping[int, Unit]: ...
+
+    def lu_reset(self, lun: int) -> bool: ...
+
+    def target_reset(self, cold: bool) -> None: ...
+
+    def nexus_lost(self, nexus: Nexus) -> None: ...
 
 
 class Function(Enum):
@@ -136,7 +163,7 @@ Delivery = tuple["TaskOwner", TmfEvent]
 class TaskManager:
     """Task management for the LUs of one ScsiDevice."""
 
-    def __init__(self, device: ScsiDevice) -> None:
+    def __init__(self, device: Device) -> None:
         self.device = device
         self._owners: dict[TaskOwner, None] = {}  # attach order, as events are delivered
 

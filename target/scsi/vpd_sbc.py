@@ -82,10 +82,11 @@ def block_limits(lu) -> bytes:
 
 
 def block_device_characteristics(lu) -> bytes:
-    """Block Device Characteristics VPD page, B1h (SBC-4 6.6.2): a non-rotating medium.
+    """Block Device Characteristics VPD page, B1h (SBC-4 6.6.2): MEDIUM ROTATION RATE is the
+    LU's (its rotational model's rpm, or 0001h, a non-rotating medium).
     WABEREQ = WACEREQ = 01b: after a sanitize block erase or cryptographic erase a read
     completes with GOOD status (the LBAs are deallocated and read as zeros; sanitize.py)."""
-    rate = getattr(lu, "rotation_rate", 1)  # 1 = non-rotating (solid state)
+    rate = lu.rotation_rate  # 0001h: non-rotating; else rpm (SBC-4 6.6.2, table 237)
     wabereq, wacereq = 0b01, 0b01
     return struct.pack(">BBHHBB56x", 0x00, 0xB1, 0x3C, rate, 0, wabereq << 6 | wacereq << 4)
 

@@ -54,12 +54,12 @@ Rules:
 - The table entry of EXTENDED COPY is Access.WRITE: the receiving LU orders it as a write
   in its task set (QAM=0) and meets its reservations as a write.
 - Copy status is kept per (I_T nexus, LIST IDENTIFIER) for LIST ID USAGE 00b and 10b, in
-  each LU's copy manager (at most MAX_STATUS entries, the oldest dropped first): COPY
+  each LU's copy manager (LogicalUnit.copies, target.scsi.copyresults: at most MAX_STATUS
+  entries, the oldest dropped first, dropped on I_T nexus loss and LU reset): COPY
   STATUS answers from it, FAILED SEGMENT DETAILS (00b only) returns the SCSI status and
   sense of a copy that failed and is then discarded, RECEIVE DATA (00b only) returns the
   held data, always none here. A LIST IDENTIFIER the copy manager has nothing for is
-  INVALID FIELD IN CDB pointing at CDB byte 2. nexus_lost() and reset() are the hooks for
-  I_T nexus loss and logical unit reset (which discard what was kept).
+  INVALID FIELD IN CDB pointing at CDB byte 2.
 - Every segment is checked before any data moves; the data then moves as the command's
   medium access (LogicalUnit.io: on a worker thread when the LU has them), in segment
   order, up to a segment whose check failed, which ends the copy there as above. The
@@ -75,19 +75,23 @@ Rules:
 from __future__ import annotations
 
 import struct
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from target.backing.base import Store, StoreError
 from target.scsi.commands import Access, Command, CommandSet
+from target.scsi.copyresults import (
+    COMPLETED,
+    FAILED,
+    USAGE_HOLD,
+    USAGE_NO_LIST_ID,
+    CopyStatus,
+)
 from target.scsi.sense import (
     INCORRECT_COPY_TARGET_DEVICE_TYPE,
     INLINE_DATA_LENGTH_EXCEEDED,
     MEDIUM_NOT_PRESENT,
     NO_ADDITIONAL_SENSE,
-    OPERATION_IN_PROGRESS,
     PARAMETER_VALUE_INVALID,
     TOO_MANY_SEGMENT_DESCRIPTORS,
     TOO_MANY_TARGET_DESCRIPTORS,
@@ -100,6 +104,7 @@ from target.scsi.sense import (
     WRITE_PROTECTED,
     Asc,
     CheckCondition,
+    ReservationConflict,
     SenseKey,
     invalid_field_in_cdb,
     invalid_field_in_parameter_list,
@@ -130,7 +135,6 @@ MAX_INLINE_DATA_LENGTH = 0
 HELD_DATA_LIMIT = 0
 TOTAL_CONCURRENT_COPIES = 1
 MAX_IDENTIFIED_CONCURRENT_COPIES = 1
-MAX_STATUS = 1024  # copy status entries kept per LU
 CHUNK = 1 << 20
 
 # Descriptor type codes (SPC-4 6.4.5, 6.4.6).
@@ -144,16 +148,6 @@ _CSCD_LONG = frozenset({0xEA, 0xEB})  # IPv6 and IP copy service CSCD descriptor
 BLOCK_DEVICE_TYPES = frozenset({0x00, 0x04, 0x05, 0x07, 0x0E})  # device type specific: PAD,
 #                                                                  DISK BLOCK LENGTH
 PDT_DIRECT_ACCESS = 0x00
-
-# LIST ID USAGE (SPC-4 6.4, table of the parameter list header).
-USAGE_HOLD = 0b00
-USAGE_NO_HOLD = 0b10
-USAGE_NO_LIST_ID = 0b11
-
-# COPY MANAGER STATUS (RECEIVE COPY RESULTS, COPY STATUS).
-IN_PROGRESS = 0x00
-COMPLETED = 0x01
-FAILED = 0x02
 
 HEADER_LENGTH = 16
 _HEADER = struct.Struct(">BBH4xII")  # LIST ID, flags, CSCD list, segment list, inline data
@@ -305,78 +299,6 @@ def _parse_segment(data: bytes, at: int, cscds: tuple[Cscd, ...]) -> Segment:
         raise invalid_field_in_parameter_list(at + 8)
     return Segment(at, type_code, dc, cat, src, dst, nbytes, src_lba, dst_lba, src_byte,
                    dst_byte)
-
-
-# --- the copy manager's state ------------------------------------------------------------
-
-
-@dataclass
-class CopyStatus:
-    """What RECEIVE COPY RESULTS reports about one EXTENDED COPY (LID1)."""
-
-    list_id: int
-    usage: int
-    state: int = IN_PROGRESS
-    segments: int = 0  # SEGMENTS PROCESSED
-    transferred: int = 0  # bytes written to copy destinations
-    scsi_status: int = Status.GOOD
-    sense: bytes = b""  # kept until FAILED SEGMENT DETAILS has returned it
-
-
-class CopyManager:
-    """The copy manager of one LU: copy status per (I_T nexus, LIST IDENTIFIER)."""
-
-    def __init__(self) -> None:
-        self._status: OrderedDict[tuple[tuple[str, str], int], CopyStatus] = OrderedDict()
-
-    def begin(self, nexus: Nexus, params: ParameterList) -> CopyStatus:
-        status = CopyStatus(params.list_id, params.usage)
-        if params.usage == USAGE_NO_LIST_ID:
-            return status  # not identified: nothing is kept
-        key = (nexus.key, params.list_id)
-        old = self._status.get(key)
-        if old is not None and old.state == IN_PROGRESS:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, OPERATION_IN_PROGRESS,
-                                 field=0, cd=False)
-        self._status.pop(key, None)
-        self._status[key] = status
-        while len(self._status) > MAX_STATUS:
-            self._status.popitem(last=False)
-        return status
-
-    def find(self, nexus: Nexus, list_id: int) -> CopyStatus | None:
-        return self._status.get((nexus.key, list_id))
-
-    def nexus_lost(self, nexus: Nexus) -> None:
-        for key in [k for k in self._status if k[0] == nexus.key]:
-            del self._status[key]
-
-    def reset(self) -> None:
-        self._status.clear()
-
-
-_MANAGERS: weakref.WeakKeyDictionary[LogicalUnit, CopyManager] = weakref.WeakKeyDictionary()
-
-
-def copy_manager(lu: LogicalUnit) -> CopyManager:
-    manager = _MANAGERS.get(lu)
-    if manager is None:
-        manager = _MANAGERS[lu] = CopyManager()
-    return manager
-
-
-def nexus_lost(lu: LogicalUnit, nexus: Nexus) -> None:
-    """I_T nexus loss: the copy results kept for that nexus are discarded."""
-    manager = _MANAGERS.get(lu)
-    if manager is not None:
-        manager.nexus_lost(nexus)
-
-
-def reset(lu: LogicalUnit) -> None:
-    """Logical unit reset: every copy result kept by the LU is discarded."""
-    manager = _MANAGERS.get(lu)
-    if manager is not None:
-        manager.reset()
 
 
 # --- resolving CSCD descriptors ----------------------------------------------------------
@@ -569,14 +491,15 @@ def extended_copy(lu: LogicalUnit, task: ScsiTask) -> None:
     if not data:
         return  # PARAMETER LIST LENGTH 0: nothing is copied and nothing changes
     params = parse(data)
-    status = copy_manager(lu).begin(task.nexus, params)
+    status = lu.copies.begin(task.nexus, params.list_id, params.usage)
     try:
-        if _conflicts(lu, task, params):
-            status.state, status.scsi_status = FAILED, Status.RESERVATION_CONFLICT
-            task.status = Status.RESERVATION_CONFLICT
-            return
+        conflict = _conflicts(lu, task, params)
     except Exception as exc:
-        _copy_ended(lu, status, task, exc)
+        _copy_ended(lu, status, task, exc)  # raises
+        raise
+    if conflict:
+        status.state, status.scsi_status = FAILED, Status.RESERVATION_CONFLICT
+        raise ReservationConflict
     # Every segment is checked now; the data moves as the command's medium access (off the
     # event loop when the LU has worker threads), segment after segment, up to the first
     # one whose check failed, which then ends the copy as if found when it was reached.
@@ -636,7 +559,7 @@ def _alloc(task: ScsiTask) -> int:
 
 
 def _kept(lu: LogicalUnit, task: ScsiTask, hold_only: bool) -> CopyStatus:
-    status = copy_manager(lu).find(task.nexus, task.cdb[2])
+    status = lu.copies.find(task.nexus, task.cdb[2])
     if status is None or (hold_only and status.usage != USAGE_HOLD):
         raise invalid_field_in_cdb(2)  # LIST IDENTIFIER
     return status
@@ -729,7 +652,8 @@ def has_copy_manager(lu: LogicalUnit) -> bool:
     return lu.commands.find(EXTENDED_COPY, SA_EXTENDED_COPY_LID1) is not None
 
 
-def third_party_copy_vpd(lu: LogicalUnit) -> bytes:
+@COMMANDS.vpd(0x8F, "Third-party Copy")
+def third_party_copy_vpd(lu: LogicalUnit, nexus: Nexus) -> bytes:
     """Third-party Copy VPD page, 8Fh (SPC-4 7.8.17), header included: the descriptors a
     copy manager supporting EXTENDED COPY (LID1) reports: Supported Commands (0001h),
     Parameter Data (0004h), Supported Descriptors (0008h), Supported CSCD Descriptor IDs

@@ -37,7 +37,7 @@ Rules:
 - With a tracer, each command is recorded at completion with its latency from submit
   (queueing included) and the task set's state.
 - Background operations (a SANITIZE, SBC-4 4.11): the dispatcher makes the LU start them
-  rather than run them to the end (lu.sanitize.background) and drives them a step at a
+  rather than run them to the end (LogicalUnit.attach_shell) and drives them a step at a
   time (call_soon, or call_later at the LU's sanitize rate; each step's store calls on a
   worker thread when the LU has them). A task the LU marks `deferred` (IMMED=0) leaves the
   task set at once, so it holds nothing back, and is completed when the operation ends
@@ -139,12 +139,11 @@ class Dispatcher:
         self.tracer = tracer
         self._pumping = False
         self._dirty: set = set()
-        lu.sanitize.background = True
         self._driving = False
         self._deferred: dict[ScsiTask, tuple[object, int]] = {}  # task -> (link, start)
         threads = lu.io_threads
-        lu.inline_io = threads == 0 and executor is None
-        self.io = lu.io_stats = IoStats(threads)
+        self.io = IoStats(threads)
+        lu.attach_shell(inline_io=threads == 0 and executor is None, io_stats=self.io)
         self._executor = executor  # anything with submit(fn, *args); made when first needed
 
     # --- entering -----------------------------------------------------------------------
@@ -190,7 +189,7 @@ class Dispatcher:
             self.submit(link, task)  # a bypass command, waiting outside the set
             return
         if self.faults.rules:
-            fault = self.faults.match(task, self.target, self.lu.mode.d_sense)
+            fault = self.faults.match(task, self.target)
             if fault is not None and not self._slow(fault, task):
                 # An error status or a drop: the task leaves the set without running.
                 link, start = task.shell
@@ -202,7 +201,7 @@ class Dispatcher:
 
     def _inject(self, link, task: ScsiTask, start: int) -> bool:
         """Apply a matching fault rule (target.faults); True when the task is taken care of."""
-        fault = self.faults.match(task, self.target, self.lu.mode.d_sense)
+        fault = self.faults.match(task, self.target)
         if fault is None or self._slow(fault, task):
             return False  # the normal path (perhaps slower)
         self._apply(fault, link, task, start)
@@ -224,9 +223,11 @@ class Dispatcher:
         if fault.drop:
             link.close()
             return
-        task.status = fault.status
-        task.sense = fault.sense
-        task.data_in = None
+        if fault.check is not None:
+            self.lu.fail(task, fault.check)
+        else:
+            task.status = fault.status
+            task.data_in = None
         self._complete(link, task, start)
 
     def _complete(self, link, task: ScsiTask, start: int) -> None:

@@ -1,9 +1,12 @@
 """The TOML config: defaults, sizes, and errors that name the file, the key and the problem."""
 
+import struct
+
 import pytest
 
 from target import config
 from target.config import ConfigError
+from target.scsi.task import Nexus, ScsiTask, Status
 
 pytestmark = pytest.mark.unit
 
@@ -119,6 +122,29 @@ def test_scheduler_table_reaches_the_task_set(tmp_path):
         assert ts.elevator.max_passes is None and ts.elevator.deadline == 0.25
         assert ts.model.rpm == 5400 and ts.model.average_seek_ms == 12
         assert ts.model.capacity_blocks == (8 << 20) // 512
+        # SBC-4 6.6.2 (table 237): MEDIUM ROTATION RATE, bytes 4-5 of the Block Device
+        # Characteristics VPD page, is the nominal rotation rate in rpm for a rotating
+        # medium; 0001h means non-rotating. The model's disk rotates at 5400 rpm.
+        lu = built.devices[0].luns[0]
+        task = ScsiTask(Nexus("i,i,0x1", "t,t,0x1"), 0, bytes([0x12, 0x01, 0xB1, 0, 64, 0]))
+        lu.execute(task)
+        assert task.status == Status.GOOD and task.data_in[1] == 0xB1
+        assert struct.unpack_from(">H", task.data_in, 4)[0] == 5400
+    finally:
+        built.close()
+
+
+def test_lu_without_a_disk_model_does_not_rotate(tmp_path):
+    """SBC-4 6.6.2: with no rotational model the LU reports 0001h, a non-rotating medium."""
+    from target import app
+
+    f = tmp_path / "ssd.toml"
+    f.write_text('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nsize = "8M"\n')
+    built = app.build(config.load(f))
+    try:
+        task = ScsiTask(Nexus("i,i,0x1", "t,t,0x1"), 0, bytes([0x12, 0x01, 0xB1, 0, 64, 0]))
+        built.devices[0].luns[0].execute(task)
+        assert struct.unpack_from(">H", task.data_in, 4)[0] == 0x0001
     finally:
         built.close()
 

@@ -45,8 +45,9 @@ def test_default_sense_is_a_medium_error_fitting_the_direction():
     f = Faults([parse_rule({"action": "check-condition"})])
     w = f.match(write(1), "t")
     r = f.match(read(1), "t")
-    assert w.status == Status.CHECK_CONDITION and w.sense[2] == 0x03 and w.sense[12] == 0x0C
-    assert r.sense[12] == 0x11
+    ws, rs = w.check.sense(False), r.check.sense(False)  # fixed format (SPC-4 4.5.3)
+    assert w.status is None and ws[2] == 0x03 and ws[12] == 0x0C
+    assert rs[12] == 0x11
 
 
 @pytest.mark.parametrize("count,expected", [({"first": 2}, [1, 1, 0, 0, 0, 0]),

@@ -194,8 +194,15 @@ def test_absent_lun_other_commands():
     assert check(run(dev, nexus(1), bytes(6), lun=3)).code == (ILLEGAL, 0x25, 0x00)
 
 
-def test_vpd_pages_of_absent_module_are_not_listed(monkeypatch):
-    """SPC-4 7.8.16: the list holds only pages that can be read."""
-    monkeypatch.setattr(spc, "_sbc_pages", lambda: {})
-    d = data(run(make_lu(), nexus(1), inquiry(1, 0, 255)))
+def test_vpd_pages_are_those_of_the_lu_table():
+    """SPC-4 7.8.16: the list holds only pages that can be read. An LU whose table is the
+    SPC-4 one alone (no SBC-4, no copy manager) lists 00h, 80h, 83h, 86h and refuses B0h and
+    8Fh with INVALID FIELD IN CDB at byte 2 (SPC-4 6.6.1: a page not supported)."""
+    from target.backing.memory import MemoryStore
+    from target.scsi.lu import LogicalUnit
+
+    lu = LogicalUnit(0, MemoryStore(1 << 20), spc.COMMANDS)
+    d = data(run(lu, nexus(1), inquiry(1, 0, 255)))
     assert list(d[4:]) == [0x00, 0x80, 0x83, 0x86]
+    for page in (0xB0, 0x8F):
+        assert check(run(lu, nexus(1), inquiry(1, page, 255))).code == (0x05, 0x24, 0x00)

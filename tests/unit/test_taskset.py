@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from target.scsi.disk import DISK_COMMANDS
 from target.scsi.elevator import DiskModel
 from target.scsi.task import Nexus, ScsiTask, Status, TaskAttr
-from target.scsi.taskset import TaskSet
+from target.scsi.taskset import Queueing, TaskSet
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +52,7 @@ def drain(ts: TaskSet) -> list[ScsiTask]:
 
 
 def test_simple_reads_are_served_by_the_elevator():
-    ts = TaskSet(idle_fast_path=False, depth=1, deadline=None)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=1, deadline=None)
     tasks = [read(lba) for lba in (500, 100, 900, 300)]
     for t in tasks:
         assert ts.submit(t)
@@ -62,7 +63,7 @@ def test_simple_reads_are_served_by_the_elevator():
 
 
 def test_fifo_policy_keeps_arrival_order():
-    ts = TaskSet(idle_fast_path=False, policy="fifo")
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, policy="fifo")
     tasks = [read(lba) for lba in (500, 100, 900, 300)]
     for t in tasks:
         ts.submit(t)
@@ -72,7 +73,7 @@ def test_fifo_policy_keeps_arrival_order():
 def test_ordered_task_is_a_barrier():
     """SAM-5 8.6.2: an ORDERED task starts after every older task completed, and no newer
     SIMPLE task starts before it completes."""
-    ts = TaskSet(idle_fast_path=False, depth=8)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=8)
     a, b = read(900), read(800)
     o = write(5000, attr=ORDERED)
     c = read(10)
@@ -92,7 +93,7 @@ def test_ordered_task_is_a_barrier():
 def test_aborting_the_newest_ordered_task_keeps_the_older_barrier():
     """A SIMPLE task waits for the newest ORDERED task, which waits for the older ones;
     aborting the newest must not let the SIMPLE task pass the older ORDERED one."""
-    ts = TaskSet(idle_fast_path=False, depth=4)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=4)
     first = read(1)
     o1, o2 = read(2, attr=ORDERED), read(3, attr=ORDERED)
     s = read(4)
@@ -109,7 +110,7 @@ def test_aborting_the_newest_ordered_task_keeps_the_older_barrier():
 
 
 def test_head_of_queue_goes_first_newest_first():
-    ts = TaskSet(idle_fast_path=False, depth=1)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=1)
     a = read(10)
     ts.submit(a)
     h1, h2 = plain(0x00, HOQ), plain(0x25, HOQ)  # TEST UNIT READY, READ CAPACITY(10)
@@ -121,7 +122,7 @@ def test_head_of_queue_goes_first_newest_first():
 def test_qam0_overlapping_write_keeps_its_order_and_qam1_lets_it_go():
     """SPC-4 7.5.8: with QAM=0 the device server keeps data integrity: a read of blocks an
     older write covers waits for the write; with QAM=1 only task attributes order tasks."""
-    ts = TaskSet(idle_fast_path=False, depth=1, deadline=None)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=1, deadline=None)
     ts.submit(write(1000, 16))
     ts.submit(read(0))
     later = read(1008, 8)  # overlaps the write; the elevator alone would serve it second
@@ -131,7 +132,7 @@ def test_qam0_overlapping_write_keeps_its_order_and_qam1_lets_it_go():
 
 
 def test_inquiry_report_luns_request_sense_are_never_queued():
-    ts = TaskSet(idle_fast_path=False, depth=1)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=1)
     ts.submit(read(5))
     for opcode in (0x12, 0xA0, 0x03):
         t = plain(opcode)
@@ -141,7 +142,7 @@ def test_inquiry_report_luns_request_sense_are_never_queued():
 
 def test_task_set_full_beyond_the_queue_limit():
     """SAM-5 5.3.3: TASK SET FULL when the task set cannot take another task."""
-    ts = TaskSet(idle_fast_path=False, queue_limit=2)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, queue_limit=2)
     assert ts.submit(read(1)) and ts.submit(read(2))
     t = read(3)
     assert ts.submit(t) is False and t.status == Status.TASK_SET_FULL
@@ -149,7 +150,7 @@ def test_task_set_full_beyond_the_queue_limit():
 
 
 def test_discard_releases_waiting_tasks_and_running_ones_are_marked():
-    ts = TaskSet(idle_fast_path=False, depth=1)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=1)
     o = write(0, attr=ORDERED)
     later = read(50)
     ts.submit(o)
@@ -166,10 +167,10 @@ def test_discard_releases_waiting_tasks_and_running_ones_are_marked():
 
 
 def test_idle_fast_path_and_model_service_time():
-    ts = TaskSet()
+    ts = TaskSet(commands=DISK_COMMANDS)
     assert ts.submit(read(1)) is False and ts.stats.direct == 1
     model = DiskModel(capacity_blocks=1 << 21)
-    ts = TaskSet(model=model, depth=1)
+    ts = TaskSet(commands=DISK_COMMANDS, model=model, depth=1)
     t = read(1 << 20)
     assert ts.submit(t) is True
     assert ts.dispatch() is t
@@ -224,7 +225,8 @@ def must_wait(older: ScsiTask, newer: ScsiTask) -> bool:
 @given(ops=st.lists(op_strategy, max_size=80), depth=st.integers(1, 4),
        policy=st.sampled_from(["fifo", "disksort"]))
 def test_random_schedules_keep_sam_ordering_and_serve_each_task_once(ops, depth, policy):
-    ts = TaskSet(idle_fast_path=False, depth=depth, policy=policy, max_passes=3)
+    ts = TaskSet(commands=DISK_COMMANDS, idle_fast_path=False, depth=depth, policy=policy,
+                 max_passes=3)
     arrival: list[ScsiTask] = []      # queued tasks in arrival order
     completed: set[int] = set()       # ids of completed or aborted tasks
     started: list[ScsiTask] = []
@@ -280,11 +282,10 @@ def test_aca_task_is_refused_with_invalid_message_error():
     task with the ACA attribute is an error (SAM-5 8.6.5): CHECK CONDITION, ILLEGAL
     REQUEST, INVALID MESSAGE ERROR (49h/00h). It is not queued."""
     from target.backing.memory import MemoryStore
-    from target.scsi.disk import DISK_COMMANDS
     from target.scsi.lu import LogicalUnit
 
-    lu = LogicalUnit(0, MemoryStore(1 << 20), DISK_COMMANDS)
-    lu.taskset = TaskSet(lu, idle_fast_path=False)
+    lu = LogicalUnit(0, MemoryStore(1 << 20), DISK_COMMANDS,
+                     queueing=Queueing(idle_fast_path=False))
     lu.ua.clear(NEXUS)  # a known nexus with nothing pending
     t = read(0, attr=TaskAttr.ACA)
     assert lu.taskset.submit(t) is False

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from target.backing.memory import MemoryStore
-from target.scsi import spc, xcopy
+from target.scsi import copyresults, spc, xcopy
 from target.scsi.device import ScsiDevice
 from target.scsi.disk import DISK_COMMANDS, make_disk
 from target.scsi.sense import SenseKey
@@ -125,7 +125,7 @@ def test_copy_within_one_lu(dev):
     assert task.status == Status.GOOD, task.sense.hex()
     assert blocks_of(lu, 1000, 16) == data
     # SPC-4 6.27 COPY STATUS: completed without errors, 1 segment, 16 * 512 bytes.
-    assert copy_status(dev) == (xcopy.COMPLETED, 1, 0, 16 * 512)
+    assert copy_status(dev) == (copyresults.COMPLETED, 1, 0, 16 * 512)
 
 
 def test_copy_between_lus_of_the_same_device(dev):
@@ -181,7 +181,7 @@ def test_parameter_list_length_zero_does_nothing(dev):
 def test_zero_blocks_copies_nothing(dev):
     lu = dev.luns[0]
     assert extended_copy(dev, params([e4(lu)], [b2b(0, 0, 0, 0, 10)])).status == Status.GOOD
-    assert copy_status(dev) == (xcopy.COMPLETED, 1, 0, 0)
+    assert copy_status(dev) == (copyresults.COMPLETED, 1, 0, 0)
 
 
 def test_byte_offset_segment(dev):
@@ -284,7 +284,7 @@ def test_beyond_capacity_aborts_at_that_segment(dev):
     assert struct.unpack_from(">I", task.sense, 8)[0] == 1
     assert field_pointer(task) == (0x80, 16 + 32 + 28 + 20)
     assert blocks_of(lu, 10, 2) == data
-    assert copy_status(dev) == (xcopy.FAILED, 1, 0, 2 * 512)
+    assert copy_status(dev) == (copyresults.FAILED, 1, 0, 2 * 512)
     # The source side is checked the same way.
     task = extended_copy(dev, params([e4(lu)], [b2b(0, 0, 2, nb - 1, 0)]))
     assert fixed(task) == (SenseKey.COPY_ABORTED, 0x00, 0x00)
@@ -463,7 +463,7 @@ def test_list_id_usage(dev):
     # 10b: no data held, but the status is kept.
     assert extended_copy(dev, params([e4(lu)], seg, list_id=9, usage=0b10)).status == \
         Status.GOOD
-    assert copy_status(dev, list_id=9)[0] == xcopy.COMPLETED
+    assert copy_status(dev, list_id=9)[0] == copyresults.COMPLETED
     assert fixed(run(dev, A, rcr_cdb(0x01, 9))) == (SenseKey.ILLEGAL_REQUEST, 0x24, 0x00)
 
 
@@ -474,7 +474,7 @@ def test_copy_status_is_per_nexus_and_list_id(dev):
     fill(lu, 0, 4, 1)
     assert extended_copy(dev, params([e4(lu)], [b2b(0, 0, 4, 0, 8)], list_id=5)).status == \
         Status.GOOD
-    assert copy_status(dev, A, 5) == (xcopy.COMPLETED, 1, 0, 4 * 512)
+    assert copy_status(dev, A, 5) == (copyresults.COMPLETED, 1, 0, 4 * 512)
     task = run(dev, B, rcr_cdb(0x00, 5))
     assert fixed(task) == (SenseKey.ILLEGAL_REQUEST, 0x24, 0x00)
     assert field_pointer(task) == (0xC0, 2)
@@ -484,9 +484,9 @@ def test_copy_status_is_per_nexus_and_list_id(dev):
     # The same list identifier again replaces the old results.
     assert extended_copy(dev, params([e4(lu)], [b2b(0, 0, 1, 0, 8)], list_id=5)).status == \
         Status.GOOD
-    assert copy_status(dev, A, 5) == (xcopy.COMPLETED, 1, 0, 512)
+    assert copy_status(dev, A, 5) == (copyresults.COMPLETED, 1, 0, 512)
     # I_T nexus loss and LU reset hooks discard what was kept.
-    xcopy.nexus_lost(lu, A)
+    lu.copies.nexus_lost(A)
     assert fixed(run(dev, A, rcr_cdb(0x00, 5))) == (SenseKey.ILLEGAL_REQUEST, 0x24, 0x00)
 
 
@@ -496,7 +496,7 @@ def test_list_id_in_use_is_operation_in_progress(dev):
     lu = dev.luns[0]
     data = params([e4(lu)], [b2b(0, 0, 1, 0, 1)], list_id=3)
     assert extended_copy(dev, data).status == Status.GOOD
-    xcopy.copy_manager(lu).find(A, 3).state = xcopy.IN_PROGRESS
+    lu.copies.find(A, 3).state = copyresults.IN_PROGRESS
     assert fixed(extended_copy(dev, data)) == (SenseKey.ILLEGAL_REQUEST, 0x00, 0x16)
     assert extended_copy(dev, data, n=B).status == Status.GOOD
 
