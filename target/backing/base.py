@@ -15,6 +15,22 @@ Rules:
   principle 7). A store whose calls only copy memory (the memory store, a file on tmpfs)
   is not blocking and is called on the loop. Calls may come from several threads at once,
   for different block ranges (the task set orders overlapping ones).
+- sidecar(suffix) is the store's one place for a small record kept beside the medium
+  that must survive a restart (the APTPL state of persistent reservations, SPC-4
+  5.13.5.1): a Sidecar, or None where the store has no such place (the default; the
+  memory store; a block device). The SCSI core hands it bytes and reads bytes back; how
+  and where they are kept is the store's (file.py). A Sidecar's rules:
+  * read() is what the last completed replace() wrote, or None when there is no record;
+    an existing record that cannot be read is OSError (the caller decides what a lost
+    record means).
+  * replace(data) is atomic: after a crash at any point the record is either the old one
+    or the new one, never a mixture or nothing; it returns once the new one is durable.
+    remove() deletes the record, durably. Both raise OSError when they cannot, and then
+    leave the old record in place.
+  * Opening it (sidecar()) clears what an interrupted replace() left behind: that
+    replace() never returned, so its caller never acknowledged the data.
+  * Its calls touch only the file system (no store state, no loop): they may run on a
+    worker thread.
 """
 
 from __future__ import annotations
@@ -26,6 +42,21 @@ Buffer = bytes | bytearray | memoryview  # collections.abc.Buffer is 3.12+
 
 class StoreError(Exception):
     """An I/O error of the store, reported to the initiator as MEDIUM ERROR."""
+
+
+class Sidecar(ABC):
+    """A small record kept beside a store's medium (see the module rules)."""
+
+    name: str  # where it is kept, for messages (a path)
+
+    @abstractmethod
+    def read(self) -> bytes | None: ...
+
+    @abstractmethod
+    def replace(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def remove(self) -> None: ...
 
 
 class Store(ABC):
@@ -59,6 +90,11 @@ class Store(ABC):
     def refresh_size(self) -> bool:
         """Look at the medium's size again; True when it changed (a grown image file)."""
         return False
+
+    def sidecar(self, suffix: str) -> Sidecar | None:
+        """The record `suffix` kept beside the medium; None: this store has no place for
+        one that survives a restart."""
+        return None
 
     def close(self) -> None:  # noqa: B027
         """Flush and release the store."""

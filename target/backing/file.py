@@ -15,6 +15,14 @@ Rules:
 - OSError during I/O becomes StoreError, which the SCSI layer reports as MEDIUM ERROR.
 - `blocking` (base.py) is False for a regular file on tmpfs or ramfs (fstatfs), whose
   calls are memory copies, and True for every other file and for block devices.
+- sidecar(suffix) (base.py) is the file `<path><suffix>` beside a regular image file
+  (sidecar.py keeps it: atomic replace, stale temporaries removed when it is opened) when
+  that file exists or the image's directory is writable (os.access W_OK); None for a
+  block device (its directory, /dev, does not survive a reboot and is not the device's)
+  and for anything else that is not a regular file (fstat of the open descriptor), and
+  None where the directory is not writable and there is no record yet. The temporaries
+  are cleared for every regular image file, before that decision, so a directory made
+  read-only after a crash is still tidied where it can be.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import stat
 import struct
 
 from target.backing.base import Buffer, Store, StoreError
+from target.backing.sidecar import FileSidecar
 
 BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zeroes, deallocating where the device can
@@ -189,6 +198,14 @@ class FileStore(Store):
         except OSError:
             return [(offset, length, True)]
         return runs
+
+    def sidecar(self, suffix: str) -> FileSidecar | None:
+        if self.block_device or not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            return None
+        sidecar = FileSidecar.open(self.path + suffix)
+        if sidecar.exists() or os.access(sidecar.directory, os.W_OK):
+            return sidecar
+        return None
 
     def close(self) -> None:
         if self.fd < 0:

@@ -13,6 +13,8 @@ Rules:
   back as zeros) and extents() reports which pages were written since: a page map (one
   byte per page, set by write(), cleared for the whole pages discard() releases) answers
   GET LBA STATUS from the store itself.
+- sidecar() is None (base.py default): nothing in memory survives a restart, so an LU
+  here is PTPL_C=0 for persistent reservations (SPC-4 6.15.4).
 """
 
 from __future__ import annotations

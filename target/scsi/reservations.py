@@ -20,28 +20,30 @@ Rules:
 - Keys are 64-bit; registration is per I_T nexus (SPC-4 5.13.7). ALL_TG_PT and SPEC_I_PT
   are not supported (REPORT CAPABILITIES says so) and are INVALID FIELD IN PARAMETER LIST
   when set.
-- Persist through power loss (SPC-4 5.13.5.1, 6.16.3, 6.16.4): an LU over a regular image
-  file whose directory is writable is PTPL_C=1 and keeps its state in `<image>.pr`; an LU
-  in memory or on a block device has nowhere to keep it and is PTPL_C=0, so APTPL=1 in
-  REGISTER, REGISTER AND IGNORE EXISTING KEY or REGISTER AND MOVE is INVALID FIELD IN
-  PARAMETER LIST there (6.16.3). The APTPL bit of the last successful REGISTER, REGISTER
-  AND IGNORE EXISTING KEY or REGISTER AND MOVE decides (5.13.5.1); every other service
-  action ignores the bit (6.16.3) and keeps the state. A REGISTER that does nothing (an
-  unregistered nexus registering key 0, 5.13.7) leaves it alone too. REPORT CAPABILITIES
-  says PTPL_A (6.15.4).
+- Persist through power loss (SPC-4 5.13.5.1, 6.16.3, 6.16.4): the state is kept where
+  the LU's store keeps records beside its medium (Store.sidecar(".pr"), backing/base.py;
+  this module only produces and consumes its bytes). An LU whose store gives one (a
+  regular image file whose directory is writable or that has its `<image>.pr`,
+  backing/file.py) is PTPL_C=1; an LU whose store gives none (memory, a block device)
+  has nowhere to keep it and is PTPL_C=0, so APTPL=1 in REGISTER, REGISTER AND IGNORE
+  EXISTING KEY or REGISTER AND MOVE is INVALID FIELD IN PARAMETER LIST there (6.16.3).
+  The APTPL bit of the last successful REGISTER, REGISTER AND IGNORE EXISTING KEY or
+  REGISTER AND MOVE decides (5.13.5.1); every other service action ignores the bit
+  (6.16.3) and keeps the state. A REGISTER that does nothing (an unregistered nexus
+  registering key 0, 5.13.7) leaves it alone too. REPORT CAPABILITIES says PTPL_A (6.15.4).
 - Each PERSISTENT RESERVE OUT runs as a transaction (begin, then commit or rollback, from
   spc.py): while APTPL is on, commit writes the registrations (initiator port name, target
   port, key, in registration order), the reservation (holder, type) and the generation to
-  the state file (temporary file, fsync, rename, fsync of the directory) when they changed;
+  the state file (Sidecar.replace: atomic and durable before it returns) when they changed;
   when APTPL goes to 0 it removes the file. The unit attentions the action establishes are
   held until then; if the file cannot be written or removed the state goes back to what it
   was before the command, no unit attention is sent, and the command ends in HARDWARE
   ERROR / INTERNAL TARGET FAILURE (44h/00h). Nothing is persisted without APTPL.
-- At start, temporary files of a write that was interrupted before its rename
-  (`<image>.pr.XXXX.tmp`, the target killed mid-update) are removed: the command they
-  belonged to never got its status. Then an existing state file is restored: the same
-  registrations with the same keys,
-  the reservation and its type, APTPL on (5.13.5.1). The PRgeneration restarts at 0:
+- At start, what a write interrupted before its rename left behind (the target killed
+  mid-update) is cleared by the store when it opens the record (backing/sidecar.py): the
+  command it belonged to never got its status. Then an existing state file is restored:
+  the same registrations with the same keys, the reservation and its type, APTPL on
+  (5.13.5.1). The PRgeneration restarts at 0:
   "Regardless of the APTPL bit value the PRgeneration value shall be set to zero by a
   power on" (6.15.2); the saved generation is informational. A state file that cannot
   be read or is not valid is StateFileError (a ValueError, so the LU is not built and the
@@ -67,9 +69,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import tempfile
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -87,6 +86,7 @@ from target.scsi.sense import (
 from target.scsi.task import Nexus
 
 if TYPE_CHECKING:
+    from target.backing.base import Sidecar
     from target.scsi.commands import Command
     from target.scsi.lu import LogicalUnit
     from target.scsi.task import ScsiTask
@@ -104,16 +104,6 @@ STATE_VERSION = 1
 
 class StateFileError(ValueError):
     """The persist-through-power-loss state file of an LU cannot be restored."""
-
-
-def state_path(store: object) -> str | None:
-    """Where the APTPL state of an LU over `store` lives: `<image>.pr` for a regular image
-    file; None (PTPL_C=0) for a memory store or a block device, which have no place
-    beside them that survives a restart."""
-    path = getattr(store, "path", None)
-    if not isinstance(path, str) or getattr(store, "block_device", False):
-        return None
-    return path + STATE_SUFFIX
 
 
 class PrType(IntEnum):
@@ -159,19 +149,15 @@ class Reservations:
         self.reservation: PersistentReservation | None = None
         self.generation = 0
         self.nexuses: dict[tuple[str, str], Nexus] = {}  # every nexus seen, for TransportIDs
-        # Persist through power loss (SPC-4 5.13.5.1).
-        self.state_path = state_path(lu.store)
+        # Persist through power loss (SPC-4 5.13.5.1): the store keeps the state file.
+        self.state: Sidecar | None = lu.store.sidecar(STATE_SUFFIX)
         self.aptpl = False
         self._saved: bytes | None = None  # what the state file holds (None: no file)
         self._undo: tuple[Any, ...] | None = None  # set between begin() and commit()
         self._held_ua: list[tuple[Asc, Nexus]] = []
-        path = self.state_path
-        self.ptpl_capable = path is not None and (
-            os.path.exists(path) or os.access(os.path.dirname(path) or ".", os.W_OK))
-        if path is not None:
-            _remove_stale_temporaries(path)
-            if os.path.lexists(path):
-                self._restore(path)
+        self.ptpl_capable = self.state is not None
+        if self.state is not None:
+            self._restore(self.state)
 
     # --- the check before dispatch ------------------------------------------------------
 
@@ -369,7 +355,7 @@ class Reservations:
 
     def pending_state(self) -> tuple[bool, bytes | None]:
         """Whether the state file must change, and its new contents (None: no file)."""
-        if self.state_path is None:
+        if self.state is None:
             return False, self._saved
         data = self.state_bytes() if self.aptpl else None
         return data != self._saved, data
@@ -387,41 +373,20 @@ class Reservations:
         """The state file could not be written: everything goes back; HARDWARE ERROR."""
         log.error("persistent reservations of LUN %d: cannot update %s: %s; the "
                   "PERSISTENT RESERVE OUT fails and changes nothing", self.lu.lun,
-                  self.state_path, exc.strerror or exc)
+                  None if self.state is None else self.state.name, exc.strerror or exc)
         self.rollback()
         raise CheckCondition(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE) from None
 
     def write_state(self, data: bytes | None) -> None:
-        """Write the state file (temporary file, fsync, rename, fsync of the directory) or
-        remove it (None). Touches nothing but the file system: it may run on a worker."""
-        path = self.state_path
-        assert path is not None
-        directory = os.path.dirname(path) or "."
+        """Replace the state file with `data` (atomic and durable, Sidecar.replace) or
+        remove it (None); OSError when the store cannot. Touches nothing but the store's
+        record, not this object: it may run on a worker."""
+        state = self.state
+        assert state is not None
         if data is None:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            state.remove()
         else:
-            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                       dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            state.replace(data)
 
     def state_bytes(self) -> bytes:
         """The state file's contents for the current state (JSON, one registration per
@@ -447,12 +412,14 @@ class Reservations:
         }
         return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
 
-    def _restore(self, path: str) -> None:
-        """Restore the state saved under APTPL=1 (SPC-4 5.13.5.1); PRgeneration stays 0
-        (6.15.2). Anything wrong is StateFileError naming the file."""
+    def _restore(self, state: Sidecar) -> None:
+        """Restore the state saved under APTPL=1 (SPC-4 5.13.5.1), if there is any;
+        PRgeneration stays 0 (6.15.2). Anything wrong is StateFileError naming the file."""
+        path = state.name
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            raw = state.read()
+            if raw is None:
+                return
             regs, reservation = _parse_state(raw)
         except (OSError, ValueError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -472,25 +439,6 @@ class Reservations:
         self._saved = raw
         log.info("LUN %d: restored %d registration(s)%s from %s (APTPL)", self.lu.lun,
                  len(regs), " and the reservation" if reservation else "", path)
-
-
-def _remove_stale_temporaries(path: str) -> None:
-    """Temporary files of a state-file write that never reached its rename (the target was
-    killed between mkstemp and os.replace): they hold no acknowledged state, as the command
-    got its status only after the rename. Only this state file's own temporaries go."""
-    directory = os.path.dirname(path) or "."
-    pattern = re.compile(re.escape(os.path.basename(path)) + r"\.[A-Za-z0-9_]+\.tmp")
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if pattern.fullmatch(name):
-            try:
-                os.unlink(os.path.join(directory, name))
-                log.warning("removed %s, left by an interrupted update of %s", name, path)
-            except OSError as exc:
-                log.warning("cannot remove %s: %s", name, exc.strerror)
 
 
 def _parse_state(raw: bytes) -> tuple[list[tuple[Nexus, int]], tuple[int, PrType] | None]:

@@ -259,8 +259,8 @@ def test_persistent_reserve_out_writes_its_state_on_a_worker_one_at_a_time(tmp_p
 def test_state_file_write_failing_on_a_worker_rolls_back(tmp_path, monkeypatch):
     """The write fails on the worker: HARDWARE ERROR, INTERNAL TARGET FAILURE (44h/00h)
     and nothing of the command remains (reservations.py)."""
+    from target.backing import sidecar
     from target.backing.file import FileStore
-    from target.scsi import reservations
 
     lu = make_disk(0, FileStore(tmp_path / "lun.img", size=1 << 20, create=True))
     shell = Shell([lu])
@@ -269,7 +269,7 @@ def test_state_file_write_failing_on_a_worker_rolls_back(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reservations.os, "replace", fail)
+    monkeypatch.setattr(sidecar.os, "replace", fail)
     cdb, params = prout_register(0xA1)
     r = a.send(cdb, data=params)
     shell.workers.run_all(shell.loop)

@@ -21,9 +21,8 @@ from target.app import build_device
 from target.backing.file import FileStore
 from target.backing.memory import MemoryStore
 from target.config import ConfigError, LunConfig, TargetConfig
-from target.scsi import reservations
 from target.scsi.disk import make_disk
-from target.scsi.reservations import StateFileError, state_path
+from target.scsi.reservations import STATE_SUFFIX, StateFileError
 from target.scsi.sense import REGISTRATIONS_PREEMPTED, RESERVATIONS_PREEMPTED
 from target.scsi.task import Status
 from tests.unit.spc_util import TARGET_PORT, check, data, nexus, ready, run
@@ -129,17 +128,17 @@ def test_state_path_only_for_regular_files(image):
     """A block device has no place beside it that survives a restart: PTPL_C=0."""
     store = FileStore(image)
     try:
-        assert state_path(store) == str(image) + ".pr"
+        assert store.sidecar(STATE_SUFFIX).name == str(image) + ".pr"
         store.block_device = True
-        assert state_path(store) is None
+        assert store.sidecar(STATE_SUFFIX) is None
     finally:
         store.close()
-    assert state_path(MemoryStore(4096)) is None
+    assert MemoryStore(4096).sidecar(STATE_SUFFIX) is None
 
 
 def test_unwritable_directory_is_not_ptpl_capable(image, monkeypatch):
     """Where the state file cannot be created, PTPL_C=0 and APTPL=1 is refused up front."""
-    monkeypatch.setattr(reservations.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     lu = file_lu(image)
     assert capabilities(lu) == (False, False)
     s = check(prout(lu, I1, REGISTER, 0, 0xA, flags=APTPL))
@@ -325,7 +324,7 @@ def test_write_failure_changes_nothing(image, monkeypatch):
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reservations.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     assert check(prout(lu, I1, CLEAR, 0xA1)).code == (0x04, 0x44, 0x00)
     assert check(prout(lu, I3, REGISTER, 0, 0xC3, flags=APTPL)).code == (0x04, 0x44, 0x00)
     assert read_keys(lu) == (2, [0xA1, 0xB2])
@@ -346,7 +345,7 @@ def test_removal_failure_keeps_aptpl(image, monkeypatch):
     def fail(path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(reservations.os, "unlink", fail)
+    monkeypatch.setattr(os, "unlink", fail)
     assert check(prout(lu, I1, REGISTER, 0xA1, 0xA2)).code == (0x04, 0x44, 0x00)
     assert capabilities(lu) == (True, True) and read_keys(lu) == (1, [0xA1])
     lu.close()
