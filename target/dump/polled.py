@@ -92,7 +92,7 @@ import time
 from dataclasses import dataclass, field
 
 from target.iscsi import pdu
-from target.iscsi.initiator import Initiator, InitiatorError
+from target.shell.initiator import Initiator, InitiatorError
 from target.iscsi.pdu import Op, TmfFunction
 from target.scsi.sense import sense_key_asc
 from target.scsi.task import Status, encode_lun

@@ -18,7 +18,7 @@ import os
 import struct
 from urllib.parse import unquote, urlparse
 
-from target.iscsi.initiator import Initiator, InitiatorError
+from target.shell.initiator import Initiator, InitiatorError
 from target.scsi.task import Status
 
 READ16 = 0x88

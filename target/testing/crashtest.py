@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from target.iscsi.initiator import Initiator
+from target.shell.initiator import Initiator
 from target.scsi.task import Status
 from target.testing.cdb import sense_key
 from target.testing.servers import OurTarget, ServerError, initiator_iqn

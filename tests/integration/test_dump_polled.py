@@ -31,7 +31,7 @@ from target.dump.polled import (
     dump_image,
     write_cdb,
 )
-from target.iscsi.initiator import Initiator
+from target.shell.initiator import Initiator
 from target.iscsi.pdu import Op, TmfFunction
 from target.scsi.task import Status, encode_lun
 from target.shell.control import request

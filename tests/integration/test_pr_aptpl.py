@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from target.iscsi.initiator import Initiator
+from target.shell.initiator import Initiator
 from target.scsi.task import Status
 from target.testing.servers import OurTarget, ServerError
 

@@ -14,7 +14,7 @@ import struct
 import pytest
 
 from target.iscsi import pdu
-from target.iscsi.initiator import Initiator, InitiatorError
+from target.shell.initiator import Initiator, InitiatorError
 from target.iscsi.pdu import Op
 from target.testing.servers import OurTarget
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from target.iscsi.initiator import Initiator
+from target.shell.initiator import Initiator
 from target.scsi.task import Status
 from target.testing.servers import OurTarget
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from target.iscsi import pdu
-from target.iscsi.initiator import Initiator
+from target.shell.initiator import Initiator
 from target.iscsi.pdu import Op, TmfFunction
 from target.scsi.task import Status, TaskAttr, encode_lun
 from target.testing.servers import OurTarget
