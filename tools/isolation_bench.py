@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from target.iscsi.initiator import Initiator  # noqa: E402
+from target.shell.initiator import Initiator  # noqa: E402
 from target.testing.servers import OurTarget, ServerError, initiator_iqn  # noqa: E402
 
 IQN = "iqn.2026-12.local.scsi-target:isolation"

@@ -92,10 +92,10 @@ import time
 from dataclasses import dataclass, field
 
 from target.iscsi import pdu
-from target.iscsi.initiator import Initiator, InitiatorError
 from target.iscsi.pdu import Op, TmfFunction
 from target.scsi.sense import sense_key_asc
 from target.scsi.task import Status, encode_lun
+from target.shell.initiator import Initiator, InitiatorError
 
 RETRIES = 12                      # SD_NDUMP_RETRIES
 POLL_TIMEOUT_S = 60.0             # SCSI_POLL_TIMEOUT (scsi_pkt.h), SD_IO_TIME (sddef.h)

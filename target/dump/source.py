@@ -18,8 +18,8 @@ import os
 import struct
 from urllib.parse import unquote, urlparse
 
-from target.iscsi.initiator import Initiator, InitiatorError
 from target.scsi.task import Status
+from target.shell.initiator import Initiator, InitiatorError
 
 READ16 = 0x88
 READ_CAPACITY16 = (0x9E, 0x10)

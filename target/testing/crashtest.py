@@ -70,8 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from target.iscsi.initiator import Initiator
 from target.scsi.task import Status
+from target.shell.initiator import Initiator
 from target.testing.cdb import sense_key
 from target.testing.servers import OurTarget, ServerError, initiator_iqn
 

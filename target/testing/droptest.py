@@ -74,10 +74,10 @@ from pathlib import Path
 from typing import Any
 
 from target.iscsi import pdu
-from target.iscsi.initiator import Initiator, InitiatorError, Result
 from target.iscsi.pdu import F_FINAL, F_READ, F_WRITE, RESERVED_TAG, Bhs, Op, TmfFunction
 from target.scsi.task import encode_lun
 from target.shell.control import ControlError, request
+from target.shell.initiator import Initiator, InitiatorError, Result
 from target.testing.cdb import sense_key
 from target.testing.servers import HOST, OurTarget, tail
 

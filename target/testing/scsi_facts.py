@@ -20,7 +20,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from target.iscsi.initiator import Initiator, InitiatorError
+from target.shell.initiator import Initiator, InitiatorError
 
 GOOD = 0x00
 CHECK_CONDITION = 0x02

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import pytest
 
 from target.backing.memory import MemoryStore
-from target.iscsi.initiator import Initiator, InitiatorError
 from target.scsi import spc
 from target.scsi.disk import DISK_COMMANDS, make_disk
+from target.shell.initiator import Initiator, InitiatorError
 from target.testing.plugin import Lun, RunningTarget
 
 pytestmark = pytest.mark.guest

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from target.iscsi.initiator import Initiator, InitiatorError
+from target.shell.initiator import Initiator, InitiatorError
 from target.testing.servers import OurTarget
 
 pytestmark = pytest.mark.integration

@@ -31,10 +31,10 @@ from target.dump.polled import (
     dump_image,
     write_cdb,
 )
-from target.iscsi.initiator import Initiator
 from target.iscsi.pdu import Op, TmfFunction
 from target.scsi.task import Status, encode_lun
 from target.shell.control import request
+from target.shell.initiator import Initiator
 from target.testing.servers import OurTarget, Tgtd, find_program
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from target.iscsi.initiator import Initiator
+from target.shell.initiator import Initiator
 from target.testing.servers import OurTarget
 
 pytestmark = [

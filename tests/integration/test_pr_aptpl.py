@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from target.iscsi.initiator import Initiator
 from target.scsi.task import Status
+from target.shell.initiator import Initiator
 from target.testing.servers import OurTarget, ServerError
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import struct
 import pytest
 
 from target.iscsi import pdu
-from target.iscsi.initiator import Initiator, InitiatorError
 from target.iscsi.pdu import Op
+from target.shell.initiator import Initiator, InitiatorError
 from target.testing.servers import OurTarget
 
 pytestmark = pytest.mark.integration

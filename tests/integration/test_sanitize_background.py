@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from target.iscsi.initiator import Initiator
 from target.scsi.task import Status
+from target.shell.initiator import Initiator
 from target.testing.servers import OurTarget
 
 pytestmark = pytest.mark.integration
