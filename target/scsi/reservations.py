@@ -71,7 +71,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from target.scsi.commands import Access
 from target.scsi.sense import (
@@ -86,10 +86,20 @@ from target.scsi.sense import (
 from target.scsi.task import Nexus
 
 if TYPE_CHECKING:
-    from target.backing.base import Sidecar
+    from target.backing.base import Sidecar, Store
     from target.scsi.commands import Command
-    from target.scsi.lu import LogicalUnit
     from target.scsi.task import ScsiTask
+    from target.scsi.ua import UnitAttentions
+
+
+class Unit(Protocol):
+    """What the reservations read of their LU (target.scsi.lu.LogicalUnit, which builds on
+    this module): its number, its store (which keeps the APTPL state) and its unit
+    attentions."""
+
+    lun: int
+    store: Store
+    ua: UnitAttentions
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +152,7 @@ class PersistentReservation:
 class Reservations:
     """The reservation state of one logical unit."""
 
-    def __init__(self, lu: LogicalUnit) -> None:
+    def __init__(self, lu: Unit) -> None:
         self.lu = lu
         self.spc2_holder: Nexus | None = None
         self.registrations: dict[Nexus, int] = {}  # insertion order = registration order
