@@ -229,12 +229,9 @@ def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfi
         if lun.path:
             raise ConfigError(f"{r.path('path')}: a memory store takes no path")
         lun.size = lun.size or DEFAULT_SIZE
-    for key, limit in (("vendor", 8), ("product", 16), ("revision", 4)):
-        value = r.get(key, str, getattr(lun, key))
-        if len(value) > limit or not value.isascii() or not value.isprintable():
-            raise ConfigError(f"{r.path(key)}: at most {limit} printable ASCII characters, "
-                              f"not {value!r}")
-        setattr(lun, key, value)
+    lun.vendor = _ascii(r, "vendor", 8, lun.vendor)  # SPC-4 INQUIRY field widths
+    lun.product = _ascii(r, "product", 16, lun.product)
+    lun.revision = _ascii(r, "revision", 4, lun.revision)
     lun.serial = r.get("serial", str, "") or default_serial(iqn, lun.lun)
     if not lun.serial.isascii() or len(lun.serial) > 64:
         raise ConfigError(f"{r.path('serial')}: at most 64 ASCII characters")
@@ -264,6 +261,22 @@ def _lun(table: dict, where: str, source: str, iqn: str, index: int) -> LunConfi
     return lun
 
 
+def _ascii(r: _Reader, key: str, limit: int, default: str) -> str:
+    value = r.get(key, str, default)
+    if len(value) > limit or not value.isascii() or not value.isprintable():
+        raise ConfigError(f"{r.path(key)}: at most {limit} printable ASCII characters, "
+                          f"not {value!r}")
+    return value
+
+
+def _at_least(r: _Reader, key: str, minimum: int, default: int) -> int:
+    value = r.get(key, int, default)
+    if value < minimum:
+        raise ConfigError(f"{r.path(key)}: expected an integer of at least {minimum}, "
+                          f"not {value}")
+    return value
+
+
 def _number(r: _Reader, key: str, default: float, minimum: float, *,
             strict: bool = False) -> float:
     value = r.get(key, (int, float), default)
@@ -280,13 +293,10 @@ def _scheduler(table: dict, where: str, source: str) -> SchedulerConfig:
     if s.elevator not in ("fifo", "disksort"):
         raise ConfigError(f"{r.path('elevator')}: expected \"fifo\" or \"disksort\", "
                           f"not {s.elevator!r}")
-    for key, minimum in (("dispatch_depth", 1), ("queue_depth", 1), ("max_passes", 0),
-                         ("cylinder_blocks", 0)):
-        value = r.get(key, int, getattr(s, key))
-        if value < minimum:
-            raise ConfigError(f"{r.path(key)}: expected an integer of at least {minimum}, "
-                              f"not {value}")
-        setattr(s, key, value)
+    s.dispatch_depth = _at_least(r, "dispatch_depth", 1, s.dispatch_depth)
+    s.queue_depth = _at_least(r, "queue_depth", 1, s.queue_depth)
+    s.max_passes = _at_least(r, "max_passes", 0, s.max_passes)
+    s.cylinder_blocks = _at_least(r, "cylinder_blocks", 0, s.cylinder_blocks)
     s.deadline_ms = _number(r, "deadline_ms", s.deadline_ms, 0)
     disk = r.get("disk", dict, None)
     if disk is not None:

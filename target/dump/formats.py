@@ -18,7 +18,8 @@ Formats (layouts as the named headers define them; construct for every header):
 illumos dumps (sys/dumphdr.h, compressed as dumpsys() writes them) are target.dump.illumos;
 scan() finds them where savecore looks.
 
-Every reader raises DumpFormatError naming the format, the field and the offset.
+Every reader raises DumpFormatError naming the format, the field and the offset; it and
+DumpSummary live in target.dump.common (shared with the illumos reader), imported here.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from construct import (
-    Adapter,
-    Bytes,
     Const,
     ConstructError,
     Int32sl,
@@ -42,37 +41,19 @@ from construct import (
     Struct,
 )
 
+from target.dump import illumos
+from target.dump.common import DumpFormatError, DumpSummary, cstr
+
 FLAT_HEADER_SIZE = 4096
 FLAT_SIGNATURE = b"makedumpfile"
 KDUMP_SIGNATURE = b"KDUMP   "
 CHUNK = 1 << 20
 
 
-class DumpFormatError(ValueError):
-    """A dump that does not parse: names the format, the field and the offset."""
-
-
-class _CStr(Adapter):
-    """A NUL-padded char[n] as text (latin-1: any byte decodes)."""
-
-    def _decode(self, obj: bytes, context, path) -> str:
-        return obj.split(b"\0", 1)[0].decode("latin-1")
-
-    def _encode(self, obj: str, context, path) -> bytes:
-        raw = obj.encode("latin-1")
-        if len(raw) >= self.subcon.length:
-            raise ConstructError(f"{obj[:20]!r}... is longer than char[{self.subcon.length}]")
-        return raw.ljust(self.subcon.length, b"\0")
-
-
-def _cstr(n: int) -> _CStr:
-    return _CStr(Bytes(n))
-
-
-FLAT_HEADER = Struct("signature" / _cstr(16), "type" / Int64sb, "version" / Int64sb)
+FLAT_HEADER = Struct("signature" / cstr(16), "type" / Int64sb, "version" / Int64sb)
 FLAT_RECORD = struct.Struct(">qq")
 
-NEW_UTSNAME = Struct(*(n / _cstr(65) for n in ("sysname", "nodename", "release", "version",
+NEW_UTSNAME = Struct(*(n / cstr(65) for n in ("sysname", "nodename", "release", "version",
                                                 "machine", "domainname")))
 DISK_DUMP_HEADER = Struct(
     "signature" / Const(KDUMP_SIGNATURE), "header_version" / Int32sl,
@@ -112,19 +93,6 @@ class KdumpCompressed:
     dump_level: int
     max_mapnr: int
     vmcoreinfo: dict[str, str]
-
-
-@dataclass
-class DumpSummary:
-    os: str                      # "illumos" or "linux"
-    format: str                  # "illumos", "elf", "flattened", "kdump"
-    release: str | None
-    panic: str | None
-    size: int                    # bytes of the dump (the reassembled size if flattened)
-    crashtime: int | None
-    pagesize: int | None
-    offset: int = 0              # where on the device or image it starts
-    details: dict = field(default_factory=dict)
 
 
 # --- ELF ---------------------------------------------------------------------------------
@@ -302,8 +270,6 @@ def summarize_file(f: BinaryIO, size: int) -> DumpSummary:
 def scan(f: BinaryIO, size: int, step: int = 1 << 20) -> list[tuple[int, str]]:
     """Where dumps begin on a device or image: the illumos header position, then every
     `step` bytes a flattened, kdump-compressed or ELF signature."""
-    from target.dump import illumos  # illumos imports this module's error and summary
-
     found: list[tuple[int, str]] = []
     if size >= 2 * illumos.DUMP_OFFSET:
         pos = illumos.header_position(size)

@@ -61,12 +61,12 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, Generic, NamedTuple, TypeVar
 
 from construct import Container, Int16ul, Int32sl, Int32ul, Int64sl, Int64ul, Padding, Struct
 
 from target.dump import lzjb
-from target.dump.formats import DumpFormatError, DumpSummary, _cstr
+from target.dump.common import DumpFormatError, DumpSummary, cstr
 
 DUMP_MAGIC = 0xDEFEC8ED
 DUMP_VERSION = 10
@@ -147,7 +147,7 @@ def _c_layout(name: str, word: int) -> CLayout:
         ctype = _TYPEDEFS.get(ctype, ctype)
         if ctype.startswith("char["):
             n = int(ctype[5:-1])
-            size, align, sub = n, 1, _cstr(n)
+            size, align, sub = n, 1, cstr(n)
         elif ctype.startswith("struct "):
             inner = _c_layout(ctype[7:], word)
             size, align, sub = inner.size, inner.align, inner.struct
@@ -208,6 +208,19 @@ def _pread(f: BinaryIO, offset: int, n: int, what: str) -> bytes:
 
 # --- the dump and its checks ------------------------------------------------------------
 
+_T = TypeVar("_T")
+
+
+class _DumpField(Generic[_T]):
+    """IllumosDump.X: the field dump_X of its terminal header (a declared attribute)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = f"dump_{name}"
+
+    def __get__(self, dump: IllumosDump, owner: type | None = None) -> _T:
+        return dump.header[self.key]
+
+
 @dataclass
 class IllumosDump:
     """What read_dump() found: the terminal header, the data header, the layout."""
@@ -219,11 +232,29 @@ class IllumosDump:
     has_datahdr: bool
     warnings: list[str] = field(default_factory=list)
 
-    def __getattr__(self, name: str):
-        h = self.__dict__.get("header")
-        if h is not None and f"dump_{name}" in h:
-            return h[f"dump_{name}"]
-        raise AttributeError(name)
+    # The terminal header's fields, dumphdr_t's dump_X read as X (sys/dumphdr.h).
+    magic = _DumpField[int]()
+    version = _DumpField[int]()
+    flags = _DumpField[int]()
+    wordsize = _DumpField[int]()
+    start = _DumpField[int]()                  # offset_t: where the dump begins
+    ksyms = _DumpField[int]()
+    pfn = _DumpField[int]()
+    map = _DumpField[int]()
+    data = _DumpField[int]()
+    utsname = _DumpField[Container]()
+    platform = _DumpField[str]()
+    panicstring = _DumpField[str]()
+    crashtime = _DumpField[int]()
+    pageshift = _DumpField[int]()
+    pagesize = _DumpField[int]()
+    hashmask = _DumpField[int]()
+    nvtop = _DumpField[int]()
+    npages = _DumpField[int]()
+    ksyms_size = _DumpField[int]()
+    ksyms_csize = _DumpField[int]()
+    fm_panic = _DumpField[int]()
+    uuid = _DumpField[str]()
 
     @property
     def complete(self) -> bool:

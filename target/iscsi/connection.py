@@ -63,6 +63,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from target.iscsi import pdu
+from target.iscsi.errors import ProtocolError
 from target.iscsi.events import CLOSE_WANTED, TASKSET_CHANGED, Event, TasksReady
 from target.iscsi.login import Login, LoginOutcome
 from target.iscsi.pdu import (
@@ -81,7 +82,9 @@ from target.iscsi.pdu import (
     TmfFunction,
     TmfResponse,
 )
+from target.iscsi.portal import Portal
 from target.iscsi.session import Session, SessionParams
+from target.iscsi.text import TextResponder
 from target.scsi.sense import Asc, CheckCondition, SenseKey
 from target.scsi.task import Nexus, ScsiTask, Status, decode_lun
 from target.scsi.tmf import Disposition, Function, ServiceResponse, TmfEvent
@@ -149,16 +152,6 @@ class InDiscovery(Enum):
     ENDS = "Reject naming it and the connection ends"
 
 
-class ProtocolError(Exception):
-    """A PDU the connection cannot continue after (ERL 0: the connection ends)."""
-
-    def __init__(self, message: str, reason: int = RejectReason.PROTOCOL_ERROR,
-                 header: bytes | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.header = header
-
-
 class R2T:
     """One outstanding Ready To Transfer (11.8)."""
 
@@ -210,7 +203,7 @@ class TaskTransport:
 class Connection:
     """The protocol state of one TCP connection to the target."""
 
-    def __init__(self, portal, local_address: str = "", peer: str = "",
+    def __init__(self, portal: Portal, local_address: str = "", peer: str = "",
                  wakeup: Callable[[], None] | None = None, tmf_faults=None) -> None:
         self.portal = portal
         self.peer = peer
@@ -235,7 +228,7 @@ class Connection:
         self._r2ts: dict[int, R2T] = {}
         self._held: dict[int, tuple[Bhs, object, TaskTransport | None]] = {}
         self._next_ttt = 1
-        self._text = None
+        self._text: TextResponder | None = None
         self._ping_ttt: int | None = None
         # receive side
         self._max_recv = LOGIN_MAX_RECV
@@ -865,10 +858,8 @@ class Connection:
                                      max_cmdsn=session.max_cmdsn))
 
     def _text_request(self, bhs: Bhs, data) -> None:
-        from target.iscsi.text import TextResponder
-
         if self._text is None:
-            self._text = TextResponder(self.session, self.portal)
+            self._text = TextResponder(self.session, self.portal, self.local_address)
         session = self.session
         for flags, ttt, payload in self._text.receive(bhs, bytes(data)):
             self._send(pdu.text_response(flags=flags, dsl=len(payload), lun=bhs.lun,

@@ -10,10 +10,12 @@ Rules:
   error)").
 - Every key of sections 12 and 13 is a row of KEYS: how its result is found (6.2.2,
   6.2.3: declarative; numerical min / max; Boolean AND / OR; a list, where the answer is
-  the first value of the originator's list that we support), its range, where our own
-  value comes from (Offers), its use (IO initialize only, LO leading only, ALL, FFPO
-  full feature phase only), scope (SW session-wide, CO connection-only), who may send
-  it, the stages it may appear in and whether it is irrelevant in a discovery session.
+  the first value of the originator's list that we support), its range, its use (IO
+  initialize only, LO leading only, ALL, FFPO full feature phase only), scope (SW
+  session-wide, CO connection-only), who may send it, the stages it may appear in and
+  whether it is irrelevant in a discovery session.
+  Our own value of a key is Offers.ours(name), and store() puts a result in its
+  SessionParams field: both explicit mappings from key names to fields.
 - Answers (6.2): a key we do not know, and every X- / X# extension key, is answered
   `NotUnderstood`; a value outside the range or of the wrong syntax is answered `Reject`
   and the key keeps its default; a key that has no meaning in a discovery session
@@ -195,10 +197,11 @@ class Key:
     lo: int = 0
     hi: int = 0
     values: tuple[str, ...] = ()  # LIST: the values we know of; others are skipped
-    offer: str | None = None  # attribute of Offers holding our value
-    param: str | None = None  # attribute of SessionParams set from the result
     irrelevant_in_discovery: bool = False
     max_len: int = MAX_VALUE_LEN
+
+
+Offered = int | bool | tuple[str, ...]  # our value of a key: a number, a Boolean, a list
 
 
 @dataclass
@@ -224,6 +227,74 @@ class Offers:
     iscsi_protocol_level: int = 1
     markers: bool = False  # IFMarker / OFMarker (obsolete)
 
+    def ours(self, name: str) -> Offered:
+        """Our value of the negotiated key `name` (a MIN, MAX, AND, OR or LIST row of KEYS):
+        the explicit mapping from key names (section 13) to these fields."""
+        return {
+            "AuthMethod": self.auth_methods,
+            "HeaderDigest": self.header_digests,
+            "DataDigest": self.data_digests,
+            "MaxConnections": self.max_connections,
+            "InitialR2T": self.initial_r2t,
+            "ImmediateData": self.immediate_data,
+            "MaxBurstLength": self.max_burst_length,
+            "FirstBurstLength": self.first_burst_length,
+            "DefaultTime2Wait": self.default_time2wait,
+            "DefaultTime2Retain": self.default_time2retain,
+            "MaxOutstandingR2T": self.max_outstanding_r2t,
+            "DataPDUInOrder": self.data_pdu_in_order,
+            "DataSequenceInOrder": self.data_sequence_in_order,
+            "ErrorRecoveryLevel": self.error_recovery_level,
+            "TaskReporting": self.task_reporting,
+            "iSCSIProtocolLevel": self.iscsi_protocol_level,
+        }[name]
+
+
+def store(params: SessionParams, name: str, result: int | bool | str) -> bool:
+    """Put the result of key `name` in the SessionParams field it sets (the explicit
+    mapping from key names to fields); False for a key that sets no field. HeaderDigest
+    and DataDigest set a bool: CRC32C chosen."""
+    match name:
+        case "HeaderDigest":
+            params.header_digest = result == "CRC32C"
+        case "DataDigest":
+            params.data_digest = result == "CRC32C"
+        case "TargetName":
+            params.target_name = str(result)
+        case "InitiatorName":
+            params.initiator_name = str(result)
+        case "InitiatorAlias":
+            params.initiator_alias = str(result)
+        case "SessionType":
+            params.session_type = str(result)
+        case "MaxConnections":
+            params.max_connections = int(result)
+        case "InitialR2T":
+            params.initial_r2t = bool(result)
+        case "ImmediateData":
+            params.immediate_data = bool(result)
+        case "MaxRecvDataSegmentLength":
+            params.max_recv_data_segment_length = int(result)
+        case "MaxBurstLength":
+            params.max_burst_length = int(result)
+        case "FirstBurstLength":
+            params.first_burst_length = int(result)
+        case "DefaultTime2Wait":
+            params.default_time2wait = int(result)
+        case "DefaultTime2Retain":
+            params.default_time2retain = int(result)
+        case "MaxOutstandingR2T":
+            params.max_outstanding_r2t = int(result)
+        case "DataPDUInOrder":
+            params.data_pdu_in_order = bool(result)
+        case "DataSequenceInOrder":
+            params.data_sequence_in_order = bool(result)
+        case "ErrorRecoveryLevel":
+            params.error_recovery_level = int(result)
+        case _:
+            return False
+    return True
+
 
 _24 = (1 << 24) - 1
 _S = Stage.SECURITY
@@ -234,55 +305,40 @@ _T = Sender.TARGET
 KEYS: dict[str, Key] = {k.name: k for k in (
     # 12: security
     Key("AuthMethod", Rule.LIST, Use.LO, Scope.CO, stages=_S,
-        values=("None", "CHAP", "SRP", "KRB5", "SPKM1", "SPKM2"), offer="auth_methods"),
+        values=("None", "CHAP", "SRP", "KRB5", "SPKM1", "SPKM2")),
     Key("CHAP_A", Rule.DECLARATIVE, Use.LO, Scope.CO, stages=_S),
     Key("CHAP_I", Rule.DECLARATIVE, Use.LO, Scope.CO, stages=_S, max_len=MAX_LARGE_VALUE_LEN),
     Key("CHAP_C", Rule.DECLARATIVE, Use.LO, Scope.CO, stages=_S, max_len=MAX_LARGE_VALUE_LEN),
     Key("CHAP_N", Rule.DECLARATIVE, Use.LO, Scope.CO, stages=_S, max_len=MAX_LARGE_VALUE_LEN),
     Key("CHAP_R", Rule.DECLARATIVE, Use.LO, Scope.CO, stages=_S, max_len=MAX_LARGE_VALUE_LEN),
     # 13.1 - 13.26
-    Key("HeaderDigest", Rule.LIST, Use.IO, Scope.CO, stages=_OP, values=("None", "CRC32C"),
-        offer="header_digests", param="header_digest"),
-    Key("DataDigest", Rule.LIST, Use.IO, Scope.CO, stages=_OP, values=("None", "CRC32C"),
-        offer="data_digests", param="data_digest"),
-    Key("MaxConnections", Rule.MIN, Use.LO, lo=1, hi=65535, offer="max_connections",
-        param="max_connections", irrelevant_in_discovery=True),
+    Key("HeaderDigest", Rule.LIST, Use.IO, Scope.CO, stages=_OP, values=("None", "CRC32C")),
+    Key("DataDigest", Rule.LIST, Use.IO, Scope.CO, stages=_OP, values=("None", "CRC32C")),
+    Key("MaxConnections", Rule.MIN, Use.LO, lo=1, hi=65535, irrelevant_in_discovery=True),
     Key("SendTargets", Rule.DECLARATIVE, Use.FFPO, sender=_I, stages=Stage.FFP),
-    Key("TargetName", Rule.DECLARATIVE, Use.IO, sender=_I, param="target_name", max_len=223),
-    Key("InitiatorName", Rule.DECLARATIVE, Use.IO, sender=_I, param="initiator_name",
-        max_len=223),
+    Key("TargetName", Rule.DECLARATIVE, Use.IO, sender=_I, max_len=223),
+    Key("InitiatorName", Rule.DECLARATIVE, Use.IO, sender=_I, max_len=223),
     Key("TargetAlias", Rule.DECLARATIVE, Use.ALL, sender=_T),
-    Key("InitiatorAlias", Rule.DECLARATIVE, Use.ALL, sender=_I, param="initiator_alias",
+    Key("InitiatorAlias", Rule.DECLARATIVE, Use.ALL, sender=_I,
         stages=Stage.LOGIN | Stage.FFP),
     Key("TargetAddress", Rule.DECLARATIVE, Use.ALL, sender=_T),
     Key("TargetPortalGroupTag", Rule.DECLARATIVE, Use.IO, sender=_T),
-    Key("InitialR2T", Rule.OR, Use.LO, offer="initial_r2t", param="initial_r2t",
-        irrelevant_in_discovery=True),
-    Key("ImmediateData", Rule.AND, Use.LO, offer="immediate_data", param="immediate_data",
-        irrelevant_in_discovery=True),
+    Key("InitialR2T", Rule.OR, Use.LO, irrelevant_in_discovery=True),
+    Key("ImmediateData", Rule.AND, Use.LO, irrelevant_in_discovery=True),
     Key("MaxRecvDataSegmentLength", Rule.DECLARATIVE, Use.ALL, Scope.CO,
-        stages=Stage.LOGIN | Stage.FFP, lo=512, hi=_24, param="max_recv_data_segment_length"),
-    Key("MaxBurstLength", Rule.MIN, Use.LO, lo=512, hi=_24, offer="max_burst_length",
-        param="max_burst_length", irrelevant_in_discovery=True),
-    Key("FirstBurstLength", Rule.MIN, Use.LO, lo=512, hi=_24, offer="first_burst_length",
-        param="first_burst_length", irrelevant_in_discovery=True),
-    Key("DefaultTime2Wait", Rule.MAX, Use.LO, lo=0, hi=3600, offer="default_time2wait",
-        param="default_time2wait"),
-    Key("DefaultTime2Retain", Rule.MIN, Use.LO, lo=0, hi=3600, offer="default_time2retain",
-        param="default_time2retain"),
-    Key("MaxOutstandingR2T", Rule.MIN, Use.LO, lo=1, hi=65535, offer="max_outstanding_r2t",
-        param="max_outstanding_r2t", irrelevant_in_discovery=True),
-    Key("DataPDUInOrder", Rule.OR, Use.LO, offer="data_pdu_in_order",
-        param="data_pdu_in_order", irrelevant_in_discovery=True),
-    Key("DataSequenceInOrder", Rule.OR, Use.LO, offer="data_sequence_in_order",
-        param="data_sequence_in_order", irrelevant_in_discovery=True),
-    Key("ErrorRecoveryLevel", Rule.MIN, Use.LO, lo=0, hi=2, offer="error_recovery_level",
-        param="error_recovery_level"),
-    Key("SessionType", Rule.DECLARATIVE, Use.LO, sender=_I, values=("Discovery", "Normal"),
-        param="session_type"),
+        stages=Stage.LOGIN | Stage.FFP, lo=512, hi=_24),
+    Key("MaxBurstLength", Rule.MIN, Use.LO, lo=512, hi=_24, irrelevant_in_discovery=True),
+    Key("FirstBurstLength", Rule.MIN, Use.LO, lo=512, hi=_24, irrelevant_in_discovery=True),
+    Key("DefaultTime2Wait", Rule.MAX, Use.LO, lo=0, hi=3600),
+    Key("DefaultTime2Retain", Rule.MIN, Use.LO, lo=0, hi=3600),
+    Key("MaxOutstandingR2T", Rule.MIN, Use.LO, lo=1, hi=65535, irrelevant_in_discovery=True),
+    Key("DataPDUInOrder", Rule.OR, Use.LO, irrelevant_in_discovery=True),
+    Key("DataSequenceInOrder", Rule.OR, Use.LO, irrelevant_in_discovery=True),
+    Key("ErrorRecoveryLevel", Rule.MIN, Use.LO, lo=0, hi=2),
+    Key("SessionType", Rule.DECLARATIVE, Use.LO, sender=_I, values=("Discovery", "Normal")),
     Key("TaskReporting", Rule.LIST, Use.LO, values=("RFC3720", "ResponseFence", "FastAbort"),
-        offer="task_reporting", irrelevant_in_discovery=True),
-    Key("iSCSIProtocolLevel", Rule.MIN, Use.LO, lo=0, hi=31, offer="iscsi_protocol_level"),
+        irrelevant_in_discovery=True),
+    Key("iSCSIProtocolLevel", Rule.MIN, Use.LO, lo=0, hi=31),
     # obsolete (RFC 3720 markers)
     Key("IFMarker", Rule.OBSOLETE_NO, Use.IO, Scope.CO),
     Key("OFMarker", Rule.OBSOLETE_NO, Use.IO, Scope.CO),
@@ -399,7 +455,7 @@ class Negotiation:
             n = parse_number(value)
             if n is None or not key.lo <= n <= key.hi:
                 return self._reject(name)
-            ours = getattr(self.offers, key.offer)
+            ours = self.offers.ours(name)
             result = result_min(n, ours) if rule is Rule.MIN else result_max(n, ours)
             if name == "FirstBurstLength":
                 result = min(result, self.params.max_burst_length)
@@ -409,7 +465,7 @@ class Negotiation:
             b = _bool(value)
             if b is None:
                 return self._reject(name)
-            ours = getattr(self.offers, key.offer)
+            ours = self.offers.ours(name)
             result = result_and(b, ours) if rule is Rule.AND else result_or(b, ours)
             self._set(key, result)
             return (name, _yes(result))
@@ -417,7 +473,7 @@ class Negotiation:
         offered = value.split(",")
         if any(not v for v in offered):
             return self._reject(name)
-        supported = [v for v in getattr(self.offers, key.offer) if v in key.values]
+        supported = [v for v in self.offers.ours(name) if v in key.values]
         chosen = result_list(offered, supported)
         if chosen is None:
             return self._reject(name)
@@ -437,20 +493,13 @@ class Negotiation:
             return None
         if key.values and value not in key.values:
             return self._reject(key.name)
-        if key.param is not None:
-            self._set(key, value)
-        else:
-            self.results[key.name] = value
+        self._set(key, value)
         return None
 
     def _set(self, key: Key, result: int | bool | str) -> None:
         self.results[key.name] = result if isinstance(result, str) else (
             _yes(result) if isinstance(result, bool) else str(result))
-        if key.param is None:
-            return
-        if key.name in ("HeaderDigest", "DataDigest"):
-            result = result == "CRC32C"
-        setattr(self.params, key.param, result)
+        store(self.params, key.name, result)
 
     def declare(self, name: str, value: int | str) -> tuple[str, str]:
         """A declaration of ours (e.g. MaxRecvDataSegmentLength), remembered."""

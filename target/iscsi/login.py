@@ -32,8 +32,12 @@ Rules:
   `stat_sn` is the StatSN full feature phase starts with. Login requests are immediate:
   ExpCmdSN is the request's CmdSN, MaxCmdSN = ExpCmdSN + window - 1.
 - Completion: a session of the same InitiatorName + ISID + TargetName is reinstated
-  (6.3.5): its connection's close_for_reinstatement() (or close()) is called and it
-  leaves the registry; the new Session gets a TSIH and enters the registry.
+  (6.3.5): its connection's close_for_reinstatement() is called (session.SessionConnection,
+  when it has one) and it leaves the registry; the new Session gets a TSIH and enters the
+  registry.
+- Authentication is the portal's (Portal.auth_required, a portal group's setting as
+  LIO's tpg_attrib.authentication is): when required, a login that starts in stage 1, or
+  leaves stage 0 unauthenticated, fails 02/01. No CHAP yet, so no portal requires it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from target.iscsi.keys import (
     parse,
 )
 from target.iscsi.pdu import F_CONTINUE, LOGIN_TRANSIT, Bhs, Op
+from target.iscsi.portal import Portal, TargetEntry
 from target.iscsi.session import Session
 
 log = logging.getLogger(__name__)
@@ -108,7 +113,7 @@ class LoginStep:
 class Login:
     """The Login Requests of one connection, until full feature phase or failure."""
 
-    def __init__(self, portal, local_address: str = "") -> None:
+    def __init__(self, portal: Portal, local_address: str = "") -> None:
         self.portal = portal
         self.local_address = local_address
         self.negotiation = Negotiation(portal.offers)
@@ -121,10 +126,10 @@ class Login:
         self.cid = 0
         self.outcome = LoginOutcome.CONTINUE
         self.session: Session | None = None
-        self.target = None  # the TargetEntry of a Normal session
+        self.target: TargetEntry | None = None  # the target of a Normal session
         self.auth_method: str | None = None
         self.authenticated = False
-        self.auth_required = bool(getattr(portal, "auth_required", False))
+        self.auth_required = portal.auth_required
         self._identified = False
         self._replace: Session | None = None  # TSIH != 0: the session this connection joins
         self._text_in = bytearray()
@@ -222,7 +227,7 @@ class Login:
             raise NegotiationError(MISSING_PARAMETER, "no InitiatorName")
         session_type = values.get("SessionType", "Normal")
         if session_type not in ("Normal", "Discovery") or (
-                session_type == "Discovery" and not getattr(self.portal, "discovery", True)):
+                session_type == "Discovery" and not self.portal.discovery):
             raise NegotiationError(SESSION_TYPE_NOT_SUPPORTED, f"SessionType={session_type}")
         target_name = ""
         if session_type == "Normal":
@@ -313,10 +318,8 @@ class Login:
 
     def _close(self, old: Session) -> None:
         """Session reinstatement (6.3.5): the old session and its connection end."""
-        conn = old.connection
-        hook = getattr(conn, "close_for_reinstatement", None) or getattr(conn, "close", None)
-        if callable(hook):
-            hook()
+        if old.connection is not None:
+            old.connection.close_for_reinstatement()
         old.closed = True
         self.portal.registry.remove(old)
         log.info("session TSIH %d of %s reinstated", old.params.tsih, old.params.initiator_name)

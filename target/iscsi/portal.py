@@ -9,6 +9,9 @@ Rules (RFC 7143):
 - `addresses` are the host:port strings (IPv6 in brackets) SendTargets reports as
   TargetAddress (13.8); the server fills them with the addresses it listens on.
 - The offers are our side of the negotiated keys (section 13), see keys.Offers.
+- `discovery`: whether discovery sessions are allowed (02/09 otherwise, 11.13.5);
+  `auth_required`: whether a login must authenticate in the security stage (02/01
+  otherwise). Both are the portal group's, as LIO keeps them per TPG.
 """
 
 from __future__ import annotations
@@ -56,12 +59,16 @@ class Portal:
         data_digests: tuple[str, ...] = ("None", "CRC32C"),
         cmd_window: int = 128,
         discovery: bool = True,
+        auth_required: bool = False,
     ) -> None:
         self.targets = targets
         self.addresses = addresses
         self.registry = registry
         self.cmd_window = cmd_window  # MaxCmdSN = ExpCmdSN + cmd_window - 1
         self.discovery = discovery  # discovery sessions allowed
+        # Logins must authenticate in the security stage (RFC 7143 6.3, 12); False until
+        # CHAP (12.1.3) is there, as only AuthMethod=None can be negotiated today.
+        self.auth_required = auth_required
         self.offers = Offers(
             max_recv_data_segment_length=max_recv_data_segment_length,
             max_burst_length=max_burst_length,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from target.scsi.device import ScsiDevice
@@ -50,13 +50,22 @@ class SessionParams:
     error_recovery_level: int = 0
 
 
+class SessionConnection(Protocol):
+    """What a session needs of the connection carrying it (target.iscsi.connection's
+    Connection is one): its peer's address, and the end a reinstatement gives it (6.3.5)."""
+
+    peer: str  # host:port of the initiator, "" when unknown
+
+    def close_for_reinstatement(self) -> None: ...
+
+
 @dataclass
 class Session:
     params: SessionParams
     device: ScsiDevice | None = None  # None for discovery sessions
     exp_cmdsn: int = 0
     window: int = 128  # MaxCmdSN = ExpCmdSN + window - 1
-    connection: object = None  # the Connection carrying this session
+    connection: SessionConnection | None = None  # the connection carrying this session
     closed: bool = False
 
     @property

@@ -1,11 +1,13 @@
 """Text Requests in full feature phase (RFC 7143 11.10, 11.11, 13.3, appendix C).
 
-API: `TextResponder(session, portal)`, one per connection; `receive(bhs, data)` takes one
-Text Request and returns the Text Responses to send as a list of `(flags, ttt, data)`:
-flags holds F (0x80) and C (0x40), ttt is the Target Transfer Tag, data the text (not
-padded). The connection fills in the rest (LUN and ITT echoed from the request, StatSN,
-ExpCmdSN, MaxCmdSN) and pads. Errors that end the connection raise
-connection.ProtocolError (a Reject naming the PDU goes out first).
+API: `TextResponder(session, portal, local_address)`, one per connection;
+`receive(bhs, data)` takes one Text Request and returns the Text Responses to send as a
+list of `(flags, ttt, data)`: flags holds F (0x80) and C (0x40), ttt is the Target
+Transfer Tag, data the text (not padded). The connection fills in the rest (LUN and ITT
+echoed from the request, StatSN, ExpCmdSN, MaxCmdSN) and pads. Errors that end the
+connection raise errors.ProtocolError (a Reject naming the PDU goes out first).
+`local_address` is the address the connection came in on (host:port), given by the
+connection that makes the responder.
 
 Rules:
 - An exchange is one ITT. A request with TTT 0xffffffff starts a new one (and drops any
@@ -31,7 +33,7 @@ Rules:
 
 from __future__ import annotations
 
-from target.iscsi.connection import ProtocolError
+from target.iscsi.errors import ProtocolError
 from target.iscsi.keys import (
     REJECT,
     Negotiation,
@@ -42,6 +44,8 @@ from target.iscsi.keys import (
     parse,
 )
 from target.iscsi.pdu import F_CONTINUE, F_FINAL, RESERVED_TAG, Bhs, RejectReason
+from target.iscsi.portal import Portal
+from target.iscsi.session import Session
 
 MAX_TEXT = 64 * 1024  # request text spanning PDUs beyond this ends the connection
 _WILDCARDS = ("0.0.0.0", "::", "[::]", "")
@@ -50,9 +54,10 @@ _WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 class TextResponder:
     """The Text Request/Response exchanges of one connection in full feature phase."""
 
-    def __init__(self, session, portal) -> None:
+    def __init__(self, session: Session, portal: Portal, local_address: str = "") -> None:
         self.session = session
         self.portal = portal
+        self.local_address = local_address  # where the connection came in (host:port)
         self._itt: int | None = None
         self._ttt = RESERVED_TAG
         self._next_ttt = 1
@@ -156,7 +161,7 @@ class TextResponder:
         return out
 
     def _addresses(self) -> list[str]:
-        local = getattr(self.session.connection, "local_address", "") or ""
+        local = self.local_address
         local_host = _split(local)[0] if local else ""
         out = []
         for address in self.portal.addresses:

@@ -108,10 +108,10 @@ class Control:
         sessions = []
         for s in list(app.portal.registry.sessions.values()):
             p = s.params
-            conn = getattr(s, "connection", None)
+            conn = s.connection  # a session.SessionConnection, or None between connections
             sessions.append({"initiator": p.initiator_name, "target": p.target_name,
                              "isid": f"0x{p.isid:012x}", "tsih": p.tsih,
-                             "peer": getattr(conn, "peer", "")})
+                             "peer": conn.peer if conn is not None else ""})
         try:
             loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         except RuntimeError:  # asked outside the server (tests)

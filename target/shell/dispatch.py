@@ -321,7 +321,7 @@ class Dispatcher:
     def close(self) -> None:
         """Wait for the medium accesses in flight (their completions are then dropped)."""
         executor, self._executor = self._executor, None
-        if executor is not None and hasattr(executor, "shutdown"):
+        if isinstance(executor, ThreadPoolExecutor):  # ours, or a pool handed in
             executor.shutdown(wait=True)
 
     # --- background operations -----------------------------------------------------------

@@ -218,6 +218,9 @@ def test_status_shows_the_task_set_metrics(tmp_path):
             assert ts["elevator"]["served"] >= 4 and ts["elevator"]["reorders"] == 0
             assert ts["submitted"] >= 4
             assert [s["initiator"] for s in st["sessions"]] == ["iqn.2026-11.local.test:status"]
+            # the session's connection's peer is this initiator's socket, as the OS names it
+            host, port = ini.sock.getsockname()[:2]
+            assert [s["peer"] for s in st["sessions"]] == [f"{host}:{port}"]
             text = subprocess.run([sys.executable, "-m", "target", "status", "--control",
                                    str(control)], capture_output=True, text=True, timeout=30,
                                   cwd=REPO).stdout

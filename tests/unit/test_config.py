@@ -183,3 +183,46 @@ def test_io_threads_option_of_serve():
     assert cfg.targets[0].luns[0].io_threads is None
     with pytest.raises(config.ConfigError, match="--io-threads: expected 0 to 256"):
         cli.effective_config(parser.parse_args(["serve", "--io-threads", "257"]))
+
+
+# The INQUIRY identification fields, each of its width in the standard INQUIRY data
+# (SPC-4 6.4.2, table 142: T10 VENDOR IDENTIFICATION 8 bytes, PRODUCT IDENTIFICATION 16,
+# PRODUCT REVISION LEVEL 4), and the task set's integer bounds, each into its own field.
+LUN_HEAD = '[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\n'
+
+
+def test_inquiry_fields_and_scheduler_integers_land_in_their_fields(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text(LUN_HEAD + 'vendor = "ABCDEFGH"\nproduct = "P234567890123456"\n'
+                 'revision = "R234"\n[target.lun.scheduler]\ndispatch_depth = 3\n'
+                 'queue_depth = 9\nmax_passes = 5\ncylinder_blocks = 7\n')
+    (lun,) = config.load(f).targets[0].luns
+    assert (lun.vendor, lun.product, lun.revision) == ("ABCDEFGH", "P234567890123456", "R234")
+    s = lun.scheduler
+    assert (s.dispatch_depth, s.queue_depth, s.max_passes, s.cylinder_blocks) == (3, 9, 5, 7)
+
+
+@pytest.mark.parametrize("key,value,what", [
+    ("vendor", '"ABCDEFGHI"', "at most 8 printable"),
+    ("product", '"P2345678901234567"', "at most 16 printable"),
+    ("revision", '"R2345"', "at most 4 printable"),
+    ("vendor", '"caf\u00e9"', "at most 8 printable"),
+])
+def test_inquiry_fields_over_their_width_are_errors(tmp_path, key, value, what):
+    f = tmp_path / "bad.toml"
+    f.write_text(LUN_HEAD + f"{key} = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert f"target[0].lun[0].{key}" in str(e.value) and what in str(e.value)
+
+
+@pytest.mark.parametrize("key,value,what", [
+    ("queue_depth", 0, "at least 1"), ("max_passes", -1, "at least 0"),
+    ("cylinder_blocks", -1, "at least 0"),
+])
+def test_scheduler_integers_below_their_bound_are_errors(tmp_path, key, value, what):
+    f = tmp_path / "bad.toml"
+    f.write_text(LUN_HEAD + f"[target.lun.scheduler]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert f"target[0].lun[0].scheduler.{key}" in str(e.value) and what in str(e.value)

@@ -505,3 +505,32 @@ def test_an_uncompressed_dump_without_a_data_header_expands(tmp_path):
     assert found["details"]["compressed"] is False
     check_vmcore(tmp_path / "c" / "vmcore.0", tmp_path / "c" / "unix.0", pages, pfns,
                  b"u" * 99)
+
+
+# dumphdr_t's fields as illumos-gate declares them (usr/src/uts/common/sys/dumphdr.h,
+# typedef struct dumphdr), transcribed here independently of DUMPHDR_FIELDS.
+DUMPHDR_T = ("dump_magic", "dump_version", "dump_flags", "dump_wordsize", "dump_start",
+             "dump_ksyms", "dump_pfn", "dump_map", "dump_data", "dump_utsname",
+             "dump_platform", "dump_panicstring", "dump_crashtime", "dump_pageshift",
+             "dump_pagesize", "dump_hashmask", "dump_nvtop", "dump_npages", "dump_ksyms_size",
+             "dump_ksyms_csize", "dump_fm_panic", "dump_uuid")
+
+
+def test_every_dumphdr_field_is_a_declared_attribute(tmp_path):
+    """IllumosDump.X is dump_X of the terminal header, for every field of dumphdr_t, and
+    declared in the class (no dynamic __getattr__): a name outside dumphdr_t is not one."""
+    assert [n for n, _ in ILL.DUMPHDR_FIELDS] == list(DUMPHDR_T)
+    assert "__getattr__" not in vars(ILL.IllumosDump)
+    dev = tmp_path / "dev.img"
+    size = 4 << 20
+    make_device(dev, size, page_like(40), panic="declared fields")
+    with open(dev, "rb") as f:
+        dump = ILL.read_dump(f, size)
+    for name in DUMPHDR_T:
+        short = name.removeprefix("dump_")
+        assert short in vars(ILL.IllumosDump), short
+        assert getattr(dump, short) == dump.header[name], short
+    assert dump.magic == ILL.DUMP_MAGIC and dump.version == ILL.DUMP_VERSION
+    assert dump.panicstring == "declared fields" and dump.npages == 40
+    with pytest.raises(AttributeError):
+        dump.datahdr_magic  # noqa: B018 (a dumpdatahdr_t field, not the dump header's)

@@ -175,8 +175,7 @@ def test_out_of_range_or_malformed_value_is_rejected_6_2(key, value):
     defaults = SessionParams()
     got, n = answer([(key, value)])
     assert got == {key: "Reject"}
-    param = KEYS[key].param
-    assert getattr(n.params, param) == getattr(defaults, param)
+    assert n.params == defaults  # the key keeps its default, and nothing else moved
 
 
 def test_hex_numbers_are_values_6_1():
@@ -298,13 +297,9 @@ def test_declare_our_max_recv_data_segment_length_13_12():
 
 
 def test_table_is_consistent_13():
-    offers = {f.name for f in dataclasses.fields(Offers)}
-    params = {f.name for f in dataclasses.fields(SessionParams)}
     for key in KEYS.values():
         if key.rule in (Rule.MIN, Rule.MAX, Rule.AND, Rule.OR, Rule.LIST):
-            assert key.offer in offers, key.name
-        if key.param is not None:
-            assert key.param in params, key.name
+            Offers().ours(key.name)  # every negotiated key has our value (KeyError if not)
         if key.rule in (Rule.MIN, Rule.MAX):
             assert key.lo < key.hi
     for name in ("HeaderDigest", "DataDigest", "MaxConnections", "SendTargets", "TargetName",
@@ -315,3 +310,42 @@ def test_table_is_consistent_13():
                  "DataPDUInOrder", "DataSequenceInOrder", "ErrorRecoveryLevel", "SessionType",
                  "AuthMethod"):
         assert name in KEYS
+
+
+# Each operational key lands in the SessionParams field named after it (RFC 7143 13.x:
+# the key defines that parameter), with a value other than the field's default, and
+# moves no other field (keys.store() is the explicit key -> field mapping).
+@pytest.mark.parametrize("key,value,offers,field,expected", [
+    ("HeaderDigest", "CRC32C", {}, "header_digest", True),  # 13.1
+    ("DataDigest", "CRC32C", {}, "data_digest", True),  # 13.1
+    ("MaxConnections", "2", {"max_connections": 4}, "max_connections", 2),  # 13.2
+    ("TargetName", "iqn.2026-11.local.test:t", {}, "target_name", "iqn.2026-11.local.test:t"),
+    ("InitiatorName", "iqn.x:i", {}, "initiator_name", "iqn.x:i"),  # 13.5
+    ("InitiatorAlias", "host one", {}, "initiator_alias", "host one"),  # 13.7
+    ("InitialR2T", "No", {}, "initial_r2t", False),  # 13.10: OR
+    ("ImmediateData", "No", {}, "immediate_data", False),  # 13.11: AND
+    ("MaxRecvDataSegmentLength", "4096", {}, "max_recv_data_segment_length", 4096),  # 13.12
+    ("MaxBurstLength", "4096", {}, "max_burst_length", 4096),  # 13.13: min
+    ("FirstBurstLength", "4096", {}, "first_burst_length", 4096),  # 13.14: min
+    ("DefaultTime2Wait", "5", {}, "default_time2wait", 5),  # 13.15: max
+    ("DefaultTime2Retain", "7", {}, "default_time2retain", 7),  # 13.16: min
+    ("MaxOutstandingR2T", "8", {"max_outstanding_r2t": 16}, "max_outstanding_r2t", 8),
+    ("DataPDUInOrder", "No", {"data_pdu_in_order": False}, "data_pdu_in_order", False),
+    ("DataSequenceInOrder", "No", {"data_sequence_in_order": False},
+     "data_sequence_in_order", False),  # 13.19: OR
+    ("ErrorRecoveryLevel", "1", {"error_recovery_level": 2}, "error_recovery_level", 1),
+    ("SessionType", "Discovery", {}, "session_type", "Discovery"),  # 13.21
+])
+def test_each_key_sets_its_own_parameter_13(key, value, offers, field, expected):
+    _, n = answer([(key, value)], offers=Offers(**offers))
+    assert n.params == dataclasses.replace(SessionParams(), **{field: expected})
+
+
+def test_keys_without_a_parameter_set_none_13():
+    # AuthMethod (12.1), TaskReporting (13.23), iSCSIProtocolLevel (RFC 7144 7.1.1) are
+    # answered but are no field of SessionParams: the results hold them.
+    got, n = answer([("AuthMethod", "None")], stage=Stage.SECURITY)
+    assert got == {"AuthMethod": "None"} and n.params == SessionParams()
+    got, n = answer([("TaskReporting", "RFC3720"), ("iSCSIProtocolLevel", "1")])
+    assert got == {"TaskReporting": "RFC3720", "iSCSIProtocolLevel": "1"}
+    assert n.params == SessionParams()

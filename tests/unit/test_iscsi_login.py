@@ -384,6 +384,38 @@ def test_no_acceptable_auth_method_02_01_12_1():
                  IDENTITY + [("AuthMethod", "CHAP")]) == (2, 0x01)
 
 
+# Authentication (Portal.auth_required). Oracle: Linux LIO, drivers/target/iscsi/
+# iscsi_target_nego.c: iscsi_target_handle_csg_one() fails a login that asks for stage 1
+# unauthenticated while the TPG enforces authentication, and iscsi_target_handle_csg_zero()
+# one that sends AuthMethod=None then, both Initiator Error / Authentication Failure
+# (ISCSI_LOGIN_STATUS_AUTH_FAILED, 02/01, RFC 7143 11.13.5).
+
+
+def test_no_portal_requires_authentication_without_chap_12():
+    portal = make_portal()
+    assert portal.auth_required is False  # only AuthMethod=None can be negotiated today
+    login, _, _ = full_login(portal)  # so the operational stage may come first (6.3)
+    assert login.auth_required is False
+
+
+def test_required_authentication_refuses_operational_stage_first_02_01_6_3():
+    assert fails(Login(make_portal(auth_required=True)), flags(True, OPER, FFP),
+                 LIBISCSI) == (2, 0x01)
+
+
+def test_required_authentication_refuses_auth_method_none_02_01_12_1():
+    login = Login(make_portal(auth_required=True))
+    assert fails(login, flags(True, SEC, OPER),
+                 IDENTITY + [("AuthMethod", "None")]) == (2, 0x01)
+    assert login.auth_method == "None" and not login.authenticated
+
+
+def test_required_authentication_security_stage_may_continue_6_3():
+    login = Login(make_portal(auth_required=True))
+    step, r = send(login, flags(False, SEC), IDENTITY + [("AuthMethod", "None")])
+    assert step.outcome == "continue" and (r.t, r.csg, r.status) == (False, SEC, (0, 0))
+
+
 def test_malformed_text_02_00_6_1():
     step = Login(make_portal()).receive(*request(flags(True, OPER, FFP),
                                                   raw=b"InitiatorName\x00"))
@@ -408,7 +440,10 @@ def test_failure_response_fields_11_13():
 
 
 class OldConnection:
+    """A session.SessionConnection: what login needs of the old session's connection."""
+
     def __init__(self) -> None:
+        self.peer = "127.0.0.1:40000"
         self.closed = 0
 
     def close_for_reinstatement(self) -> None:

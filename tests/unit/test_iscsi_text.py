@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from target.iscsi import keys, pdu
-from target.iscsi.connection import ProtocolError
+from target.iscsi.errors import ProtocolError
 from target.iscsi.pdu import F_CONTINUE, F_FINAL, RESERVED_TAG, Bhs, Op, RejectReason
 from target.iscsi.portal import Portal, TargetEntry
 from target.iscsi.session import Session, SessionParams, SessionRegistry
@@ -36,8 +34,7 @@ def make(session_type="Discovery", addresses=("127.0.0.1:3260",), mrdsl=8192,
                            target_name=target_name, max_recv_data_segment_length=mrdsl)
     device = targets[target_name].device if target_name else None
     session = Session(params, device, exp_cmdsn=1)
-    session.connection = SimpleNamespace(local_address=local)
-    return TextResponder(session, portal), session
+    return TextResponder(session, portal, local), session
 
 
 def request(pairs=(), *, raw=None, final=True, cont=False, itt=1, ttt=RESERVED_TAG):
