@@ -200,12 +200,10 @@ def effective_config(args: argparse.Namespace) -> Config:
     sched = lun.scheduler
     if args.elevator:
         sched.elevator = args.elevator
-    for opt, attr in (("dispatch_depth", "dispatch_depth"), ("queue_depth", "queue_depth")):
-        value = getattr(args, opt)
-        if value is not None:
-            if value < 1:
-                raise ConfigError(f"--{opt.replace('_', '-')}: expected at least 1, not {value}")
-            setattr(sched, attr, value)
+    if args.dispatch_depth is not None:
+        sched.dispatch_depth = _at_least_one("--dispatch-depth", args.dispatch_depth)
+    if args.queue_depth is not None:
+        sched.queue_depth = _at_least_one("--queue-depth", args.queue_depth)
     if args.rotational or args.rpm is not None or args.seek_ms is not None:
         disk = sched.disk or cfgmod.DiskModelConfig()
         if args.rpm is not None:
@@ -455,3 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _at_least_one(option: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{option}: expected at least 1, not {value}")
+    return value

@@ -128,6 +128,22 @@ def _opcodes(ops: list[str]) -> frozenset:
     return frozenset(codes)
 
 
+def _name(data: dict, key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise FaultError(f"{key}: expected a name, not {value!r}")
+    return value
+
+
+def _count(data: dict, key: str, minimum: int) -> int | None:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < minimum):
+        raise FaultError(f"{key}: expected a non-negative integer"
+                         f"{' of at least 1' if minimum else ''}, not {value!r}")
+    return value
+
+
 def parse_rule(data: dict[str, Any]) -> FaultRule:
     """A rule from a config table or a control request; FaultError names what is wrong."""
     known = {f for f in FaultRule.__dataclass_fields__ if not f.startswith("_")} - {
@@ -144,19 +160,13 @@ def parse_rule(data: dict[str, Any]) -> FaultRule:
         ops = [data["op"]] if isinstance(data["op"], str) else list(data["op"])
     rule = FaultRule(action=action, ops=[str(o) for o in ops])
     rule._opcodes = _opcodes(rule.ops)
-    for key in ("target", "initiator"):
-        value = data.get(key)
-        if value is not None and not isinstance(value, str):
-            raise FaultError(f"{key}: expected a name, not {value!r}")
-        setattr(rule, key, value)
-    for key in ("lun", "every", "first", "lba_from", "lba_to"):
-        value = data.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < (1 if key in ("every", "first") else 0)):
-            raise FaultError(f"{key}: expected a non-negative integer"
-                             f"{' of at least 1' if key in ('every', 'first') else ''}, "
-                             f"not {value!r}")
-        setattr(rule, key, value)
+    rule.target = _name(data, "target")
+    rule.initiator = _name(data, "initiator")
+    rule.lun = _count(data, "lun", 0)
+    rule.every = _count(data, "every", 1)
+    rule.first = _count(data, "first", 1)
+    rule.lba_from = _count(data, "lba_from", 0)
+    rule.lba_to = _count(data, "lba_to", 0)
     if "lba" in data:  # "FROM-TO" (TO exclusive) or a single LBA
         text = str(data["lba"])
         lo, _, hi = text.partition("-")

@@ -93,7 +93,7 @@ import math
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 POLICIES = ("fifo", "disksort")
@@ -120,7 +120,7 @@ class ElevatorStats:
         return self.seek_distance / self.served if self.served else 0.0
 
     def as_dict(self) -> dict[str, int | float]:
-        d: dict[str, int | float] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d: dict[str, int | float] = asdict(self)
         d["mean_seek"] = self.mean_seek
         return d
 
@@ -329,8 +329,9 @@ class DiskModel:
         _check_count("capacity_blocks", self.capacity_blocks, 1)
         _check_count("rpm", self.rpm, 1)
         _check_count("block_size", self.block_size, 1)
-        for name in ("track_to_track_ms", "average_seek_ms", "media_mb_s"):
-            value = getattr(self, name)
+        for name, value in (("track_to_track_ms", self.track_to_track_ms),
+                            ("average_seek_ms", self.average_seek_ms),
+                            ("media_mb_s", self.media_mb_s)):
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive finite number, not {value!r}")

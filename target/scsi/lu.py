@@ -12,10 +12,17 @@ Rules (SAM-5 5.14, SPC-4 5.13, SPC-4 4.5):
   SPC-4 5.13.1), then the handler.
   A sanitize operation in progress, or a failed one, refuses commands right after the
   unit attentions (SBC-4 4.11; the rules are in sanitize.py).
-- CheckCondition from anywhere below becomes sense data here and only here, in the
-  format D_SENSE of the control mode page asks for.
-- Unit attentions are kept per I_T nexus; a nexus seen for the first time gets
+- What a command raises becomes its status here and only here (_ended): CheckCondition
+  -> CHECK CONDITION with sense in the format D_SENSE of the control mode page asks for
+  (fail(), which callers outside the LU's execution reach through ScsiDevice.fail),
+  ReservationConflict -> RESERVATION CONFLICT, anything else -> HARDWARE ERROR.
+- Unit attentions are kept per I_T nexus (ua.py); a nexus seen for the first time gets
   POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h).
+- Built whole (plain construction): its parts (mode pages, unit attentions, reservations,
+  sanitize state, copy results, task set from a Queueing) are made here from the
+  constructor's arguments and nothing replaces them afterwards; a shell takes the LU over
+  with attach_shell(). The parts' modules know the LU only through the Protocol each
+  declares (no import cycle: this module builds on them, the command sets build on it).
 - Medium access is separate from the checks (DESIGN.md principles 1 and 7): a handler
   does every check and state change itself, then hands what touches the store to io() as
   one function of the task and the stores. With `inline_io` (the default, and what the

@@ -59,15 +59,49 @@ class Initiator:
 
     # The session's numbers and negotiated values are the core's (callers framing their
     # own PDUs read and advance them).
-    cmdsn = property(lambda self: self.core.cmdsn,
-                     lambda self, v: setattr(self.core, "cmdsn", v))
-    exp_stat_sn = property(lambda self: self.core.exp_stat_sn,
-                           lambda self, v: setattr(self.core, "exp_stat_sn", v))
-    itt = property(lambda self: self.core.itt, lambda self, v: setattr(self.core, "itt", v))
-    tsih = property(lambda self: self.core.tsih, lambda self, v: setattr(self.core, "tsih", v))
-    max_send = property(lambda self: self.core.max_send)
-    first_burst = property(lambda self: self.core.first_burst)
-    immediate_data = property(lambda self: self.core.immediate_data)
+    @property
+    def cmdsn(self) -> int:
+        return self.core.cmdsn
+
+    @cmdsn.setter
+    def cmdsn(self, value: int) -> None:
+        self.core.cmdsn = value
+
+    @property
+    def exp_stat_sn(self) -> int:
+        return self.core.exp_stat_sn
+
+    @exp_stat_sn.setter
+    def exp_stat_sn(self, value: int) -> None:
+        self.core.exp_stat_sn = value
+
+    @property
+    def itt(self) -> int:
+        return self.core.itt
+
+    @itt.setter
+    def itt(self, value: int) -> None:
+        self.core.itt = value
+
+    @property
+    def tsih(self) -> int:
+        return self.core.tsih
+
+    @tsih.setter
+    def tsih(self, value: int) -> None:
+        self.core.tsih = value
+
+    @property
+    def max_send(self) -> int:
+        return self.core.max_send
+
+    @property
+    def first_burst(self) -> int:
+        return self.core.first_burst
+
+    @property
+    def immediate_data(self) -> bool:
+        return self.core.immediate_data
 
     # --- connection --------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ import cycle.
 (a) No call of getattr/hasattr/setattr/delattr and no `def __getattr__` in target/, except
     the entries of ALLOWED: (file, the object's expression) -> the reason the object is not
     ours. Our objects declare their attributes (fields, properties, typing.Protocol) or map
-    names explicitly. Left only in target/scsi/ (being removed in main), it xfails, strictly.
+    names explicitly.
 (b) The import graph of target/ (every `import` and `from ... import`, at any depth,
     `if TYPE_CHECKING:` blocks included, relative imports resolved, `from pkg import mod`
     counted as an import of pkg.mod) has no cycle. A failure prints each cycle as a path
@@ -35,8 +35,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("target/scsi/listing.py", "sys.modules.get(module)"): "a module object of Python's "
         "import system: the check is that a handler is importable by its name",
 }
-# The getattr uses and the import cycle of target.scsi are being removed in main (issue 13).
-PENDING_PACKAGE = "target.scsi"
 
 
 def modules() -> dict[str, Path]:
@@ -155,20 +153,11 @@ def _path_through(g: dict[str, set[str]], comp: set[str]) -> list[str]:
     raise AssertionError(f"no cycle through {start}")  # a component always has one
 
 
-def _pending_only(found: list[list[str]]) -> bool:
-    prefix = PENDING_PACKAGE + "."
-    return bool(found) and all(all(m.startswith(prefix) for m in c) for c in found)
-
-
 # --- the checks ---------------------------------------------------------------------------
 
 
-def test_no_getattr_family_on_our_objects(request):
+def test_no_getattr_family_on_our_objects():
     found = violations()
-    pending = PENDING_PACKAGE.replace(".", "/") + "/"
-    if found and all(f.startswith(pending) for f in found):
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="target.scsi getattr: being removed in main"))
     assert not found, "getattr/hasattr/setattr/delattr or __getattr__ on our objects:\n" + \
         "\n".join(f"  {f}: {', '.join(u)}" for f, u in sorted(found.items()))
 
@@ -181,11 +170,8 @@ def test_allowlist_entries_are_used_and_give_a_reason():
         assert reason.strip(), rel
 
 
-def test_no_import_cycle_in_target(request):
+def test_no_import_cycle_in_target():
     found = cycles(graph())
-    if _pending_only(found):
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="target.scsi cycle: being removed in main"))
     assert not found, "import cycles in target/:\n" + "\n".join(
         "  " + " -> ".join(c) for c in found)
 
@@ -198,9 +184,6 @@ def test_cycle_finder_on_known_graphs():
     assert cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"x": {"x"}}) == [["x", "x"]]
-    assert _pending_only([["target.scsi.lu", "target.scsi.spc", "target.scsi.lu"]])
-    assert not _pending_only([["target.dump.a", "target.dump.b", "target.dump.a"]])
-    assert not _pending_only([["target.scsi.lu", "target.iscsi.x", "target.scsi.lu"]])
 
 
 def test_import_reader_counts_every_form(tmp_path):
