@@ -12,7 +12,7 @@ Rules of this tool (issue 11's measure of "nothing blocks the event loop"):
   releases the GIL). The slowness is the same for any checkout, whatever its code does
   with flushes, so two commits are compared on one medium (--server-repo).
 - The reader: one session, 4 KiB READ(10)s at random LBAs of LUN 1, one at a time,
-  each timed from send to status in its own process (target.iscsi.initiator, so the
+  each timed from send to status in its own process (target.shell.initiator, so the
   writer's process cannot delay its clock). The writer: another session and process,
   4 KiB WRITE(10)s with FUA=1 at random LBAs of LUN 0, one after the other: every one
   needs a flush (SBC-4 4.15), so the slow medium is busy all the time.

@@ -3,7 +3,7 @@
 At panic a disk driver has no interrupts and no threads: it writes memory to its dump
 device one command at a time and polls each to completion. This module follows illumos
 usr/src/uts/common/io/scsi/targets/sd.c (illumos master) step by step over the project's
-own synchronous initiator (target.iscsi.initiator), so a target (ours or tgtd) can be
+own synchronous initiator (target.shell.initiator), so a target (ours or tgtd) can be
 checked against what a dumping sd needs, and its faults against what sd does with them.
 The sd being modelled sits on a non-fibre HBA (parallel SCSI, SAS, SATA: e.g. a QEMU HBA
 with scsi-block passing the guest's CDBs to iSCSI); `fibre=True` models sd over a fibre

@@ -1,7 +1,7 @@
 """What a logical unit says about itself, asked two ways so the answers can be compared.
 
 Rules:
-- `query_target()` asks the target from the host with our initiator (target.iscsi.initiator):
+- `query_target()` asks the target from the host with our initiator (target.shell.initiator):
   standard INQUIRY (SPC-4 6.6.2: T10 vendor identification bytes 8-15, product
   identification bytes 16-31), the Unit Serial Number VPD page 80h (SPC-4 7.8.15), the
   Device Identification VPD page 83h (SPC-4 7.8.6: the NAA designators associated with the

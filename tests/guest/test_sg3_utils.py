@@ -6,7 +6,7 @@ guest image by images.linux) send reaches target.scsi unchanged. Each tool must
 - exit 0 and print no complaint: nothing on stderr, no stdout line matching COMPLAINTS
   unless it is one of the BENIGN field decodes listed with it;
 - decode what the target's own tables say, and what the host reads from the same LUN
-  with our initiator (target.iscsi.initiator), field by field:
+  with our initiator (target.shell.initiator), field by field:
   - sg_opcodes: REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) lists exactly the
     (operation code, service action) entries of target.scsi.disk.DISK_COMMANDS, with their
     CDB length and CDB USAGE DATA (6.35.3) and a command timeouts descriptor (6.35.4);
