@@ -19,8 +19,8 @@ Rules:
   them.
 - Bypass (never queued, never held): commands whose table entry has queue=False
   (INQUIRY, REPORT LUNS, REQUEST SENSE), CDBs the table does not know (the LU rejects
-  them at once) and tasks with the ACA attribute (the LU refuses them, below). submit() returns False for them and the shell
-  runs them right away.
+  them at once) and tasks with the ACA attribute (the LU refuses them, below). submit()
+  returns False for them and the shell runs them right away.
 - Task attributes (SAM-5 8.6): a SIMPLE task is enabled once every older ORDERED and
   HEAD OF QUEUE task has completed; an ORDERED task once every older task has completed,
   and it holds back every newer SIMPLE and ORDERED task until it completes; a HEAD OF
