@@ -2,17 +2,18 @@
 
     scsi-target serve [--config FILE] [--portal HOST:PORT ...] [--target-iqn IQN]
                       [--size SIZE] [--block-size 512|4096] [--backing PATH]
-                      [--read-only] [--port-file FILE] [--log-file FILE] [-v]
+                      [--read-only] [--io-threads N] [--port-file FILE]
+                      [--log-file FILE] [-v] [-q]
                       [--trace FILE] [--trace-live] [--event-loop uvloop|asyncio]
                   [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
-                  [--rotational] [--rpm N] [--seek-ms MS]
+                  [--rotational] [--rpm N] [--seek-ms MS] [--control SOCKET]
     scsi-target status [--control SOCKET] [--json]
     scsi-target fault add --action check-condition|busy|task-set-full|delay|medium-delay|drop
-                      [--lun N]
+                      [--target IQN] [--lun N]
                       [--op NAME] [--lba FROM-TO] [--initiator IQN] [--every N|--first N|
                       --once] [--sense KEY/ASC/ASCQ] [--delay-ms MS]
-    scsi-target fault list | clear [ID]
-    scsi-target dump inspect LUN-URL-OR-FILE [--extract FILE] [--json]
+    scsi-target fault list | clear [ID]                  (each: [--control SOCKET])
+    scsi-target dump inspect LUN-URL-OR-FILE [--extract DIR|FILE] [--expand DIR] [--json]
     scsi-target trace FILE
     scsi-target opcodes [--markdown]
     scsi-target config check FILE

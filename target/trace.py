@@ -9,7 +9,9 @@ Rules:
 - The name comes from the task's table entry and the LBA and transfer length from its
   block range, both kept on the task when its CDB was looked up on arrival
   (ScsiTask.command, ScsiTask.lba/blocks: target.scsi.commands.CommandSet.parse); the flags
-  are named by the entry's block layout. Nothing is looked up or decoded again here.
+  are named by the entry's block layout. Nothing is looked up or decoded again here, but
+  for a task no LU looked up (no LU behind its LUN: the disk table parses it, once) or
+  one its LU's table refused (named by the disk table's entry, with no range).
 - Off the hot path when disabled: the server holds no tracer and never calls in here.
   When enabled, records are buffered and flushed at close (and every FLUSH_EVERY
   records); a write error turns the tracer off with one warning, it never fails I/O.

@@ -32,7 +32,8 @@ Rules:
   runs and `in_sanitize_failure` ones in the sanitize failure mode (SBC-4 4.11: the same
   three, and SANITIZE itself in the failure mode).
 - Parse once (LIO's model, tgt's table layout): CommandSet.parse() looks a task's CDB up once, on
-  arrival (TaskSet.submit, or LogicalUnit.execute for a task that did not come through a task set),
+  arrival (TaskSet.submit, LogicalUnit.parse for the shell's fault rules, or
+  LogicalUnit.execute for a task that did not come through a task set),
   and keeps on the task the entry (ScsiTask.command), the decoded block range (ScsiTask.lba,
   ScsiTask.blocks, by the entry's layout) and, for a CDB the table refuses, the CheckCondition it
   ends in (ScsiTask.rejection: raised by the LU after the unit attention and sanitize checks, which

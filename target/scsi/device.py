@@ -2,7 +2,8 @@
 
 Rules (SAM-5 4.6, SPC-4 6.6.2, 6.33, 6.39):
 - A task is routed to the LU its LUN names. To a LUN with no LU behind it, INQUIRY
-  answers with PERIPHERAL QUALIFIER 011b / DEVICE TYPE 1Fh, REPORT LUNS lists the LUs,
+  answers with PERIPHERAL QUALIFIER 011b / DEVICE TYPE 1Fh, REPORT LUNS lists the LUs
+  (both when the device has at least one LU; with none they end as any other command),
   REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as data, and any other command ends in
   CHECK CONDITION, ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (25h/00h).
 - Every CHECK CONDITION that does not come out of an LU's own execution (the

@@ -1,20 +1,24 @@
 """A logical unit: the checks common to every command, then the table's handler.
 
 Rules (SAM-5 5.14, SPC-4 5.13, SPC-4 4.5):
-- The CDB was looked up once, on arrival (CommandSet.parse, from TaskSet.submit; here
-  for a task that did not come through a task set): execute() reads the entry from
-  task.command and its facts from the entry.
+- The CDB was looked up once, on arrival (CommandSet.parse, from TaskSet.submit, or
+  parse() for the shell's fault rules; here for a task that did not come through a task
+  set): execute() reads the entry from task.command and its facts from the entry.
 - Order of checks for each command: unit attention (reported to every command but those
   whose entry is `ua_exempt`: INQUIRY, REPORT LUNS and REQUEST SENSE, SAM-5 5.14), the
-  opcode lookup's outcome (INVALID COMMAND OPERATION CODE, task.rejection), the CDB
-  length and the NACA bit of the CONTROL byte (SAM-5 5.2: ACA is not supported),
+  opcode lookup's outcome (task.rejection: INVALID COMMAND OPERATION CODE, or INVALID
+  FIELD IN CDB for an unknown service action), the ACA task attribute (INVALID MESSAGE
+  ERROR: no ACA condition exists), the CDB length and the NACA bit of the CONTROL byte
+  (SAM-5 5.2: ACA is not supported),
   reservation conflicts (checked once, here, from the table's `access` and `reserve6`,
   SPC-4 5.13.1), then the handler.
   A sanitize operation in progress, or a failed one, refuses commands right after the
   unit attentions (SBC-4 4.11; the rules are in sanitize.py).
-- What a command raises becomes its status here and only here (_ended): CheckCondition
+- What a command raises (in execute() or its medium access, complete_io()) becomes its
+  status here and only here (_ended): CheckCondition
   -> CHECK CONDITION with sense in the format D_SENSE of the control mode page asks for
-  (fail(), which callers outside the LU's execution reach through ScsiDevice.fail),
+  (fail(), which callers outside the LU's execution reach through ScsiDevice.fail, or
+  directly when they hold the LU: the shell's fault rules),
   ReservationConflict -> RESERVATION CONFLICT, anything else -> HARDWARE ERROR.
 - Unit attentions are kept per I_T nexus (ua.py); a nexus seen for the first time gets
   POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h).
@@ -30,8 +34,8 @@ Rules (SAM-5 5.14, SPC-4 5.13, SPC-4 4.5):
   it is left in task.io and the shell runs it on a worker thread (perform_io(), which
   touches nothing but the task and the stores) and then finishes the command on the
   event loop (complete_io()). Either way its CheckCondition becomes sense in the one
-  place below, and a `then` continuation (PERSISTENT RESERVE OUT's commit) runs on the
-  loop after it.
+  place below, and a `then` continuation (PERSISTENT RESERVE OUT's commit, EXTENDED
+  COPY's end, START STOP UNIT's eject) runs on the loop after it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Rules:
 - conflicts(task, cmd) is asked once per command, before dispatch (lu.py), and answers
   from the command's table entry:
   * SPC-2 reservation held by another nexus: every command with `reserve6` set conflicts
-    (INQUIRY, REPORT LUNS, REQUEST SENSE, RELEASE are the exceptions, SPC-2 5.5.1).
+    (INQUIRY, REPORT LUNS, REQUEST SENSE, LOG SENSE, RELEASE(6)/(10) and RECEIVE COPY
+    RESULTS are the exceptions, SPC-2 5.5.1; PERSISTENT RESERVE IN/OUT: the next rule).
   * While an SPC-2 reservation is held, PERSISTENT RESERVE IN (but REPORT CAPABILITIES)
     and PERSISTENT RESERVE OUT conflict from every nexus (SPC-4 5.13.3).
   * Persistent reservation held and the nexus is not a holder (SPC-4 5.13.1 table 62,

@@ -39,7 +39,7 @@ Rules:
   indication (SKSV=1, progress / 65536) in the sense-key specific field (SPC-4
   4.5.2.4.4); REQUEST SENSE returns that same sense data as its parameter data (SPC-4
   6.39). lu.execute calls SanitizeState.check() before the
-  table's handler, after unit attentions.
+  table's handler, after unit attentions and before an opcode the table refused.
 - Completion (SBC-4 4.11): an operation that fails (StoreError) leaves the LU in sanitize
   failure mode: every command but INQUIRY, REPORT LUNS, REQUEST SENSE and SANITIZE ends in
   MEDIUM ERROR, SANITIZE COMMAND FAILED (31h/03h), and REQUEST SENSE returns that sense
@@ -55,7 +55,9 @@ Rules:
 - An Operation runs in bounded steps (STEP_BYTES each) and reports its progress. Without
   a shell (state.background False: unit tests, tools) the handler runs it to completion
   at once. Under the server's shell (LogicalUnit.attach_shell sets background) the handler only
-  starts it: the shell calls advance() until it ends, waiting STEP_BYTES / rate between
+  starts it: the shell calls advance() until it ends (or, when the LU's store calls run
+  on worker threads, next_step(), Operation.step() on a worker, then stepped()), waiting
+  STEP_BYTES / rate between
   steps when the LU has a sanitize rate (config sanitize_mb_s: a real drive's sanitize
   takes minutes to hours, and an initiator's handling of that is what gets tested), and
   an IMMED=0 SANITIZE task is `deferred`: its status is set when the operation ends and

@@ -2,8 +2,10 @@
 
 Rules:
 - A handler reports a failed command by raising CheckCondition(sense_key, asc/ascq, ...).
-  LogicalUnit.execute catches it and build_sense() turns it into sense data; nothing else
-  in the project formats sense.
+  LogicalUnit._ended (for execute() and complete_io()) catches it, ScsiTask.check_condition
+  sets the status and CheckCondition.sense() / build_sense() turn it into sense data;
+  nothing else in the project formats sense (REQUEST SENSE and RECEIVE COPY RESULTS call
+  the same CheckCondition.sense()).
 - The format follows D_SENSE of the control mode page (SPC-4 7.5.8): fixed format,
   response code 70h (SPC-4 4.5.3), or descriptor format, 72h (SPC-4 4.5.2).
 - ILLEGAL REQUEST carries a sense-key specific field pointer (SPC-4 4.5.2.4.2): SKSV=1,

@@ -1,9 +1,11 @@
 """The unit of work a transport hands to the SCSI layer (SAM-5 4.7, 5.1, 8).
 
 Rules:
-- A ScsiTask is created by the transport (target.iscsi) once the command and all of its
-  Data-Out are in hand; the SCSI layer fills in status, sense and data_in, and the
-  transport turns those into its own response (residuals included).
+- A ScsiTask is created by the transport (target.iscsi.connection) when the SCSI Command
+  PDU arrives; one whose Data-Out is still arriving enters the task set with
+  data_pending set and runs only once all of it is in hand. The SCSI layer fills in
+  status, sense and data_in, and the transport turns those into its own response
+  (residuals included).
 - data_out is exactly what the initiator sent (the iSCSI Expected Data Transfer Length),
   which may be shorter or longer than what the CDB asks for. A handler uses no more than
   it has, and records in out_length how many bytes the CDB called for, so the transport

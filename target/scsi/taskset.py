@@ -6,8 +6,8 @@ Rules:
   any), and reports done(). `now` (seconds) is passed in; there is no clock here.
 - Idle fast path: with no task in the set and no disk model, a task runs at once. When
   its medium access completes inside execute() (inline stores) the set stays empty and
-  nothing could be reordered; when it goes on off the event loop, the shell adopts() the
-  task as a running member, so every later task is ordered against it as if it had been
+  nothing could be reordered; when it goes on off the event loop, the shell makes the
+  task a running member (adopt()), so every later task is ordered against it as if it had been
   dispatched from the set.
 - A task may enter the set before its Data-Out has all arrived (submit(data_ready=False):
   the transport delivers commands in CmdSN order, RFC 7143 3.2.2.1): it takes its place in
@@ -18,8 +18,9 @@ Rules:
   ordering below reads the entry's facts and task.lba/blocks, and the LU executes from
   them.
 - Bypass (never queued, never held): commands whose table entry has queue=False
-  (INQUIRY, REPORT LUNS, REQUEST SENSE) and CDBs the table does not know (the LU rejects
-  them at once). submit() returns False for them and the shell runs them right away.
+  (INQUIRY, REPORT LUNS, REQUEST SENSE), CDBs the table does not know (the LU rejects
+  them at once) and tasks with the ACA attribute (the LU refuses them, below). submit()
+  returns False for them and the shell runs them right away.
 - Task attributes (SAM-5 8.6): a SIMPLE task is enabled once every older ORDERED and
   HEAD OF QUEUE task has completed; an ORDERED task once every older task has completed,
   and it holds back every newer SIMPLE and ORDERED task until it completes; a HEAD OF

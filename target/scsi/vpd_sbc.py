@@ -8,7 +8,8 @@ Rules:
 - WRITE ATOMIC(16): atomic writes of up to MAXIMUM TRANSFER LENGTH, aligned to and in
   multiples of the physical block (lu.lbppb_exponent); no atomic boundaries.
 - MAXIMUM WRITE SAME LENGTH is FFFFh blocks (the most WRITE SAME(10) can name), MAXIMUM
-  UNMAP LBA COUNT 2^20 blocks per command; unmapping granularity is the physical block.
+  UNMAP LBA COUNT 2^20 blocks per command; the optimal unmap (and transfer length)
+  granularity is the physical block or 4 KiB, whichever is larger.
 - Provisioning: a thin LU reports LBPU, LBPWS, LBPWS10 and LBPRZ with provisioning type
   thin (010b); a fully provisioned LU reports none of them (type 000b), and its WRITE SAME
   refuses the UNMAP bit, as libiscsi's WriteSame*.UnmapVPD tests check.

@@ -18,8 +18,9 @@ Rules:
   and segment descriptor lists together (else PARAMETER LIST LENGTH ERROR, 1Ah/00h; this is
   checked before the counts), MAX_SEGMENT_LENGTH bytes per segment (INVALID FIELD IN
   PARAMETER LIST at its length field), no inline data (INLINE DATA LENGTH EXCEEDED,
-  26h/0Bh), no held data (HELD DATA LIMIT 0), one copy at a time per LU (the command is
-  Access.WRITE: its task set lets no other changer of the LU run beside it).
+  26h/0Bh), no held data (HELD DATA LIMIT 0), one copy at a time per LU (TOTAL
+  CONCURRENT COPIES 1) only under QAM=0: the command is Access.WRITE and the task set
+  lets no other changer of the LU run beside it; with QAM=1 two copies may run at once.
 - Order of the checks on the parameter list (errors detected before segment processing,
   ILLEGAL REQUEST with a field pointer into the parameter list, C/D=0): PARAMETER LIST
   LENGTH 0 is GOOD and does nothing; a list shorter than its header or than the lengths

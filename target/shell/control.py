@@ -2,8 +2,10 @@
 
 Rules:
 - Transport (in target.shell.server): a unix stream socket, one JSON object per line each way.
-  Only the local user can reach it (the socket lives in a 0700 directory). This module is
-  sans-IO: handle(request) -> response, both dicts.
+  Only the local user can reach it (the socket lives in a 0700 directory). The answering
+  side is sans-IO: Control.handle(request) -> response, both dicts (handle_line() for one
+  JSON line); the client side of `scsi-target status`, request(), is one blocking
+  unix-socket exchange.
 - Requests: {"command": "fault-add", "rule": {...}} (target.faults.parse_rule),
   {"command": "fault-list"}, {"command": "fault-clear", "id": N} (no id: all).
   {"command": "status"} -> the targets, their LUNs (size, block size, the task

@@ -16,9 +16,9 @@ Rules:
   worker hands the task back with call_soon_threadsafe and the LU finishes it on the loop
   (complete_io), then it completes like any other. A task stays RUNNING in the task set
   while its access runs, so the ordering rules (QAM=0 overlaps, ORDERED, atomic commands,
-  HEAD OF QUEUE) hold against it; a task the idle fast path started is adopted() into
-  the set for that time. Stores that never sleep (memory, tmpfs) keep the synchronous
-  path: measured on a tmpfs file (tools/bench --ours-args "--io-threads 8"), 4 KiB
+  HEAD OF QUEUE) hold against it; a task the idle fast path started is adopted into
+  the set for that time (TaskSet.adopt). Stores that never sleep (memory, tmpfs) keep
+  the synchronous path: measured on a tmpfs file (tools/bench --ours-args "--io-threads 8"), 4 KiB
   commands through 8 workers reach about a third of the IOPS they reach on the loop.
 - A task the task set does not queue (INQUIRY, REPORT LUNS, REQUEST SENSE, unknown
   opcodes) runs at once; one refused with TASK SET FULL completes at once as it is.

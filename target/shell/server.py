@@ -1,7 +1,9 @@
 """The asyncio shell: sockets in, sans-IO connections, tasks executed, buffers out.
 
 Rules:
-- This module alone touches sockets and the event loop (DESIGN.md principle 1).
+- This module owns the target's sockets and the event loop (DESIGN.md principle 1); of
+  the rest of the target only dispatch.py (timers, the worker threads' hand-back) uses
+  the loop it is given.
 - Receiving: recv_into() the buffer the Connection offers (its scratch space, or the
   write buffer of the command whose data is arriving), so data is received in place.
   Under uvloop a socket error (a reset) calls the reader once and ends the watch; when a
