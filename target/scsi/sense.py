@@ -112,7 +112,7 @@ class ReservationConflict(Exception):
     """A command ends in RESERVATION CONFLICT status (SAM-5 5.3.1, SPC-4 5.13.1, SPC-2
     7.21): raised where the conflict is found (the LU's check against the table entry,
     RESERVE/RELEASE, PERSISTENT RESERVE OUT, EXTENDED COPY) and turned into the status in
-    one place, LogicalUnit.execute, as CheckCondition is into sense."""
+    one place, LogicalUnit._ended (for execute and complete_io), as CheckCondition is into sense."""
 
 
 class CheckCondition(Exception):
