@@ -19,7 +19,7 @@ ORDER = ("tgtd", "baseline", "ours", "ceiling")
 
 
 def plot(path: Path, workloads: list[Workload], results: dict[str, dict[str, Runs]],
-         stat: str, title: str = "tools/bench") -> Path:
+         stat: str, title: str = "tools/bench", dpi: int = 100) -> Path:
     """Write the bar chart to `path` (PNG) and return it."""
     import matplotlib
 
@@ -55,6 +55,6 @@ def plot(path: Path, workloads: list[Workload], results: dict[str, dict[str, Run
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{title} ({stat} of rounds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
