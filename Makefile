@@ -17,7 +17,7 @@ LINT := target tests images qemu tools/conformance tools/bench tools/crashtest t
 # node for the independent lzjb implementation the dump tests compare with).
 DEB_VENV := python3-venv python3-pip python3-dev gcc
 DEB_TEST := qemu-system-x86 qemu-block-extra qemu-utils libiscsi-bin tgt sg3-utils \
-            busybox-static cpio kmod open-iscsi zstd makedumpfile
+            busybox-static cpio kmod open-iscsi zstd makedumpfile iperf3
 
 .PHONY: run test demo venv deps-venv deps-test deps-node lint clean
 
