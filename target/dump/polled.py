@@ -343,16 +343,15 @@ class PolledDumper:
         flags = pdu.F_FINAL | (pdu.F_READ if read else 0) | (pdu.F_WRITE if data else 0) | 1
         imm = bytes(data[:min(ini.first_burst, ini.max_send)]) if data and \
             ini.immediate_data else b""
-        header = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, len(imm),
-                                    encode_lun(self.lun), itt, read or len(data), ini.cmdsn,
-                                    ini.exp_stat_sn))
-        header[32:32 + len(cdb)] = cdb
+        header = pdu.scsi_command(flags=flags, dsl=len(imm), lun=encode_lun(self.lun), itt=itt,
+                                  edtl=read or len(data), cmdsn=ini.cmdsn,
+                                  exp_statsn=ini.exp_stat_sn, cdb=cdb)
         ini.cmdsn = (ini.cmdsn + 1) & 0xFFFFFFFF
         deadline = time.monotonic() + self.timeout
         buf = bytearray(read)
         try:
             try:
-                ini.send_pdu(bytes(header), imm)
+                ini.send_pdu(header, imm)
             except OSError as exc:
                 self.close()
                 raise _Lost(str(exc)) from None
@@ -369,9 +368,10 @@ class PolledDumper:
                         self.close()
                         raise _Lost(str(exc)) from None
                 elif op == Op.DATA_IN:
-                    buf[bhs.w40:bhs.w40 + len(payload)] = payload
+                    off = bhs.buffer_offset
+                    buf[off:off + len(payload)] = payload
                     if bhs.flags & pdu.F_STATUS:
-                        return Pkt(CMD_CMPLT, bhs.b3, None, bhs.w44, bytes(buf))
+                        return Pkt(CMD_CMPLT, bhs.b3, None, bhs.residual_count, bytes(buf))
                 elif op == Op.SCSI_RESPONSE:
                     sense = b""
                     if len(payload) >= 2:  # sense after a 2-byte length (11.4.7)
@@ -379,7 +379,8 @@ class PolledDumper:
                         sense = bytes(payload[2:2 + n])
                     if bhs.b2:  # iSCSI response not "completed at target" (11.4.3)
                         return Pkt(CMD_TRAN_ERR)
-                    return Pkt(CMD_CMPLT, bhs.b3, Sense.decode(sense), bhs.w44, bytes(buf))
+                    return Pkt(CMD_CMPLT, bhs.b3, Sense.decode(sense), bhs.residual_count,
+                               bytes(buf))
                 elif op == Op.REJECT:
                     return Pkt(CMD_TRAN_ERR)
         except _Timeout:
@@ -451,10 +452,10 @@ class PolledDumper:
         try:
             ini = self._session()
             itt = ini._next_itt()
-            ini.send_pdu(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | (
-                _TMF[level] if level == RESET_LUN else self.target_reset_tmf),
-                                  0, 0, 0, encode_lun(self.lun), itt, pdu.RESERVED_TAG,
-                                  ini.cmdsn, ini.exp_stat_sn, 0))
+            function = _TMF[level] if level == RESET_LUN else self.target_reset_tmf
+            ini.send_pdu(pdu.task_management_request(
+                immediate=True, function=function, lun=encode_lun(self.lun), itt=itt,
+                cmdsn=ini.cmdsn, exp_statsn=ini.exp_stat_sn))
             deadline = time.monotonic() + self.timeout
             while True:
                 bhs, _ = self._recv(deadline)

@@ -149,7 +149,8 @@ class _Command:
 
 @dataclass(eq=False)
 class _Login:
-    isid_tsih: bytes
+    isid: int
+    tsih: int
     flags: int
     keys: dict[str, str] = field(default_factory=dict)
 
@@ -229,16 +230,17 @@ class InitiatorConnection:
             keys["TargetName"] = target_name
         text = "".join(f"{k}={v}\0" for k, v in keys.items()).encode()
         itt = self.next_itt()
-        login = _Login(isid.to_bytes(6, "big") + self.tsih.to_bytes(2, "big"),
-                       pdu.LOGIN_TRANSIT | 1 << 2 | _FULL_FEATURE)  # T, CSG 1, NSG 3
+        # T, CSG 1, NSG 3
+        login = _Login(isid, self.tsih, pdu.LOGIN_TRANSIT | 1 << 2 | _FULL_FEATURE)
         self._requests[itt] = login
         self._login_itt = itt
         self._login_request(itt, login, text)
         return itt
 
     def _login_request(self, itt: int, login: _Login, text: bytes = b"") -> None:
-        self.send_pdu(pdu.pack(Op.LOGIN_REQUEST | pdu.IMMEDIATE, login.flags, 0, 0, len(text),
-                               login.isid_tsih, itt, 0, self.cmdsn, self.exp_stat_sn), text)
+        self.send_pdu(pdu.login_request(flags=login.flags, dsl=len(text), isid=login.isid,
+                                        tsih=login.tsih, itt=itt, cmdsn=self.cmdsn,
+                                        exp_statsn=self.exp_stat_sn), text)
 
     def command(self, cdb: bytes, *, lun: int = 0, read: int = 0,
                 data: bytes | memoryview = b"", attr: int = 1, immediate: bool = False) -> int:
@@ -248,41 +250,40 @@ class InitiatorConnection:
         flags = pdu.F_FINAL | (pdu.F_READ if read else 0) | (pdu.F_WRITE if data else 0) | attr
         imm = data[: min(self.first_burst, self.max_send)] if data and self.immediate_data \
             else b""
-        header = bytearray(pdu.pack(Op.SCSI_COMMAND | (pdu.IMMEDIATE if immediate else 0),
-                                    flags, 0, 0, len(imm), encode_lun(lun), itt, edtl,
-                                    self.cmdsn, self.exp_stat_sn))
-        header[32:32 + len(cdb)] = cdb[:16]
+        header = pdu.scsi_command(immediate=immediate, flags=flags, dsl=len(imm),
+                                  lun=encode_lun(lun), itt=itt, edtl=edtl, cmdsn=self.cmdsn,
+                                  exp_statsn=self.exp_stat_sn, cdb=cdb)
         if not immediate:
             self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
         self._requests[itt] = _Command(data, bytearray(read))
-        self.send_pdu(bytes(header), imm)
+        self.send_pdu(header, imm)
         return itt
 
     def answer_r2t(self, r2t: Bhs, data: bytes | memoryview) -> None:
         """The Data-Out PDUs one R2T asks for (11.7, 11.8): DataSN from 0, F on the last."""
-        offset, end = r2t.w40, r2t.w40 + r2t.w44
+        offset = r2t.buffer_offset
+        end = offset + r2t.desired_length
         datasn = 0
         while offset < end:
             n = min(self.max_send, end - offset)
-            final = pdu.F_FINAL if offset + n == end else 0
-            self.send_pdu(pdu.pack(Op.DATA_OUT, final, 0, 0, n, r2t.lun, r2t.itt, r2t.w20, 0,
-                                   self.exp_stat_sn, 0, datasn, offset, 0),
+            self.send_pdu(pdu.data_out(final=offset + n == end, dsl=n, lun=r2t.lun,
+                                       itt=r2t.itt, ttt=r2t.ttt, exp_statsn=self.exp_stat_sn,
+                                       datasn=datasn, buffer_offset=offset),
                           data[offset:offset + n])
             datasn += 1
             offset += n
 
     def nop_reply(self, nop_in: Bhs) -> None:
         """The NOP-Out a target's ping (NOP-In, TTT not reserved) asks for (11.18.3)."""
-        self.send_pdu(pdu.pack(Op.NOP_OUT | pdu.IMMEDIATE, pdu.F_FINAL, 0, 0, 0, bytes(8),
-                               RESERVED_TAG, nop_in.w20, self.cmdsn, self.exp_stat_sn))
+        self.send_pdu(pdu.nop_out(immediate=True, itt=RESERVED_TAG, ttt=nop_in.ttt,
+                                  cmdsn=self.cmdsn, exp_statsn=self.exp_stat_sn))
 
     def nop(self, payload: bytes = b"") -> int:
         """A NOP-Out ping (11.18) the target answers with a NOP-In of the same ITT."""
         itt = self.next_itt()
         self._requests[itt] = NopIn
-        self.send_pdu(pdu.pack(Op.NOP_OUT | pdu.IMMEDIATE, pdu.F_FINAL, 0, 0, len(payload),
-                               bytes(8), itt, RESERVED_TAG, self.cmdsn, self.exp_stat_sn),
-                      payload)
+        self.send_pdu(pdu.nop_out(immediate=True, dsl=len(payload), itt=itt, cmdsn=self.cmdsn,
+                                  exp_statsn=self.exp_stat_sn), payload)
         return itt
 
     def task_management(self, function: int, *, lun: int = 0, ref_itt: int = RESERVED_TAG,
@@ -290,17 +291,18 @@ class InitiatorConnection:
         """A Task Management Function Request (11.5), immediate."""
         itt = self.next_itt()
         self._requests[itt] = TaskManagementDone
-        self.send_pdu(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | function, 0, 0, 0,
-                               encode_lun(lun), itt, ref_itt, self.cmdsn, self.exp_stat_sn,
-                               ref_cmdsn))
+        self.send_pdu(pdu.task_management_request(
+            immediate=True, function=function, lun=encode_lun(lun), itt=itt,
+            referenced_task_tag=ref_itt, cmdsn=self.cmdsn, exp_statsn=self.exp_stat_sn,
+            ref_cmdsn=ref_cmdsn))
         return itt
 
     def logout(self, reason: int = 0) -> int:
         """A Logout Request (11.14), immediate; reason 0 closes the session."""
         itt = self.next_itt()
         self._requests[itt] = LogoutDone
-        self.send_pdu(pdu.pack(Op.LOGOUT_REQUEST | pdu.IMMEDIATE, 0x80 | reason, 0, 0, 0,
-                               bytes(8), itt, 0, self.cmdsn, self.exp_stat_sn))
+        self.send_pdu(pdu.logout_request(immediate=True, reason=reason, itt=itt,
+                                         cmdsn=self.cmdsn, exp_statsn=self.exp_stat_sn))
         return itt
 
     def text(self, pairs: dict[str, str]) -> int:
@@ -313,8 +315,8 @@ class InitiatorConnection:
         return itt
 
     def _text_request(self, itt: int, ttt: int, body: bytes = b"") -> None:
-        self.send_pdu(pdu.pack(Op.TEXT_REQUEST | pdu.IMMEDIATE, pdu.F_FINAL, 0, 0, len(body),
-                               bytes(8), itt, ttt, self.cmdsn, self.exp_stat_sn), body)
+        self.send_pdu(pdu.text_request(immediate=True, dsl=len(body), itt=itt, ttt=ttt,
+                                       cmdsn=self.cmdsn, exp_statsn=self.exp_stat_sn), body)
 
     # --- input -------------------------------------------------------------------------
 
@@ -386,9 +388,10 @@ class InitiatorConnection:
         self._direct = None
         if bhs.opcode == Op.DATA_IN:
             cmd = self._requests.get(bhs.itt)
-            if type(cmd) is _Command and bhs.w40 + bhs.dsl <= len(cmd.buf):
+            off = bhs.buffer_offset
+            if type(cmd) is _Command and off + bhs.dsl <= len(cmd.buf):
                 self._direct = cmd
-                return memoryview(cmd.buf)[bhs.w40:bhs.w40 + bhs.dsl]
+                return memoryview(cmd.buf)[off:off + bhs.dsl]
         return memoryview(bytearray(bhs.dsl))
 
     def _fail(self, message: str) -> None:
@@ -399,7 +402,7 @@ class InitiatorConnection:
         op = bhs.opcode
         if ((op in _STATUS_OPCODES or (op == Op.DATA_IN and bhs.flags & pdu.F_STATUS))
                 and (bhs.itt != RESERVED_TAG or op == Op.REJECT)):
-            self.exp_stat_sn = (bhs.w24 + 1) & 0xFFFFFFFF
+            self.exp_stat_sn = (bhs.statsn + 1) & 0xFFFFFFFF
         if self._login_itt is not None and op != Op.LOGIN_RESPONSE:
             self._fail(f"expected a Login Response, got {bhs!r}")
             return
@@ -434,7 +437,7 @@ class InitiatorConnection:
                 self.forget(itt)
                 self._events.append(TextDone(itt, _pairs(bytes(request.data))))
             else:
-                self._text_request(itt, bhs.w20)
+                self._text_request(itt, bhs.ttt)
         else:
             self._fail(f"unexpected {bhs!r}")
 
@@ -445,7 +448,7 @@ class InitiatorConnection:
             return
         if op == Op.DATA_IN:
             if data is not None:
-                off = bhs.w40
+                off = bhs.buffer_offset
                 if self._direct is not cmd:  # beyond the buffer: it grows, as asked
                     cmd.buf[off:off + len(data)] = data
                 cmd.received = max(cmd.received, off + len(data))
@@ -465,12 +468,12 @@ class InitiatorConnection:
     def _done(self, bhs: Bhs, cmd: _Command, sense: bytes) -> None:
         self.forget(bhs.itt)
         self._events.append(CommandDone(bhs.itt, Result(
-            bhs.b3, bytes(cmd.buf[:cmd.received]), sense, bhs.w44,
+            bhs.b3, bytes(cmd.buf[:cmd.received]), sense, bhs.residual_count,
             bool(bhs.flags & pdu.F_OVERFLOW), bool(bhs.flags & pdu.F_UNDERFLOW))))
 
     def _login_response(self, bhs: Bhs, data: memoryview | None, login: _Login) -> None:
         itt = bhs.itt
-        status = bhs.w36 >> 16  # Status-Class, Status-Detail (11.13.5)
+        status = bhs.status_class << 8 | bhs.status_detail  # 11.13.5
         if status:
             self.forget(itt)
             self._events.append(LoginFailed(itt, status))

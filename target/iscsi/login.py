@@ -331,10 +331,11 @@ class Login:
         """A Login Response (11.13): BHS, data, padding; no digests during login."""
         stat_sn = self.stat_sn
         self.stat_sn = (stat_sn + 1) & 0xFFFFFFFF
-        lun = self.isid.to_bytes(6, "big") + self.tsih.to_bytes(2, "big")
-        header = pdu.pack(Op.LOGIN_RESPONSE, flags, VERSION, VERSION, len(data), lun, bhs.itt,
-                          0, stat_sn, self.exp_cmdsn, self.max_cmdsn,
-                          status[0] << 24 | status[1] << 16)
+        header = pdu.login_response(flags=flags, version_max=VERSION, version_active=VERSION,
+                                    dsl=len(data), isid=self.isid, tsih=self.tsih,
+                                    itt=bhs.itt, statsn=stat_sn, exp_cmdsn=self.exp_cmdsn,
+                                    max_cmdsn=self.max_cmdsn, status_class=status[0],
+                                    status_detail=status[1])
         return header + data + pdu.padding(len(data))
 
     def _fail(self, bhs: Bhs, status: tuple[int, int], message: str) -> LoginStep:

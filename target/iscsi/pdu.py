@@ -10,10 +10,11 @@ Rules:
 - The data segment is padded to a multiple of 4 bytes (11.2.3); digests (CRC32C, 13.1)
   are sent after the header (+AHS) and after the padded data, least significant byte
   first, as the reference initiators do.
-- The target PDUs the connection sends are built by keyword builders named after their
-  RFC 7143 sections (scsi_response, data_in, r2t, nop_in, async_message, text_response,
-  logout_response, task_management_response, reject) over the same struct; pack() stays
-  for positional words (tests, the login response, initiators).
+- Every PDU is built by a keyword builder named after its RFC 7143 section: the target's
+  (scsi_response, data_in, r2t, nop_in, async_message, text_response, login_response,
+  logout_response, task_management_response, reject) and the initiators' (scsi_command,
+  data_out, nop_out, task_management_request, logout_request, text_request,
+  login_request), all over the same struct; pack() stays for deliberately odd PDUs.
 - Nothing here allocates per data byte: data segments travel as separate buffers.
 """
 
@@ -139,29 +140,32 @@ class Bhs:
         self.dsl = ahs_dsl & 0xFFFFFF
         self.raw = bytes(raw[:BHS_LEN])
 
-    # Names of the words, per RFC 7143 section 11 (initiator PDUs).
+    # Names of the words, per RFC 7143 section 11; the PDUs each name is valid for are in
+    # the comment (a word means something else in other PDUs). Properties, so that parsing
+    # does no more work than the one unpack.
+    # -- initiator PDUs
     @property
-    def cmdsn(self) -> int:  # SCSI Command, NOP-Out, TMF, Login, Text, Logout
+    def cmdsn(self) -> int:  # SCSI Command, NOP-Out, TMF, Login, Text, Logout: bytes 24-27
         return self.w24
 
     @property
-    def exp_stat_sn(self) -> int:  # all initiator PDUs but Data-Out (which has it too)
-        return self.w28
+    def exp_stat_sn(self) -> int:  # SCSI Command, NOP-Out, TMF, Login, Text, Logout,
+        return self.w28  # Data-Out: ExpStatSN, bytes 28-31
 
     @property
-    def edtl(self) -> int:  # SCSI Command: Expected Data Transfer Length
+    def edtl(self) -> int:  # SCSI Command: Expected Data Transfer Length, bytes 20-23
         return self.w20
 
     @property
-    def ttt(self) -> int:  # Data-Out, NOP-Out, Text: Target Transfer Tag
-        return self.w20
+    def ttt(self) -> int:  # Data-Out, NOP-Out, Text Request, and the target's Data-In, R2T,
+        return self.w20  # NOP-In, Text Response: Target Transfer Tag, bytes 20-23
 
     @property
-    def datasn(self) -> int:  # Data-Out
+    def datasn(self) -> int:  # Data-Out, Data-In: DataSN, bytes 36-39
         return self.w36
 
     @property
-    def buffer_offset(self) -> int:  # Data-Out
+    def buffer_offset(self) -> int:  # Data-Out, Data-In, R2T: Buffer Offset, bytes 40-43
         return self.w40
 
     @property
@@ -169,24 +173,75 @@ class Bhs:
         return self.raw[32:48]
 
     @property
-    def referenced_task_tag(self) -> int:  # TMF
+    def referenced_task_tag(self) -> int:  # TMF Request, bytes 20-23
         return self.w20
 
     @property
-    def ref_cmdsn(self) -> int:  # TMF
+    def ref_cmdsn(self) -> int:  # TMF Request: RefCmdSN, bytes 32-35
         return self.w32
 
     @property
-    def isid(self) -> int:  # Login: bytes 8-13
+    def isid(self) -> int:  # Login Request and Response: bytes 8-13
         return int.from_bytes(self.lun[:6], "big")
 
     @property
-    def tsih(self) -> int:  # Login: bytes 14-15
+    def tsih(self) -> int:  # Login Request and Response: bytes 14-15
         return int.from_bytes(self.lun[6:8], "big")
 
     @property
-    def cid(self) -> int:  # Login, Logout: bytes 20-21
+    def cid(self) -> int:  # Login, Logout Request: bytes 20-21
         return self.w20 >> 16
+
+    # -- target PDUs (11.4 SCSI Response, 11.6 TMF Response, 11.7 Data-In, 11.8 R2T,
+    #    11.9 Async, 11.11 Text Response, 11.13 Login Response, 11.15 Logout Response,
+    #    11.17 Reject, 11.19 NOP-In)
+    @property
+    def statsn(self) -> int:  # every target PDU: StatSN, bytes 24-27 (Data-In: with S only)
+        return self.w24
+
+    @property
+    def exp_cmdsn(self) -> int:  # every target PDU: ExpCmdSN, bytes 28-31
+        return self.w28
+
+    @property
+    def max_cmdsn(self) -> int:  # every target PDU: MaxCmdSN, bytes 32-35
+        return self.w32
+
+    @property
+    def exp_datasn(self) -> int:  # SCSI Response: ExpDataSN, bytes 36-39
+        return self.w36
+
+    @property
+    def r2tsn(self) -> int:  # R2T: R2TSN, bytes 36-39
+        return self.w36
+
+    @property
+    def bidi_residual_count(self) -> int:  # SCSI Response: Bidirectional Read Residual
+        return self.w40  # Count, bytes 40-43
+
+    @property
+    def residual_count(self) -> int:  # SCSI Response, Data-In: Residual Count, bytes 44-47
+        return self.w44
+
+    @property
+    def desired_length(self) -> int:  # R2T: Desired Data Transfer Length, bytes 44-47
+        return self.w44
+
+    @property
+    def status_class(self) -> int:  # Login Response: Status-Class, byte 36
+        return self.w36 >> 24
+
+    @property
+    def status_detail(self) -> int:  # Login Response: Status-Detail, byte 37
+        return (self.w36 >> 16) & 0xFF
+
+    @property
+    def time2wait(self) -> int:  # Logout Response: Time2Wait, bytes 40-41
+        return self.w40 >> 16
+
+    @property
+    def time2retain(self) -> int:  # Logout Response: Time2Retain, bytes 42-43
+        return self.w40 & 0xFFFF
 
     def __repr__(self) -> str:
         try:
@@ -329,3 +384,90 @@ def reject(*, reason: int, statsn: int, exp_cmdsn: int, max_cmdsn: int,
     ffffffff."""
     return _pack(Op.REJECT, F_FINAL, reason, 0, BHS_LEN, ZERO_LUN, RESERVED_TAG, 0, statsn,
                  exp_cmdsn, max_cmdsn, datasn_r2tsn, 0, 0)
+
+
+def _isid_tsih(isid: int, tsih: int) -> bytes:
+    """Login bytes 8-15: ISID (6 bytes, 11.12.5) then TSIH (2 bytes, 11.12.6)."""
+    return (isid << 16 | tsih).to_bytes(8, "big")
+
+
+def login_response(*, flags: int, version_max: int = 0, version_active: int = 0, dsl: int,
+                   isid: int, tsih: int, itt: int, statsn: int, exp_cmdsn: int,
+                   max_cmdsn: int, status_class: int = 0, status_detail: int = 0) -> bytes:
+    """Login Response (11.13): flags T/C/CSG/NSG; 2 Version-max, 3 Version-active; 8-13
+    ISID, 14-15 TSIH; 36 Status-Class, 37 Status-Detail."""
+    return _pack(Op.LOGIN_RESPONSE, flags, version_max, version_active, dsl,
+                 _isid_tsih(isid, tsih), itt, 0, statsn, exp_cmdsn, max_cmdsn,
+                 status_class << 24 | status_detail << 16, 0, 0)
+
+
+# --- initiator PDUs by name (the initiators of target.iscsi, target.dump, target.testing) --
+# Same rules: the words each does not name are reserved (0). `immediate` is byte 0's I bit
+# (11.2.1.1); a Login Request always carries it (11.12).
+
+_CDB_WORDS = struct.Struct(">IIII")  # the 16-byte CDB field as BHS words 32..44
+CDB_FIELD_LEN = 16
+
+
+def scsi_command(*, immediate: bool = False, flags: int, dsl: int, lun: bytes, itt: int,
+                 edtl: int, cmdsn: int, exp_statsn: int, cdb: bytes) -> bytes:
+    """SCSI Command (11.3): flags F/R/W/ATTR; 20 Expected Data Transfer Length; 32-47 the
+    CDB, zero padded. A CDB over 16 bytes needs an Extended CDB AHS (11.2.1.3), which this
+    builder does not make: ValueError."""
+    if len(cdb) > CDB_FIELD_LEN:
+        raise ValueError(f"a {len(cdb)}-byte CDB needs an Extended CDB AHS (11.2.1.3)")
+    w32, w36, w40, w44 = _CDB_WORDS.unpack(bytes(cdb).ljust(CDB_FIELD_LEN, b"\x00"))
+    return _pack(Op.SCSI_COMMAND | (IMMEDIATE if immediate else 0), flags, 0, 0, dsl, lun,
+                 itt, edtl, cmdsn, exp_statsn, w32, w36, w40, w44)
+
+
+def data_out(*, final: bool, dsl: int, lun: bytes, itt: int, ttt: int = RESERVED_TAG,
+             exp_statsn: int, datasn: int, buffer_offset: int) -> bytes:
+    """SCSI Data-Out (11.7): flag F only; 24 and 32 reserved; TTT ffffffff for unsolicited
+    data (11.7.4)."""
+    return _pack(Op.DATA_OUT, F_FINAL if final else 0, 0, 0, dsl, lun, itt, ttt, 0,
+                 exp_statsn, 0, datasn, buffer_offset, 0)
+
+
+def nop_out(*, immediate: bool = False, dsl: int = 0, lun: bytes = ZERO_LUN, itt: int,
+            ttt: int = RESERVED_TAG, cmdsn: int, exp_statsn: int) -> bytes:
+    """NOP-Out (11.18): F always 1; a ping has ITT != ffffffff and TTT ffffffff, an answer
+    to a NOP-In ITT ffffffff and the NOP-In's TTT (11.18.1-2)."""
+    return _pack(Op.NOP_OUT | (IMMEDIATE if immediate else 0), F_FINAL, 0, 0, dsl, lun, itt,
+                 ttt, cmdsn, exp_statsn, 0, 0, 0, 0)
+
+
+def task_management_request(*, immediate: bool = False, function: int, lun: bytes, itt: int,
+                            referenced_task_tag: int = RESERVED_TAG, cmdsn: int,
+                            exp_statsn: int, ref_cmdsn: int = 0,
+                            exp_datasn: int = 0) -> bytes:
+    """Task Management Function Request (11.5): byte 1 is 1 and the Function (7 bits); 20
+    Referenced Task Tag, 32 RefCmdSN, 36 ExpDataSN."""
+    return _pack(Op.TASK_MGMT_REQUEST | (IMMEDIATE if immediate else 0),
+                 F_FINAL | function, 0, 0, 0, lun, itt, referenced_task_tag, cmdsn,
+                 exp_statsn, ref_cmdsn, exp_datasn, 0, 0)
+
+
+def logout_request(*, immediate: bool = False, reason: int = 0, itt: int, cid: int = 0,
+                   cmdsn: int, exp_statsn: int) -> bytes:
+    """Logout Request (11.14): byte 1 is 1 and the Reason Code (7 bits); 20-21 CID."""
+    return _pack(Op.LOGOUT_REQUEST | (IMMEDIATE if immediate else 0), F_FINAL | reason, 0, 0,
+                 0, ZERO_LUN, itt, cid << 16, cmdsn, exp_statsn, 0, 0, 0, 0)
+
+
+def text_request(*, immediate: bool = False, flags: int = F_FINAL, dsl: int,
+                 lun: bytes = ZERO_LUN, itt: int, ttt: int = RESERVED_TAG, cmdsn: int,
+                 exp_statsn: int) -> bytes:
+    """Text Request (11.10): flags F/C; 20 Target Transfer Tag (ffffffff but when
+    continuing a response, 11.10.4)."""
+    return _pack(Op.TEXT_REQUEST | (IMMEDIATE if immediate else 0), flags, 0, 0, dsl, lun,
+                 itt, ttt, cmdsn, exp_statsn, 0, 0, 0, 0)
+
+
+def login_request(*, flags: int, version_max: int = 0, version_min: int = 0, dsl: int,
+                  isid: int, tsih: int = 0, itt: int, cid: int = 0, cmdsn: int,
+                  exp_statsn: int = 0) -> bytes:
+    """Login Request (11.12): I always 1; flags T/C/CSG/NSG; 2 Version-max, 3 Version-min;
+    8-13 ISID, 14-15 TSIH; 20-21 CID."""
+    return _pack(Op.LOGIN_REQUEST | IMMEDIATE, flags, version_max, version_min, dsl,
+                 _isid_tsih(isid, tsih), itt, cid << 16, cmdsn, exp_statsn, 0, 0, 0, 0)

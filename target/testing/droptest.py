@@ -313,18 +313,17 @@ def command_header(ini: Initiator, cdb: bytes, *, lun: int, edtl: int, read: boo
     ini.itt = (itt + 1) & 0x7FFFFFFF or 1
     flags = ((F_FINAL if final else 0) | (F_READ if read else 0) | (F_WRITE if write else 0)
              | 1)  # SIMPLE
-    header = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, dsl, encode_lun(lun), itt,
-                                edtl, ini.cmdsn, ini.exp_stat_sn))
-    header[32:32 + len(cdb)] = cdb
+    header = pdu.scsi_command(flags=flags, dsl=dsl, lun=encode_lun(lun), itt=itt, edtl=edtl,
+                              cmdsn=ini.cmdsn, exp_statsn=ini.exp_stat_sn, cdb=cdb)
     ini.cmdsn = (ini.cmdsn + 1) & 0xFFFFFFFF
-    return bytes(header), itt
+    return header, itt
 
 
 def data_out_header(ini: Initiator, itt: int, ttt: int, datasn: int, offset: int, n: int,
                     final: bool, lun: int) -> bytes:
     """A SCSI Data-Out BHS (RFC 7143 11.7)."""
-    return pdu.pack(Op.DATA_OUT, F_FINAL if final else 0, 0, 0, n, encode_lun(lun), itt, ttt,
-                    0, ini.exp_stat_sn, 0, datasn, offset, 0)
+    return pdu.data_out(final=final, dsl=n, lun=encode_lun(lun), itt=itt, ttt=ttt,
+                        exp_statsn=ini.exp_stat_sn, datasn=datasn, buffer_offset=offset)
 
 
 def send_write(ini: Initiator, cdb: bytes, data: memoryview | bytes, cut: Cut, *,
@@ -364,7 +363,7 @@ def send_write(ini: Initiator, cdb: bytes, data: memoryview | bytes, cut: Cut, *
         bhs, payload = recv_for(ini, itt)
         if bhs.opcode != Op.R2T:
             return True, itt, (bhs, payload)  # it ended early: nothing more to send
-        ttt, offset, length = bhs.w20, bhs.w40, bhs.w44
+        ttt, offset, length = bhs.ttt, bhs.buffer_offset, bhs.desired_length
         end = offset + length
         datasn = 0
         while offset < end:
@@ -673,8 +672,8 @@ class DropTest:
         assert self.target is not None
         sock = socket.create_connection((HOST, self.target.port), timeout=TIMEOUT)
         text = f"InitiatorName={DROP_IQN}\0SessionType=Normal\0".encode()
-        login = pdu.pack(Op.LOGIN_REQUEST | pdu.IMMEDIATE, 0x87, 0, 0, len(text),
-                         trial.isid.to_bytes(6, "big") + bytes(2), 1, 0, 1, 0)
+        login = pdu.login_request(flags=pdu.LOGIN_TRANSIT | 1 << 2 | 3,  # T, CSG 1, NSG 3
+                                  dsl=len(text), isid=trial.isid, itt=1, cmdsn=1)
         if rng.random() < 0.5:
             k = rng.randint(1, pdu.BHS_LEN - 1)
             sock.sendall(login[:k])
@@ -786,8 +785,8 @@ class DropTest:
             else:
                 itt = ini.itt
                 ini.itt = (itt + 1) & 0x7FFFFFFF or 1
-                burst += pdu.pack(Op.NOP_OUT | pdu.IMMEDIATE, F_FINAL, 0, 0, 0, bytes(8), itt,
-                                  RESERVED_TAG, ini.cmdsn, ini.exp_stat_sn)
+                burst += pdu.nop_out(immediate=True, itt=itt, cmdsn=ini.cmdsn,
+                                     exp_statsn=ini.exp_stat_sn)
         partial = rng.random() < 0.7
         if partial:
             header, _ = command_header(ini, read10(0, 8), lun=DATA_LUN, edtl=8 * BLOCK,
@@ -1123,7 +1122,7 @@ def stopped_reset_trials(target: OurTarget, control: Path, rounds: int = 5,
             bhs, _ = recv_for(ini, itt)
             if bhs.opcode != Op.R2T:
                 raise RuntimeError(f"expected an R2T, got {bhs!r}")
-            payload = data_out_header(ini, itt, bhs.w20, 0, 0, 8 * KiB, False, DATA_LUN) + \
+            payload = data_out_header(ini, itt, bhs.ttt, 0, 0, 8 * KiB, False, DATA_LUN) + \
                 bytes(_PATTERN[:3000])
         else:
             header, _ = command_header(ini, tur(), lun=DATA_LUN, edtl=0)

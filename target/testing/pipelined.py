@@ -383,30 +383,30 @@ class Session:
         keys = {"InitiatorName": self.initiator_name, "SessionType": "Normal",
                 "TargetName": self.target_name, **self.offer}
         text = "".join(f"{k}={v}\0" for k, v in keys.items()).encode()
-        isid_tsih = self.isid.to_bytes(6, "big") + bytes(2)
         itt = next(self._itt)
         flags = pdu.LOGIN_TRANSIT | (1 << 2) | 3  # T, CSG operational, NSG full feature
-        await self._send_now(pdu.pack(Op.LOGIN_REQUEST | pdu.IMMEDIATE, flags, 0, 0,
-                                      len(text), isid_tsih, itt, 0, self.cmdsn,
-                                      self.exp_stat_sn) + text + pdu.padding(len(text)))
+        await self._send_now(pdu.login_request(flags=flags, dsl=len(text), isid=self.isid,
+                                               itt=itt, cmdsn=self.cmdsn,
+                                               exp_statsn=self.exp_stat_sn)
+                             + text + pdu.padding(len(text)))
         answer: dict[str, str] = {}
         while True:
             bhs, data = await self._recv_pdu()
             if bhs.opcode != Op.LOGIN_RESPONSE:
                 raise TargetError(f"expected a Login Response, got {bhs!r}")
-            self.exp_stat_sn = (bhs.w24 + 1) & 0xFFFFFFFF
-            status = bhs.w36 >> 16
-            if status:
-                raise LoginFailed(status >> 8, status & 0xFF)
+            self.exp_stat_sn = (bhs.statsn + 1) & 0xFFFFFFFF
+            if bhs.status_class or bhs.status_detail:
+                raise LoginFailed(bhs.status_class, bhs.status_detail)
             for pair in data.split(b"\0"):
                 if b"=" in pair:
                     k, v = pair.decode().split("=", 1)
                     answer[k] = v
-            self.exp_cmdsn, self.max_cmdsn = bhs.w28, bhs.w32
+            self.exp_cmdsn, self.max_cmdsn = bhs.exp_cmdsn, bhs.max_cmdsn
             if bhs.flags & pdu.LOGIN_TRANSIT and bhs.flags & 3 == 3:
                 break
-            await self._send_now(pdu.pack(Op.LOGIN_REQUEST | pdu.IMMEDIATE, flags, 0, 0, 0,
-                                          isid_tsih, itt, 0, self.cmdsn, self.exp_stat_sn))
+            await self._send_now(pdu.login_request(flags=flags, dsl=0, isid=self.isid, itt=itt,
+                                                   cmdsn=self.cmdsn,
+                                                   exp_statsn=self.exp_stat_sn))
         self.tsih = bhs.tsih
         self.params = self._negotiated(answer)
         return answer
@@ -438,8 +438,8 @@ class Session:
         fut = self.loop.create_future()
         self._pending[itt] = fut
         self._logged_out = True
-        self._enqueue(_Item(pdu.pack(Op.LOGOUT_REQUEST | pdu.IMMEDIATE, 0x80 | reason, 0, 0, 0,
-                                     bytes(8), itt, 0, self.cmdsn, self.exp_stat_sn)))
+        self._enqueue(_Item(pdu.logout_request(immediate=True, reason=reason, itt=itt,
+                                               cmdsn=self.cmdsn, exp_statsn=self.exp_stat_sn)))
         bhs = await asyncio.wait_for(fut, self.timeout)
         return bhs.b2
 
@@ -538,17 +538,16 @@ class Session:
                  | (cmd.attr & pdu.ATTR_MASK))
         cmd.cmdsn = self.cmdsn
         self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
-        header = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, len(imm), encode_lun(cmd.lun),
-                                    cmd.itt, edtl, cmd.cmdsn, self.exp_stat_sn))
-        header[32:32 + len(cmd.cdb)] = cmd.cdb
-        parts = [bytes(header), imm, pdu.padding(len(imm))]
-        offset, datasn = len(imm), 0
         lun = encode_lun(cmd.lun)
+        header = pdu.scsi_command(flags=flags, dsl=len(imm), lun=lun, itt=cmd.itt, edtl=edtl,
+                                  cmdsn=cmd.cmdsn, exp_statsn=self.exp_stat_sn, cdb=cmd.cdb)
+        parts = [header, imm, pdu.padding(len(imm))]
+        offset, datasn = len(imm), 0
         while offset < unsol_end:
             n = min(p.send_segment, unsol_end - offset)
-            last = pdu.F_FINAL if offset + n == unsol_end else 0
-            parts.append(pdu.pack(Op.DATA_OUT, last, 0, 0, n, lun, cmd.itt, RESERVED, 0,
-                                  self.exp_stat_sn, 0, datasn, offset, 0))
+            parts.append(pdu.data_out(final=offset + n == unsol_end, dsl=n, lun=lun,
+                                      itt=cmd.itt, exp_statsn=self.exp_stat_sn, datasn=datasn,
+                                      buffer_offset=offset))
             parts.append(data[offset:offset + n])
             parts.append(pdu.padding(n))
             offset += n
@@ -578,9 +577,10 @@ class Session:
         ref_itt = ref.itt if ref is not None else RESERVED
         ref_cmdsn = ref.cmdsn if ref is not None and ref.cmdsn >= 0 else 0
         covered = [c for c in self._cmds.values() if c.sent is not None or c.cmdsn >= 0]
-        self._enqueue(_Item(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | function, 0, 0,
-                                     0, encode_lun(lun), itt, ref_itt, self.cmdsn,
-                                     self.exp_stat_sn, ref_cmdsn)))
+        self._enqueue(_Item(pdu.task_management_request(
+            immediate=True, function=function, lun=encode_lun(lun), itt=itt,
+            referenced_task_tag=ref_itt, cmdsn=self.cmdsn, exp_statsn=self.exp_stat_sn,
+            ref_cmdsn=ref_cmdsn)))
         bhs = await asyncio.wait_for(fut, self.timeout)
         response = bhs.b2
         if response == TmfResponse.COMPLETE:
@@ -615,8 +615,8 @@ class Session:
         itt = self._next_itt()
         fut = self.loop.create_future()
         self._pending[itt] = fut
-        self._enqueue(_Item(pdu.pack(Op.NOP_OUT | pdu.IMMEDIATE, pdu.F_FINAL, 0, 0, len(payload),
-                                     bytes(8), itt, RESERVED, self.cmdsn, self.exp_stat_sn)
+        self._enqueue(_Item(pdu.nop_out(immediate=True, dsl=len(payload), itt=itt,
+                                        cmdsn=self.cmdsn, exp_statsn=self.exp_stat_sn)
                             + payload + pdu.padding(len(payload))))
         _, data = await asyncio.wait_for(fut, self.timeout)
         return data
@@ -761,13 +761,14 @@ class Session:
             return
         op = bhs.opcode
         if op in _WINDOW_PDUS:
-            self._update_window(bhs.w28, bhs.w32)
+            self._update_window(bhs.exp_cmdsn, bhs.max_cmdsn)
         if op in _STATUS_PDUS or (op == Op.DATA_IN and bhs.flags & pdu.F_STATUS) or (
                 op == Op.NOP_IN and bhs.itt != RESERVED):
-            if bhs.w24 != self.exp_stat_sn:
-                self._error("StatSN out of order", f"StatSN {bhs.w24:#x}, expected "
+            statsn = bhs.statsn
+            if statsn != self.exp_stat_sn:
+                self._error("StatSN out of order", f"StatSN {statsn:#x}, expected "
                             f"{self.exp_stat_sn:#x} ({Op(op).name})")
-            self.exp_stat_sn = (bhs.w24 + 1) & 0xFFFFFFFF
+            self.exp_stat_sn = (statsn + 1) & 0xFFFFFFFF
         if op == Op.DATA_IN:
             self._data_in(bhs, data)
         elif op == Op.SCSI_RESPONSE:
@@ -820,12 +821,13 @@ class Session:
         if bhs.dsl > p.recv_segment:
             self._error("Data-In segment above MaxRecvDataSegmentLength",
                         f"Data-In of {bhs.dsl} bytes, ours is {p.recv_segment}")
-        if bhs.w36 != cmd.next_datasn:
-            self._error("Data-In DataSN out of order", f"DataSN {bhs.w36}, expected "
+        datasn = bhs.datasn
+        if datasn != cmd.next_datasn:
+            self._error("Data-In DataSN out of order", f"DataSN {datasn}, expected "
                         f"{cmd.next_datasn} (ITT {cmd.itt:#x})")
-        cmd.next_datasn = bhs.w36 + 1
+        cmd.next_datasn = datasn + 1
         cmd.data_in_pdus += 1
-        offset = bhs.w40
+        offset = bhs.buffer_offset
         buf = cmd.buf
         if buf is None or offset + len(data) > len(buf):
             self._error("Data-In beyond the EDTL",
@@ -842,7 +844,7 @@ class Session:
         if bhs.flags & pdu.F_FINAL:
             cmd.burst_bytes = 0
         if bhs.flags & pdu.F_STATUS:
-            self._end(cmd, Response(bhs.b3, bytes(buf[:cmd.received]), b"", bhs.w44,
+            self._end(cmd, Response(bhs.b3, bytes(buf[:cmd.received]), b"", bhs.residual_count,
                                     bool(bhs.flags & pdu.F_OVERFLOW),
                                     bool(bhs.flags & pdu.F_UNDERFLOW)))
 
@@ -855,14 +857,15 @@ class Session:
             n = _SENSE_LEN.unpack_from(data)[0]
             sense = data[2:2 + n]
         got = bytes(cmd.buf[:cmd.received]) if cmd.buf is not None else b""
-        self._end(cmd, Response(bhs.b3, got, sense, bhs.w44, bool(bhs.flags & pdu.F_OVERFLOW),
+        self._end(cmd, Response(bhs.b3, got, sense, bhs.residual_count,
+                                bool(bhs.flags & pdu.F_OVERFLOW),
                                 bool(bhs.flags & pdu.F_UNDERFLOW), bhs.b2))
 
     def _r2t(self, bhs: Bhs) -> None:
         cmd = self._task(bhs, "R2T")
         if cmd is None:
             return
-        offset, length, ttt = bhs.w40, bhs.w44, bhs.w20
+        offset, length, ttt = bhs.buffer_offset, bhs.desired_length, bhs.ttt
         if not cmd.data or offset + length > len(cmd.data) or length == 0:
             self._error("R2T outside the command's data",
                         f"R2T for {offset}+{length}, {len(cmd.data)} bytes to send")
@@ -885,9 +888,9 @@ class Session:
         pos, end = offset, offset + length
         while pos < end:
             n = min(seg, end - pos)
-            last = pdu.F_FINAL if pos + n == end else 0
-            parts.append(pdu.pack(Op.DATA_OUT, last, 0, 0, n, lun, cmd.itt, ttt, 0,
-                                  self.exp_stat_sn, 0, datasn, pos, 0))
+            parts.append(pdu.data_out(final=pos + n == end, dsl=n, lun=lun, itt=cmd.itt,
+                                      ttt=ttt, exp_statsn=self.exp_stat_sn, datasn=datasn,
+                                      buffer_offset=pos))
             parts.append(cmd.data[pos:pos + n])
             parts.append(pdu.padding(n))
             datasn += 1
@@ -900,11 +903,11 @@ class Session:
 
     def _nop_in(self, bhs: Bhs, data: bytes) -> None:
         if bhs.itt == RESERVED:
-            if bhs.w20 != RESERVED:  # a ping from the target: answer it (11.18)
+            if bhs.ttt != RESERVED:  # a ping from the target: answer it (11.18)
                 self.nop_ins_answered += 1
-                self._enqueue(_Item(pdu.pack(Op.NOP_OUT | pdu.IMMEDIATE, pdu.F_FINAL, 0, 0, 0,
-                                             bytes(8), RESERVED, bhs.w20, self.cmdsn,
-                                             self.exp_stat_sn)))
+                self._enqueue(_Item(pdu.nop_out(immediate=True, itt=RESERVED, ttt=bhs.ttt,
+                                                cmdsn=self.cmdsn,
+                                                exp_statsn=self.exp_stat_sn)))
             return
         fut = self._pending.pop(bhs.itt, None)
         if fut is None:

@@ -167,12 +167,11 @@ class Initiator:
         immediate = data if self.immediate_data else b""
         if data and not self.immediate_data:
             self.out_data[itt] = data
-        hdr = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, len(immediate),
-                                 bytes((0, lun, 0, 0, 0, 0, 0, 0)), itt,
-                                 read or len(data), self.cmdsn, 0))
+        hdr = pdu.scsi_command(flags=flags, dsl=len(immediate),
+                               lun=bytes((0, lun, 0, 0, 0, 0, 0, 0)), itt=itt,
+                               edtl=read or len(data), cmdsn=self.cmdsn, exp_statsn=0, cdb=cdb)
         self.cmdsn += 1
-        hdr[32:32 + len(cdb)] = cdb
-        return itt, bytes(hdr) + immediate + pdu.padding(len(immediate))
+        return itt, hdr + immediate + pdu.padding(len(immediate))
 
     def send(self, cdb: bytes, **kw) -> int:
         itt, raw = self.command(cdb, **kw)
@@ -181,9 +180,10 @@ class Initiator:
 
     def tmf(self, function: int, *, ref_itt: int = 0xFFFFFFFF, lun: int = 0) -> None:
         itt, self.itt = self.itt, self.itt + 1
-        self.link.feed(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | function, 0, 0, 0,
-                                bytes((0, lun, 0, 0, 0, 0, 0, 0)), itt, ref_itt, self.cmdsn,
-                                0, self.cmdsn - 1))
+        self.link.feed(pdu.task_management_request(
+            immediate=True, function=function, lun=bytes((0, lun, 0, 0, 0, 0, 0, 0)), itt=itt,
+            referenced_task_tag=ref_itt, cmdsn=self.cmdsn, exp_statsn=0,
+            ref_cmdsn=self.cmdsn - 1))
 
     def responses(self) -> dict[int, tuple[int, bytes, bytes]]:
         """ITT -> (status, Data-In bytes, sense) of every command answered since last time."""
@@ -192,9 +192,10 @@ class Initiator:
         for bhs, payload in self.link.take():
             if bhs.opcode == Op.R2T:  # Data-Out for it, sent by the test when it likes
                 out = self.out_data[bhs.itt]
-                offset, length = bhs.w40, bhs.w44
-                self.r2ts.append(pdu.pack(Op.DATA_OUT, pdu.F_FINAL, 0, 0, length, bhs.lun,
-                                          bhs.itt, bhs.w20, 0, 0, 0, 0, offset, 0)
+                offset, length = bhs.buffer_offset, bhs.desired_length
+                self.r2ts.append(pdu.data_out(final=True, dsl=length, lun=bhs.lun, itt=bhs.itt,
+                                              ttt=bhs.ttt, exp_statsn=0, datasn=0,
+                                              buffer_offset=offset)
                                  + out[offset:offset + length] + pdu.padding(length))
                 continue
             if bhs.opcode == Op.DATA_IN:

@@ -179,10 +179,9 @@ def _split(raw: bytes) -> tuple[list[tuple[Bhs, bytes]], bool]:
 
 def _command(cdb: bytes, *, read: int = 0, data: bytes = b"", immediate: bytes = b"") -> bytes:
     flags = pdu.F_FINAL | (pdu.F_READ if read else 0) | (pdu.F_WRITE if data else 0) | 1
-    hdr = bytearray(pdu.pack(Op.SCSI_COMMAND, flags, 0, 0, len(immediate), bytes(8), 1,
-                             read or len(data), 1, 0))
-    hdr[32:32 + len(cdb)] = cdb
-    return bytes(hdr) + immediate + pdu.padding(len(immediate))
+    hdr = pdu.scsi_command(flags=flags, dsl=len(immediate), lun=pdu.ZERO_LUN, itt=1,
+                           edtl=read or len(data), cmdsn=1, exp_statsn=0, cdb=cdb)
+    return hdr + immediate + pdu.padding(len(immediate))
 
 
 def _assert_in_order(name: str, calls: list[str]) -> None:
@@ -232,9 +231,9 @@ def test_write10_r2t_path_is_the_table() -> None:
     try:
         data = b"T" * 512
         (r2t, _), = rig.receive(_command(WRITE10, data=data))
-        assert r2t.opcode == Op.R2T and (r2t.w40, r2t.w44) == (0, 512)  # offset, length
-        dout = pdu.pack(Op.DATA_OUT, pdu.F_FINAL, 0, 0, 512, bytes(8), 1, r2t.ttt, 0, 0, 0, 0,
-                        0, 0)
+        assert r2t.opcode == Op.R2T and (r2t.buffer_offset, r2t.desired_length) == (0, 512)
+        dout = pdu.data_out(final=True, dsl=512, lun=pdu.ZERO_LUN, itt=1, ttt=r2t.ttt,
+                            exp_statsn=0, datasn=0, buffer_offset=0)
         (resp, _), = rig.receive(dout + data)
         assert rig.lu.store.read(8 * 512, 512) == data
     finally:

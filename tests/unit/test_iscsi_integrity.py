@@ -54,8 +54,9 @@ def disk(store, **params) -> Harness:
 
 def tmf(h: Harness, function: int, ref_itt: int, ref_cmdsn: int, itt: int = 900) -> bytes:
     """An immediate TMF request carrying the CmdSN the initiator would use next."""
-    return h.frame(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | function, 0, 0, 0,
-                            bytes(8), itt, ref_itt, h.cmdsn, 0, ref_cmdsn))
+    return h.frame(pdu.task_management_request(
+        immediate=True, function=function, lun=pdu.ZERO_LUN, itt=itt,
+        referenced_task_tag=ref_itt, cmdsn=h.cmdsn, exp_statsn=0, ref_cmdsn=ref_cmdsn))
 
 
 # --- a read sees its own moment ---------------------------------------------------------
@@ -190,8 +191,8 @@ def test_initial_r2t_no_with_f_bit_solicits_all_the_data():
     payload = b"\x5a" * 8192
     h.feed(h.command(write10(0, 16), len(payload), write=True))  # F=1, no immediate data
     (r2t, _), = h.pdus()
-    assert r2t.opcode == Op.R2T and (r2t.w40, r2t.w44) == (0, 8192)
-    h.feed(h.data_out(1, r2t.w20, 0, 0, payload))
+    assert r2t.opcode == Op.R2T and (r2t.buffer_offset, r2t.desired_length) == (0, 8192)
+    h.feed(h.data_out(1, r2t.ttt, 0, 0, payload))
     (resp, _), = h.pdus()
     assert resp.opcode == Op.SCSI_RESPONSE and resp.b3 == 0
     assert bytes(h.store.read(0, len(payload))) == payload
@@ -205,8 +206,9 @@ def test_immediate_data_with_f_bit_solicits_the_rest():
     payload = bytes(range(256)) * 80  # 20 KiB
     h.feed(h.command(write10(0, 40), len(payload), write=True, data=payload[:1024]))
     (r2t, _), = h.pdus()
-    assert r2t.opcode == Op.R2T and (r2t.w40, r2t.w44) == (1024, len(payload) - 1024)
-    h.feed(h.data_out(1, r2t.w20, 0, 1024, payload[1024:]))
+    assert r2t.opcode == Op.R2T
+    assert (r2t.buffer_offset, r2t.desired_length) == (1024, len(payload) - 1024)
+    h.feed(h.data_out(1, r2t.ttt, 0, 1024, payload[1024:]))
     (resp, _), = h.pdus()
     assert resp.b3 == 0 and bytes(h.store.read(0, len(payload))) == payload
 
@@ -217,19 +219,19 @@ def test_unsolicited_burst_ended_early_by_the_f_bit():
     h = Harness(immediate_data=False, initial_r2t=False, first_burst_length=16384,
                 max_burst_length=65536, max_outstanding_r2t=2)
     payload = bytes(range(256)) * 80
-    hdr = bytearray(pdu.pack(Op.SCSI_COMMAND, pdu.F_WRITE | 1, 0, 0, 0, bytes(8), 1,
-                             len(payload), h.cmdsn, 0))  # F=0: unsolicited data follows
+    hdr = pdu.scsi_command(flags=pdu.F_WRITE | 1, dsl=0, lun=pdu.ZERO_LUN, itt=1,
+                           edtl=len(payload), cmdsn=h.cmdsn, exp_statsn=0,
+                           cdb=write10(0, 40))  # F=0: unsolicited data follows
     h.cmdsn += 1
-    hdr[32:42] = write10(0, 40)
-    h.feed(h.frame(bytes(hdr)))
+    h.feed(h.frame(hdr))
     (first_r2t, _), = h.pdus()
-    assert (first_r2t.w40, first_r2t.w44) == (16384, len(payload) - 16384)
+    assert (first_r2t.buffer_offset, first_r2t.desired_length) == (16384, len(payload) - 16384)
     h.feed(h.data_out(1, 0xFFFFFFFF, 0, 0, payload[:4096], final=True))
     (r2t, _), = h.pdus()
-    assert r2t.opcode == Op.R2T and (r2t.w40, r2t.w44) == (4096, 16384 - 4096)
-    h.feed(h.data_out(1, first_r2t.w20, 0, 16384, payload[16384:]))
+    assert r2t.opcode == Op.R2T and (r2t.buffer_offset, r2t.desired_length) == (4096, 16384 - 4096)
+    h.feed(h.data_out(1, first_r2t.ttt, 0, 16384, payload[16384:]))
     assert h.pdus() == []
-    h.feed(h.data_out(1, r2t.w20, 0, 4096, payload[4096:16384]))
+    h.feed(h.data_out(1, r2t.ttt, 0, 4096, payload[4096:16384]))
     (resp, _), = h.pdus()
     assert resp.opcode == Op.SCSI_RESPONSE and resp.b3 == 0
     assert bytes(h.store.read(0, len(payload))) == payload
@@ -247,7 +249,7 @@ def test_write6_of_256_blocks_without_the_w_bit_reports_the_overflow():
     h.feed(h.command(cdb, 0))
     (resp, _), = h.pdus()
     assert resp.opcode == Op.SCSI_RESPONSE and resp.b3 == 0
-    assert resp.flags & pdu.F_OVERFLOW and resp.w44 == 256 * BS
+    assert resp.flags & pdu.F_OVERFLOW and resp.residual_count == 256 * BS
     assert bytes(h.store.read(0, 256 * BS)) == b"\x77" * (256 * BS)
 
 
@@ -278,7 +280,7 @@ def test_empty_data_out_with_an_unknown_transfer_tag_is_rejected():
     h = Harness(immediate_data=False, initial_r2t=True)
     h.feed(h.command(write10(0, 1), 512, write=True))
     (r2t, _), = h.pdus()
-    h.feed(h.data_out(1, r2t.w20 + 1000, 0, 0, b""))
+    h.feed(h.data_out(1, r2t.ttt + 1000, 0, 0, b""))
     (rej, _), (resp, sense) = h.pdus()
     assert rej.opcode == Op.REJECT and rej.b2 == pdu.RejectReason.INVALID_PDU_FIELD
     assert resp.opcode == Op.SCSI_RESPONSE and resp.b3 == 0x02

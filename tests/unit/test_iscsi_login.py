@@ -39,9 +39,9 @@ def make_portal(**kw) -> Portal:
 def request(fl: int, pairs=(), *, raw: bytes | None = None, isid=ISID, tsih=0, cid=0,
             itt=0x1000, cmdsn=10, exp_stat_sn=20, vmax=0, vmin=0) -> tuple[Bhs, bytes]:
     data = raw if raw is not None else keys.encode(pairs)
-    lun = isid.to_bytes(6, "big") + tsih.to_bytes(2, "big")
-    header = pdu.pack(Op.LOGIN_REQUEST | pdu.IMMEDIATE, fl, vmax, vmin, len(data), lun, itt,
-                      cid << 16, cmdsn, exp_stat_sn)
+    header = pdu.login_request(flags=fl, version_max=vmax, version_min=vmin, dsl=len(data),
+                               isid=isid, tsih=tsih, itt=itt, cid=cid, cmdsn=cmdsn,
+                               exp_statsn=exp_stat_sn)
     return Bhs(header), data
 
 
@@ -55,8 +55,8 @@ class Response:
         self.c = bool(b.flags & C)
         self.csg = (b.flags >> 2) & 3
         self.nsg = b.flags & 3
-        self.status = (b.w36 >> 24, (b.w36 >> 16) & 0xFF)
-        self.stat_sn, self.exp_cmdsn, self.max_cmdsn = b.w24, b.w28, b.w32
+        self.status = (b.status_class, b.status_detail)
+        self.stat_sn, self.exp_cmdsn, self.max_cmdsn = b.statsn, b.exp_cmdsn, b.max_cmdsn
         self.isid, self.tsih, self.itt = b.isid, b.tsih, b.itt
         self.version_max, self.version_active = b.b2, b.b3
 
