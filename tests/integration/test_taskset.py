@@ -58,18 +58,20 @@ def clear_unit_attention(ini: Initiator) -> None:
 def send_read(ini: Initiator, lba: int, attr: int = TaskAttr.SIMPLE) -> int:
     """Send READ(10) of 8 blocks without waiting; returns its ITT."""
     itt = ini._next_itt()
-    header = bytearray(pdu.pack(Op.SCSI_COMMAND, pdu.F_FINAL | pdu.F_READ | attr, 0, 0, 0,
-                                encode_lun(0), itt, 4096, ini.cmdsn, ini.exp_stat_sn))
-    header[32:42] = struct.pack(">BBIBHB", READ10, 0, lba, 0, 8, 0)
+    header = pdu.scsi_command(flags=pdu.F_FINAL | pdu.F_READ | attr, dsl=0, lun=encode_lun(0),
+                              itt=itt, edtl=4096, cmdsn=ini.cmdsn, exp_statsn=ini.exp_stat_sn,
+                              cdb=struct.pack(">BBIBHB", READ10, 0, lba, 0, 8, 0))
     ini.cmdsn = (ini.cmdsn + 1) & 0xFFFFFFFF
-    ini.send_pdu(bytes(header))
+    ini.send_pdu(header)
     return itt
 
 
 def send_tmf(ini: Initiator, function: int, ref_itt: int = pdu.RESERVED_TAG) -> int:
     itt = ini._next_itt()
-    ini.send_pdu(pdu.pack(Op.TASK_MGMT_REQUEST | pdu.IMMEDIATE, 0x80 | function, 0, 0, 0,
-                          encode_lun(0), itt, ref_itt, ini.cmdsn, ini.exp_stat_sn, 0))
+    ini.send_pdu(pdu.task_management_request(immediate=True, function=function,
+                                             lun=encode_lun(0), itt=itt,
+                                             referenced_task_tag=ref_itt, cmdsn=ini.cmdsn,
+                                             exp_statsn=ini.exp_stat_sn))
     return itt
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from target.iscsi import keys, pdu
 from target.iscsi.errors import ProtocolError
-from target.iscsi.pdu import F_CONTINUE, F_FINAL, RESERVED_TAG, Bhs, Op, RejectReason
+from target.iscsi.pdu import F_CONTINUE, F_FINAL, RESERVED_TAG, Bhs, RejectReason
 from target.iscsi.portal import Portal, TargetEntry
 from target.iscsi.session import Session, SessionParams, SessionRegistry
 from target.iscsi.text import TextResponder
@@ -40,8 +40,8 @@ def make(session_type="Discovery", addresses=("127.0.0.1:3260",), mrdsl=8192,
 def request(pairs=(), *, raw=None, final=True, cont=False, itt=1, ttt=RESERVED_TAG):
     data = raw if raw is not None else keys.encode(pairs)
     fl = (F_FINAL if final else 0) | (F_CONTINUE if cont else 0)
-    return Bhs(pdu.pack(Op.TEXT_REQUEST, fl, 0, 0, len(data), pdu.ZERO_LUN, itt, ttt, 1, 1)), \
-        data
+    return Bhs(pdu.text_request(flags=fl, dsl=len(data), itt=itt, ttt=ttt, cmdsn=1,
+                                exp_statsn=1)), data
 
 
 def ask(responder, pairs=(), **kw):
