@@ -26,9 +26,11 @@ Rules:
   round(x, 1) give, but at an exact tie, which round() may send down). The keys, their
   order and their values are those of json.dumps of the record dict (tests/unit/
   test_trace_encoder.py holds the dicts, written from these rules).
-  Measured (tools/trace_bench.py, 4 KiB READ/WRITE(10) mix, this 2-core machine): the old
-  dict + json.dumps on the loop cost ~20 us CPU per record; record() now ~1.3-1.8 us on
-  the loop and the writer ~3.5-4 us more (GIL-held CPU, the write included).
+  Measured (tools/trace_bench.py, 4 KiB READ/WRITE(10) mix, best of 5, this shared 2-core
+  machine): the old dict + json.dumps on the loop cost ~23 us CPU per record; now
+  record() costs ~1.8 us on the loop (call included) and ~4.9-5.3 us in all, the writer's
+  encoding and write included. The writer holds the GIL while it encodes, so on a busy
+  target its share still delays the loop: a thread moves the cost, it does not hide it.
 - Write errors (file or live stream): one warning, the tracer turns itself off and drops
   what it held; it never fails I/O. So does any error of the encoder.
 - `summarize()` reads a trace back and reports per opcode: count, blocks, bytes, status
