@@ -1,0 +1,239 @@
+"""The trace's batch encoder against the record fields target/trace.py's header defines.
+
+The expected records are written here by hand from those rules (the names of SAM-5 table
+38 statuses and RFC 7143 11.3.1.1 attributes, the SBC-4 CDB fields, SPC-4 sense keys and
+ASC/ASCQ, Data-In only for GOOD/CONDITION MET and at most the Expected Data Transfer
+Length), in the key order of today's json.dumps of the record dict: the encoder's lines
+must json.loads to exactly these. Also: records reach the file while the tracer runs (a
+time-based flush, issue 16 item 4), and a write error turns the tracer off with one
+warning and never raises into the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from target import trace
+from target.scsi.disk import DISK_COMMANDS
+from target.scsi.sense import (
+    LBA_OUT_OF_RANGE,
+    LU_NOT_READY_CAUSE_NOT_REPORTABLE,
+    REPORTED_LUNS_DATA_HAS_CHANGED,
+    CheckCondition,
+    SenseKey,
+    invalid_opcode,
+)
+from target.scsi.task import Nexus, ScsiTask, Status, TaskAttr
+from target.trace import Tracer, render
+
+pytestmark = pytest.mark.unit
+
+NAME = "iqn.2026-11.local.test:host"
+NEXUS = Nexus(NAME + ",i,0x1", "iqn.2026-11.local.test:t,t,0x1", initiator_name=NAME)
+# JSON escaping (non-ASCII) and a '%' that must not be taken for a template field.
+ODD_NAME = "iqn.2026-11.local.test:100%-d\u00e9j\u00e0"
+ODD = Nexus(ODD_NAME + ",i,0x2", "iqn.2026-11.local.test:t,t,0x1", initiator_name=ODD_NAME)
+PEER = "127.0.0.1:40000"
+
+
+def rw10(op: int, byte1: int, lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBIBHB", op, byte1, lba, 0, blocks, 0) + bytes(6)
+
+
+def task(cdb: bytes, *, nexus: Nexus | None = NEXUS, lun: int = 0, tag: int = 1,
+         attr: int = TaskAttr.SIMPLE, parse: bool = True, **fields) -> ScsiTask:
+    t = ScsiTask(nexus, lun, cdb, tag=tag, attr=attr, data_out=fields.pop("data_out", None),
+                 expected_in=fields.pop("expected_in", 0))
+    if parse:  # as the LU's table looks it up on arrival (CommandSet.parse)
+        DISK_COMMANDS.parse(t)
+    for name, value in fields.items():
+        setattr(t, name, value)
+    return t
+
+
+def cases() -> list[tuple[ScsiTask, str, int, int | None, dict]]:
+    """(task, peer, latency ns, queued, the expected record without "t")."""
+    read = rw10(0x28, 0, 2048, 8)
+    read2 = rw10(0x28, 0, 4096, 16)
+    fua = rw10(0x28, 0x08, 2048, 8)
+    write = rw10(0x2A, 0x18, 100, 8)  # FUA | DPO
+    bad = rw10(0x28, 0, 99999, 1)
+    rc16 = struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0)
+    read16 = struct.pack(">BBQIBB", 0x88, 0, 1 << 40, 8, 0, 0)
+    ws16 = struct.pack(">BBQIBB", 0x93, 0x09, 7, 50, 0, 0)  # UNMAP | NDOB
+    unknown = bytes([0xC5]) + bytes(15)
+    lbr = CheckCondition(SenseKey.ILLEGAL_REQUEST, LBA_OUT_OF_RANGE).sense(False)
+    nrdy = CheckCondition(SenseKey.NOT_READY, LU_NOT_READY_CAUSE_NOT_REPORTABLE).sense(True)
+    ua = CheckCondition(SenseKey.UNIT_ATTENTION, REPORTED_LUNS_DATA_HAS_CHANGED).sense(False)
+    ua_sense = {"sense_key": "UNIT ATTENTION", "asc": "3F/0E", "asc_name": ""}
+    base = {"initiator": NAME, "peer": PEER, "lun": 0}
+    return [
+        # 4 KiB READ(10) through the task set: SBC-4 5.x 10-byte fields, Data-In counted.
+        (task(read, tag=0x10, data_in=memoryview(bytes(4096)), expected_in=4096), PEER,
+         123_400, 3,
+         {**base, "tag": 16, "attr": "SIMPLE", "op": "READ(10)", "lba": 2048, "blocks": 8,
+          "cdb": read.hex(), "status": "GOOD", "in": 4096, "out": 0, "us": 123.4,
+          "queued": 3}),
+        # The same shape again, other values: a template reused, not its first values.
+        (task(read2, tag=0x11, data_in=memoryview(bytes(8192)), expected_in=8192), PEER,
+         9_876_549, 0,
+         {**base, "tag": 17, "attr": "SIMPLE", "op": "READ(10)", "lba": 4096, "blocks": 16,
+          "cdb": read2.hex(), "status": "GOOD", "in": 8192, "out": 0, "us": 9876.5,
+          "queued": 0}),
+        # The same command with FUA (byte 1 bit 3): another template, with its flags.
+        (task(fua, tag=0x12, data_in=memoryview(bytes(4096)), expected_in=4096), PEER,
+         1_049, 5,
+         {**base, "tag": 18, "attr": "SIMPLE", "op": "READ(10)", "lba": 2048, "blocks": 8,
+          "flags": ["FUA"], "cdb": fua.hex(), "status": "GOOD", "in": 4096, "out": 0,
+          "us": 1.0, "queued": 5}),
+        # WRITE(10) with FUA and DPO (byte 1 bits 3 and 4), ORDERED, LUN 3, bypass.
+        (task(write, lun=3, tag=0xFFFFFFFF, attr=TaskAttr.ORDERED,
+              data_out=memoryview(bytearray(4096))), PEER, 1_000_000, None,
+         {**base, "lun": 3, "tag": 0xFFFFFFFF, "attr": "ORDERED", "op": "WRITE(10)",
+          "lba": 100, "blocks": 8, "flags": ["FUA", "DPO"], "cdb": write.hex(),
+          "status": "GOOD", "in": 0, "out": 4096, "us": 1000.0}),
+        # CHECK CONDITION, fixed sense: key, ASC/ASCQ, its name; no Data-In counted.
+        (task(bad, tag=7, expected_in=512, status=Status.CHECK_CONDITION, sense=lbr), PEER,
+         250_000, 1,
+         {**base, "tag": 7, "attr": "SIMPLE", "op": "READ(10)", "lba": 99999, "blocks": 1,
+          "cdb": bad.hex(), "status": "CHECK CONDITION", "sense_key": "ILLEGAL REQUEST",
+          "asc": "21/00", "asc_name": "LOGICAL BLOCK ADDRESS OUT OF RANGE", "in": 0,
+          "out": 0, "us": 250.0, "queued": 1}),
+        # Descriptor sense (D_SENSE=1), and Data-In on a failed command is not counted.
+        (task(read, tag=8, expected_in=4096, data_in=bytes(4096),
+              status=Status.CHECK_CONDITION, sense=nrdy), PEER, 61, None,
+         {**base, "tag": 8, "attr": "SIMPLE", "op": "READ(10)", "lba": 2048, "blocks": 8,
+          "cdb": read.hex(), "status": "CHECK CONDITION", "sense_key": "NOT READY",
+          "asc": "04/00", "asc_name": "LOGICAL UNIT NOT READY", "in": 0, "out": 0,
+          "us": 0.1}),
+        # An ASC/ASCQ with no name in the table: an empty name.
+        (task(read, tag=9, status=Status.CHECK_CONDITION, sense=ua), PEER, 0, None,
+         {**base, "tag": 9, "attr": "SIMPLE", "op": "READ(10)", "lba": 2048, "blocks": 8,
+          "cdb": read.hex(), "status": "CHECK CONDITION", **ua_sense, "in": 0, "out": 0,
+          "us": 0.0}),
+        # A service action, no block range; Data-In cut to the Expected Data Transfer Length.
+        (task(rc16, tag=2, attr=TaskAttr.HEAD_OF_QUEUE, data_in=bytes(32), expected_in=12),
+         PEER, 40_000, None,
+         {**base, "tag": 2, "attr": "HEAD OF QUEUE", "op": "READ CAPACITY(16)", "sa": 16,
+          "cdb": rc16.hex(), "status": "GOOD", "in": 12, "out": 0, "us": 40.0}),
+        # An opcode no table has: named by its code.
+        (task(unknown, tag=3, status=Status.CHECK_CONDITION,
+              sense=invalid_opcode().sense(False)), PEER, 12_345, None,
+         {**base, "tag": 3, "attr": "SIMPLE", "op": "opcode 0xC5", "cdb": unknown.hex(),
+          "status": "CHECK CONDITION", "sense_key": "ILLEGAL REQUEST", "asc": "20/00",
+          "asc_name": "INVALID COMMAND OPERATION CODE", "in": 0, "out": 0, "us": 12.3}),
+        # No LU behind the LUN (never looked up): the disk table names it, with its range.
+        (task(read16, lun=7, tag=4, parse=False, status=Status.CHECK_CONDITION, sense=lbr),
+         PEER, 5_000, None,
+         {**base, "lun": 7, "tag": 4, "attr": "SIMPLE", "op": "READ(16)", "lba": 1 << 40,
+          "blocks": 8, "cdb": read16.hex(), "status": "CHECK CONDITION",
+          "sense_key": "ILLEGAL REQUEST", "asc": "21/00",
+          "asc_name": "LOGICAL BLOCK ADDRESS OUT OF RANGE", "in": 0, "out": 0, "us": 5.0}),
+        # WRITE SAME(16) UNMAP + NDOB, flags in the table's order; TASK SET FULL.
+        (task(ws16, tag=5, status=Status.TASK_SET_FULL), "[::1]:3260", 2_000, None,
+         {**base, "peer": "[::1]:3260", "tag": 5, "attr": "SIMPLE", "op": "WRITE SAME(16)",
+          "lba": 7, "blocks": 50, "flags": ["UNMAP", "NDOB"], "cdb": ws16.hex(),
+          "status": "TASK SET FULL", "in": 0, "out": 0, "us": 2.0}),
+        # No nexus: the initiator is the peer; a status and an attribute of no name.
+        (task(read, nexus=None, tag=6, attr=7, status=0x99), PEER, 1_500, None,
+         {**base, "initiator": PEER, "tag": 6, "attr": "7", "op": "READ(10)", "lba": 2048,
+          "blocks": 8, "cdb": read.hex(), "status": "0x99", "in": 0, "out": 0, "us": 1.5}),
+        # JSON escaping of the constants, and a '%' in them.
+        (task(read, nexus=ODD, tag=12, data_in=bytes(4096), expected_in=4096), PEER, 100,
+         None,
+         {**base, "initiator": ODD_NAME, "tag": 12, "attr": "SIMPLE", "op": "READ(10)",
+          "lba": 2048, "blocks": 8, "cdb": read.hex(), "status": "GOOD", "in": 4096,
+          "out": 0, "us": 0.1}),
+    ]
+
+
+def test_lines_are_the_records_of_the_field_rules(tmp_path: Path):
+    path = tmp_path / "t.jsonl"
+    live = io.StringIO()
+    tracer = Tracer(path, live)
+    work = cases()
+    walls = []
+    for t, peer, latency, queued, _ in work:
+        walls.append(time.time())
+        end = time.perf_counter_ns()  # the dispatcher's clock (target/shell/dispatch.py)
+        tracer.record(peer, t, end - latency, end, queued)
+    tracer.close()
+    lines = path.read_bytes().decode("ascii").splitlines()  # json.dumps escapes to ASCII
+    assert len(lines) == len(work)
+    for line, wall, (_, _, _, _, expected) in zip(lines, walls, work, strict=True):
+        rec = json.loads(line)
+        t = rec.pop("t")
+        assert wall - 0.01 <= t <= time.time() and round(t, 6) == t  # microseconds
+        assert rec == expected
+        assert list(rec) == list(expected)  # and json.dumps's key order of the old dict
+    # --trace-live: the rendered line of each record.
+    rendered = [render(json.loads(line)) for line in lines]
+    assert live.getvalue().splitlines() == rendered
+    assert "READ(10) lba=99999 blocks=1 CHECK CONDITION ILLEGAL REQUEST 21/00" in rendered[4]
+
+
+def test_t_is_the_wall_clock_time_of_the_completion(tmp_path: Path):
+    """"t" is when the command completed (its end_ns, on time.perf_counter_ns's clock), as
+    seconds since the epoch to the microsecond: here one that ended 50 ms after a whole
+    second, so that the six decimals must keep their leading zeros (.050000)."""
+    path = tmp_path / "t.jsonl"
+    tracer = Tracer(path)
+    wall_ns, perf_ns = time.time_ns(), time.perf_counter_ns()
+    when_ns = (wall_ns // 10**9 - 1) * 10**9 + 50_000_000
+    end = perf_ns - (wall_ns - when_ns)
+    tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
+    tracer.close()
+    t = json.loads(path.read_bytes())["t"]
+    assert abs(t - when_ns / 1e9) < 0.005
+
+
+def test_records_reach_the_file_while_the_tracer_runs(tmp_path: Path):
+    """Issue 16 item 4: `scsi-target trace FILE` on a running target sees its commands
+    within about a second (a time-based flush, not only at close)."""
+    path = tmp_path / "t.jsonl"
+    tracer = Tracer(path)
+    try:
+        end = time.perf_counter_ns()
+        tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
+        deadline = time.monotonic() + trace.FLUSH_INTERVAL + 1.0
+        while time.monotonic() < deadline and not path.read_bytes():
+            time.sleep(0.05)
+        lines = path.read_bytes().splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["op"] == "READ(10)"
+        assert "READ(10)" in trace.summarize(path)
+    finally:
+        tracer.close()
+
+
+class BrokenStream(io.StringIO):
+    def write(self, s: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("where", ["file", "live"])
+def test_a_write_error_turns_the_tracer_off_once(tmp_path: Path, caplog, where):
+    """/dev/full fails every write with ENOSPC; a live stream may break: one warning, the
+    tracer off, record() and close() never raise."""
+    if where == "file":
+        tracer = Tracer(Path("/dev/full"))
+    else:
+        tracer = Tracer(tmp_path / "t.jsonl", BrokenStream())
+    with caplog.at_level(logging.WARNING, logger="target.trace"):
+        end = time.perf_counter_ns()
+        tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
+        deadline = time.monotonic() + trace.FLUSH_INTERVAL + 2.0
+        while tracer.enabled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not tracer.enabled
+        for _ in range(3):
+            tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
+        tracer.close()
+    warnings = [r for r in caplog.records if r.name == "target.trace"]
+    assert len(warnings) == 1 and "trace disabled" in warnings[0].getMessage()
