@@ -23,8 +23,8 @@ How it measures (issue 14's cost budget; docs/COST.md holds the figures):
   qemu-img's own time, the loopback TCP path and the wake-ups, which this tool cannot
   split further (tgtd's null store at QD1, ../shared/ENVIRONMENT.md, is the floor of that
   with a C target).
-- --strace attaches `strace -c -f` to this process for a second, shorter run and prints
-  the system calls per command (the time figures of that run are not used: strace slows
+- --strace attaches `strace -c` to the server's thread for a second, shorter run and
+  prints its system calls per command (the time figures of that run are not used: strace slows
   every call).
 """
 
@@ -175,6 +175,7 @@ def measure(args: argparse.Namespace) -> None:
     ready = threading.Event()
     stop = threading.Event()
     bound: list = []
+    server_tid: list[int] = []
 
     async def main() -> None:
         bound.extend(srv.start())
@@ -184,6 +185,7 @@ def measure(args: argparse.Namespace) -> None:
         await srv.shutdown()
 
     def serve() -> None:
+        server_tid.append(threading.get_native_id())
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main())
 
@@ -227,17 +229,19 @@ def measure(args: argparse.Namespace) -> None:
         per_call = {k: calls[k] / n for k in ("recv_into", "sendmsg", "Link._on_readable")}
         print("  calls per command: " + ", ".join(f"{k} {v:.2f}" for k, v in per_call.items()))
     if args.strace:
-        strace_counts(url, args)
+        strace_counts(url, args, server_tid[0])
     stop.set()
     thread.join(10)
     built.close()
 
 
-def strace_counts(url: str, args: argparse.Namespace) -> None:
+def strace_counts(url: str, args: argparse.Namespace, tid: int) -> None:
+    """strace -c of the server's thread alone (not the client qemu-img, which this process
+    starts, nor the thread that waits for it)."""
     n = max(1000, args.count // 10)
     for write in (False, True):
         with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
-            st = subprocess.Popen(["strace", "-c", "-f", "-o", out.name, "-p", str(os.getpid())],
+            st = subprocess.Popen(["strace", "-c", "-o", out.name, "-p", str(tid)],
                                   stderr=subprocess.DEVNULL)
             time.sleep(0.5)
             try:
