@@ -79,7 +79,7 @@ def test_guest_on_a_seeking_depth1_lu(scsi_target, guest, policy, tmp_path):
     assert vm.read_md5(PATTERN_OFFSET, PATTERN_SIZE) == hashlib.md5(pattern(marker)).hexdigest()
     vm.check("wait", timeout=120)
     assert vm.poweroff() == 0
-    target.shell.server.stop()  # the tracer writes its buffer out at shutdown (cli.py)
+    target.server.stop()  # the tracer writes its buffer out at shutdown (cli.py)
     records = reads(trace)
     assert len(records) >= READERS * 40, f"only {len(records)} READs traced"
     out_of_order = overtaken(records)

@@ -117,7 +117,7 @@ def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_prope
 
     # The dump's WRITEs, in the target's trace, cover exactly its bytes on the LUN (to the
     # 4 KiB page: dd writes through the block device's page cache).
-    target.shell.server.stop()  # flushes the trace
+    target.server.stop()  # flushes the trace
     start = (kdump.SEEK_MIB << 20) // SECTOR
     end = start + -(-length // PAGE) * (PAGE // SECTOR)
     assert covered(trace_writes_after(trace, crashed_at_wall)) == [(start, end)]
