@@ -237,3 +237,56 @@ def test_a_write_error_turns_the_tracer_off_once(tmp_path: Path, caplog, where):
         tracer.close()
     warnings = [r for r in caplog.records if r.name == "target.trace"]
     assert len(warnings) == 1 and "trace disabled" in warnings[0].getMessage()
+
+
+def test_stream_across_chunks_id_resets_and_long_cdbs(tmp_path: Path, monkeypatch):
+    """The binary stream to the encoder process keeps every record, in order, across many
+    64 KiB chunks, restarts of its id table (MAX_IDS made small: 40 peers) and CDBs longer
+    than the record's 16 bytes (a 32-byte variable-length CDB, SPC-4 4.2.3: opcode 7Fh, no
+    entry in the disk table, so named by its code). Two unknown opcodes of one shape keep
+    their own names (the header: "an opcode no table has: named by its code")."""
+    monkeypatch.setattr(trace, "MAX_IDS", 8)
+    path = tmp_path / "t.jsonl"
+    tracer = Tracer(path)
+    long_cdb = bytes([0x7F, 0, 0, 0, 0, 0, 0, 0x18]) + bytes(range(24))
+    expected = []
+    end = time.perf_counter_ns()
+    for tag in range(3000):
+        peer = f"127.0.0.1:{40000 + tag % 40}"
+        if tag % 100 == 1:
+            cdb = long_cdb
+        elif tag % 100 == 2:
+            cdb = bytes([0xC0 + tag % 3]) + bytes(9)
+        else:
+            cdb = rw10(0x28, 0, tag, 8)
+        t = task(cdb, tag=tag, status=Status.GOOD if cdb[0] == 0x28 else
+                 Status.CHECK_CONDITION)
+        tracer.record(peer, t, end - 1000, end, tag % 5 or None)
+        expected.append((peer, cdb.hex(), "READ(10)" if cdb[0] == 0x28
+                         else f"opcode 0x{cdb[0]:02X}", tag % 5 or None))
+    tracer.close()
+    recs = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert len(recs) == len(expected)
+    for tag, (rec, (peer, cdb, op, queued)) in enumerate(zip(recs, expected, strict=True)):
+        assert (rec["tag"], rec["peer"], rec["cdb"], rec["op"], rec.get("queued")) == (
+            tag, peer, cdb, op, queued)
+        if op == "READ(10)":
+            assert rec["lba"] == tag and rec["blocks"] == 8
+
+
+def test_the_encoder_process_dying_turns_the_tracer_off_once(tmp_path: Path, caplog):
+    """The encoder killed (SIGKILL, by its PID): one warning, tracing off, record() and
+    close() never raise (the header: the trace never fails I/O)."""
+    tracer = Tracer(tmp_path / "t.jsonl")
+    with caplog.at_level(logging.WARNING, logger="target.trace"):
+        tracer._proc.kill()
+        end = time.perf_counter_ns()
+        deadline = time.monotonic() + trace.FLUSH_INTERVAL + 3.0
+        while tracer.enabled and time.monotonic() < deadline:
+            tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
+            time.sleep(0.05)
+        assert not tracer.enabled
+        tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
+        tracer.close()
+    warnings = [r for r in caplog.records if r.name == "target.trace"]
+    assert len(warnings) == 1 and "trace disabled" in warnings[0].getMessage()
