@@ -13,7 +13,9 @@
 #   by images.kernel), `vmlinuz` (the bzImage, for the BIOS path or for kexec),
 #   `initrd.cpio` (uncompressed newc, so TCG guests spend no time inflating it), the
 #   kernel config and manifest.json. (Debian's System.map is a stub; the real one is in
-#   the -dbg package.)
+#   the -dbg package.) Each VARIANTS entry adds `initrd-<name>.cpio`: the base tree plus
+#   that variant's programs and libraries (LinuxImage.variant(name) boots it); the base
+#   initrd.cpio is unchanged by variants.
 # - Kernel modules come from the extracted package, in images.kernel.ModuleTree's
 #   dependency order, never from the host. /init loads them in groups: "base" always,
 #   then the groups named by the kernel command line `st_modules=a,b` (default
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -68,6 +71,16 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "smartmontools": ("usr/sbin/smartctl",),  # LOG SENSE 0Dh/2Fh, mode page 1Ch
 }
 
+# Variants: a second initramfs, initrd-<name>.cpio, with the base programs plus these
+# (package -> globs), for guests that ask for it (LinuxImage.variant). fio 3.33 has its
+# libaio and psync engines built in (the package ships no engine plugins) but links its
+# rbd/rados/gfapi/nbd/rdma/pmem engines too, so their DT_NEEDED closure comes along:
+# 97 MB of initramfs against 24 MB. That would not fit the kdump capture kernel's
+# crashkernel reservation (qemu.kdump) and would slow every boot, hence a variant.
+VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "fio": {"fio": ("usr/bin/fio",)},  # tools/guest_bench.py, tests/guest/test_linux_fio.py
+}
+
 # Module groups /init can load; each name is a root, its dependencies come along.
 MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "base": ("sd_mod", "sg"),
@@ -85,7 +98,11 @@ MODULE_PARAMS: dict[str, str] = {
     "sym53c8xx": "settle=0",  # the default 3 s SCSI bus settle delay is wasted on QEMU
 }
 
-LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
+# Where DT_NEEDED names are looked up in the extracted packages. The last entry is the
+# DT_RUNPATH of librados/librbd (fio's rbd engine): libceph-common.so.2 lives there. In
+# the guest every library lands in GUEST_LIB_DIR, which the loader searches by default.
+LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib",
+            "usr/lib/x86_64-linux-gnu/ceph")
 HOST_LIB_DIRS = (Path("/lib/x86_64-linux-gnu"), Path("/usr/lib/x86_64-linux-gnu"))
 GUEST_LIB_DIR = "lib/x86_64-linux-gnu"
 _SOURCES = ("linux.py", "kernel.py", "elf.py", "cpio.py", "debian.py")
@@ -103,6 +120,15 @@ class LinuxImage:
     module_groups: tuple[str, ...]
     packages: dict[str, str]
     built: str
+    variants: tuple[tuple[str, Path], ...] = ()  # (name, its initrd), see VARIANTS
+
+    def variant(self, name: str) -> LinuxImage:
+        """This image booting the initramfs of variant `name` (base programs + its own)."""
+        initrd = dict(self.variants).get(name)
+        if initrd is None:
+            raise ImageError(f"image {self.path.name} has no variant {name!r} "
+                             f"(has: {', '.join(dict(self.variants)) or 'none'})")
+        return dataclasses.replace(self, initrd=initrd, variants=())
 
     @classmethod
     def load(cls, path: Path) -> LinuxImage | None:
@@ -115,7 +141,8 @@ class LinuxImage:
                    vmlinux=path / m["files"]["vmlinux"], bzimage=path / m["files"]["bzimage"],
                    initrd=path / m["files"]["initrd"], prompt=m["prompt"],
                    module_groups=tuple(m["module_groups"]), packages=dict(m["packages"]),
-                   built=m["built"])
+                   built=m["built"],
+                   variants=tuple((n, path / f) for n, f in m.get("variants", {}).items()))
 
 
 @dataclass(frozen=True)
@@ -157,7 +184,8 @@ def _resolve_apt() -> Plan:
                         if alts[0].startswith("linux-image-")), None)
     if kernel_name is None:
         raise ImageError(f"{KERNEL_METAPACKAGE} depends on no linux-image-* package")
-    pkgs = debian.closure([kernel_name, *PROGRAMS], _is_library_package)
+    extra = [pkg for programs in VARIANTS.values() for pkg in programs]
+    pkgs = debian.closure([kernel_name, *PROGRAMS, *extra], _is_library_package)
     key = {"recipe": _recipe_digest(),
            "packages": {n: p.version for n, p in sorted(pkgs.items())}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -238,9 +266,10 @@ def _modules(tree: Path, release: str, root: Path, progress: Callable[[str], Non
 
 # ---- programs and libraries ---------------------------------------------------------
 
-def _programs(trees: dict[str, Path], root: Path) -> list[Path]:
+def _programs(trees: dict[str, Path], root: Path,
+              programs: dict[str, tuple[str, ...]] = PROGRAMS) -> list[Path]:
     shipped: list[Path] = []
-    for pkg, globs in PROGRAMS.items():
+    for pkg, globs in programs.items():
         for pattern in globs:
             matches = sorted(trees[pkg].glob(pattern))
             if not matches:
@@ -433,7 +462,7 @@ def _prune_debs(plan: Plan) -> None:
 
 
 def _manifest(plan: Plan, release: str, groups: dict[str, list[str]],
-              from_host: list[str]) -> dict:
+              from_host: list[str], variants: dict[str, str]) -> dict:
     return {
         "recipe": RECIPE, "hash": plan.hash, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "kernel_release": release, "kernel_package": plan.kernel.name,
@@ -443,6 +472,9 @@ def _manifest(plan: Plan, release: str, groups: dict[str, list[str]],
         "prompt": PROMPT, "default_module_groups": list(DEFAULT_MODULE_GROUPS),
         "module_groups": list(groups), "modules": groups,
         "programs": {p: list(g) for p, g in PROGRAMS.items()},
+        "variants": variants,
+        "variant_programs": {v: {p: list(g) for p, g in progs.items()}
+                             for v, progs in VARIANTS.items()},
         "host_libraries": from_host,
     }
 
@@ -473,7 +505,18 @@ def _build(plan: Plan, dest: Path, progress: Callable[[str], None]) -> LinuxImag
         _init_files(root)
         progress("building initramfs")
         _write_initramfs(root, out / "initrd.cpio")
-        manifest = _manifest(plan, release, groups, from_host)
+        variants = {}
+        for name, extra in VARIANTS.items():
+            # Each variant starts from the base tree: copy it, add the programs and their
+            # libraries (those already present are copied again, unchanged).
+            progress(f"building initramfs variant {name}")
+            vroot = work / f"initramfs-{name}"
+            shutil.copytree(root, vroot, symlinks=True)
+            shipped = _programs(trees, vroot, extra)
+            from_host += _libraries(shipped, lib_trees, vroot, progress)
+            variants[name] = f"initrd-{name}.cpio"
+            _write_initramfs(vroot, out / variants[name])
+        manifest = _manifest(plan, release, groups, from_host, variants)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _install(out, dest)
         _prune(keep=dest)
