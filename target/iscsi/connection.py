@@ -102,6 +102,7 @@ DATA_OFFSET_ERROR = Asc(0x4B, 0x05)
 _LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
 _RECEIVED = ()  # a held CmdSN slot that counts as received with no command to run
+_SCSI_COMMAND = int(Op.SCSI_COMMAND)  # Connection._dispatch's fast path compares plain ints
 
 
 class Phase(Enum):
@@ -114,6 +115,9 @@ class Phase(Enum):
     LOGIN = "login"
     FULL_FEATURE = "full feature"
     CLOSED = "closed"
+
+
+_FULL_FEATURE = Phase.FULL_FEATURE  # a global: the hot path's test is one load
 
 
 class Transition(Enum):
@@ -373,9 +377,27 @@ class Connection:
         """One whole PDU, by the request table (REQUESTS): its phases, discovery rule and
         ordering are checked here, then its handler runs now or in CmdSN order."""
         phase = self.phase
+        op = bhs.opcode
+        if op == _SCSI_COMMAND and phase is _FULL_FEATURE and not self._discovery:
+            # The fast path of the common PDU: what the table would decide for it (full
+            # feature phase, not a discovery session, CmdSN ordering) without reading it.
+            cmd = self._incoming if bhs.dsl else self._new_command(bhs)
+            self._incoming = None
+            if cmd is None:
+                return
+            if bhs.immediate:
+                self._start_command(cmd)
+                return
+            session = self.session
+            cmdsn = bhs.cmdsn
+            if cmdsn == session.exp_cmdsn and not self._held:  # 4.2.2.1: next in order
+                session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+                self._start_command(cmd)
+                return
+            self._admit(bhs, data, cmd)
+            return
         if phase is Phase.CLOSED:
             return
-        op = bhs.opcode
         req = REQUESTS.get(op)
         if req is None or phase not in req.phases:
             if phase is Phase.LOGIN:  # 6.1: only Login Requests until the login is over
