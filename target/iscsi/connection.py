@@ -10,8 +10,9 @@ Rules:
   aioquic: after feeding bytes, and when the wakeup callback it gave runs, it calls
   next_event() until None. The shell reads none of the connection's state and resets
   none of it; a flag is cleared by the connection when it hands out the event.
-- Output is a list of buffers (data_to_send()): BHS bytes, and Data-In payloads as
-  memoryviews of the SCSI layer's data, never joined (so not h11's one bytes object).
+- Output is a list of buffers (data_to_send()): BHS bytes, and Data-In payloads as the
+  SCSI layer's data itself or memoryviews of it, never joined (so not h11's one bytes
+  object).
   The shell sends them with one sendmsg() each time.
 - Commands reach the SCSI layer through the TasksReady event when they are admitted, in
   CmdSN order (3.2.2.1: delivered for execution in CmdSN order), so that the task set
@@ -102,6 +103,9 @@ DATA_OFFSET_ERROR = Asc(0x4B, 0x05)
 _LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
 _RECEIVED = ()  # a held CmdSN slot that counts as received with no command to run
+_SCSI_COMMAND = int(Op.SCSI_COMMAND)  # Connection._dispatch's fast path compares plain ints
+_DATA_IN = int(Op.DATA_IN)
+_pack_bhs = pdu.BHS.pack  # Connection.complete's single Data-In (pdu.data_in's layout)
 
 
 class Phase(Enum):
@@ -114,6 +118,9 @@ class Phase(Enum):
     LOGIN = "login"
     FULL_FEATURE = "full feature"
     CLOSED = "closed"
+
+
+_FULL_FEATURE = Phase.FULL_FEATURE  # a global: the hot path's test is one load
 
 
 class Transition(Enum):
@@ -373,9 +380,27 @@ class Connection:
         """One whole PDU, by the request table (REQUESTS): its phases, discovery rule and
         ordering are checked here, then its handler runs now or in CmdSN order."""
         phase = self.phase
+        op = bhs.opcode
+        if op == _SCSI_COMMAND and phase is _FULL_FEATURE and not self._discovery:
+            # The fast path of the common PDU: what the table would decide for it (full
+            # feature phase, not a discovery session, CmdSN ordering) without reading it.
+            cmd = self._incoming if bhs.dsl else self._new_command(bhs)
+            self._incoming = None
+            if cmd is None:
+                return
+            if bhs.immediate:
+                self._start_command(cmd)
+                return
+            session = self.session
+            cmdsn = bhs.cmdsn
+            if cmdsn == session.exp_cmdsn and not self._held:  # 4.2.2.1: next in order
+                session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+                self._start_command(cmd)
+                return
+            self._admit(bhs, data, cmd)
+            return
         if phase is Phase.CLOSED:
             return
-        op = bhs.opcode
         req = REQUESTS.get(op)
         if req is None or phase not in req.phases:
             if phase is Phase.LOGIN:  # 6.1: only Login Requests until the login is over
@@ -761,6 +786,23 @@ class Connection:
                 resid_flag, resid = F_UNDERFLOW, edtl - wanted
         collapse = status == Status.GOOD and not task.sense
         if n:
+            p = self.params
+            if (collapse and type(data) is bytes and n <= p.max_recv_data_segment_length
+                    and n <= p.max_burst_length and not self._hdigest and not self._ddigest):
+                # One Data-In with the status (11.7.4): what _send_data_in's loops make of
+                # a single segment in a single sequence, built directly.
+                sn = self.stat_sn
+                self.stat_sn = (sn + 1) & 0xFFFFFFFF
+                exp = session.exp_cmdsn
+                out = self._out
+                out.append(_pack_bhs(_DATA_IN, F_FINAL | F_STATUS | resid_flag, 0, status, n,
+                                     cmd.lun_raw, cmd.itt, RESERVED_TAG, sn, exp,
+                                     (exp + session.window - 1) & 0xFFFFFFFF, 0, 0, resid))
+                out.append(data if n == len(data) else memoryview(data)[:n])
+                if n & 3:
+                    out.append(pdu.PAD[n & 3])
+                cmd.data_pdus = 1
+                return
             self._send_data_in(cmd, data, n, status if collapse else None, resid_flag, resid)
             if collapse:
                 return

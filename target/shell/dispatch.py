@@ -253,8 +253,10 @@ class Dispatcher:
         (except `current`, the link whose receive loop is running and flushes itself)."""
         if self._pumping:
             return
-        self._pumping = True
         ts = self.taskset
+        if not len(ts) and not self._dirty:
+            return  # an empty task set starts nothing (the idle fast path ran its task)
+        self._pumping = True
         loop = self.loop
         execute = self.lu.execute
         sanitize = self.lu.sanitize
