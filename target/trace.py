@@ -13,38 +13,28 @@ Rules:
   for a task no LU looked up (no LU behind its LUN: the disk table parses it, once) or
   one its LU's table refused (named by the disk table's entry, with no range).
 - Off the hot path when disabled: the server holds no tracer and never calls in here.
-  When enabled, record() runs on the event loop and packs the command's raw facts (peer,
-  initiator, LUN, tag, attribute, table entry, LBA, blocks, CDB bytes, status, sense,
-  Data-In/Data-Out lengths, Expected Data Transfer Length, start and end from
-  time.perf_counter_ns, queued) into one fixed binary record (target.trace_encoder.COMMAND,
-  struct.pack_into a preallocated 64 KiB chunk, under a lock shared only with the writer
-  thread); strings (peer, initiator), sense data and table entries are sent once as DEFINE
-  records and then referred to by number. It decodes and formats nothing.
-- A writer thread sends each full chunk, and every FLUSH_INTERVAL seconds the partial one,
-  down a pipe (os.write: the GIL is released while it blocks) to a child process,
-  `python -m target.trace_encoder` (its own core and GIL), which decodes the records and
-  writes the JSON lines to the file (the descriptor opened here, so an unwritable path fails
-  at construction) and, with --trace-live, the rendered lines to the live stream's
-  descriptor (or, for a stream with none, to a pipe copied to it by a thread). So a
-  running target's trace is at most about FLUSH_INTERVAL old. close() sends the rest,
-  closes the pipe and waits for the child (CLOSE_TIMEOUT, then kills it by its PID with a
-  warning): the file then holds every line.
-- The lines: the keys, their order and their values are those of json.dumps of the
-  record dict (tests/unit/test_trace_encoder.py holds the dicts, written from these
-  rules): "t" is the wall-clock time of the completion in microseconds and "us" the
-  latency in tenths of one, both rounded half up and written as decimals (json.loads reads
-  them as the floats round(x, 6) and round(x, 1) give, but at an exact tie, which round()
-  may send down); the encoder's per-shape templates are target.trace_encoder's.
-  Measured (tools/trace_bench.py, 4 KiB READ/WRITE(10) mix, best of 3 of 100k records,
-  this shared 2-core machine under the other helpers' load, so +-15%): before, record()
-  ~1.6-2.0 us on the loop and ~4.6-5.6 us of the server's CPU in all (the writer thread's
-  encoding under the GIL); now record() ~1.7-2.0 us and ~1.8-2.4 us of the server's CPU in
-  all (pack, lock, pipe writes), the encoding (~4-5.5 us, its start-up included) in the
-  child.
-- Errors (the file, the live stream, the child's end, a value out of the record's range):
-  one warning, the tracer turns itself off and drops what it held; it never fails I/O.
-  The child reports its error on its stderr and exits 1; the writer sees it (a broken
-  pipe, or the child's exit at the next interval) and warns with that error.
+  When enabled, record() runs on the event loop and only keeps the command's raw facts
+  (one tuple of values already at hand: peer, nexus, LUN, tag, attribute, table entry,
+  LBA, blocks, CDB bytes, status, sense bytes, Data-In/Data-Out lengths, start and end
+  from time.perf_counter_ns, queued); it keeps no buffer and decodes nothing. A writer
+  thread turns them into JSON lines every FLUSH_INTERVAL seconds (and at close), so a
+  running target's trace is at most that old; the lines are written and flushed then.
+- The encoder fills one bytes %-template per command shape (table entry, attribute,
+  status, sense bytes, CDB byte 1 for the flags, initiator, peer, LUN, queued or not),
+  built once from the rules above (decode_cdb, sense_fields, json.dumps of each constant),
+  so only integers and the CDB's hex are formatted per record: "t" is the wall-clock time
+  of the completion in microseconds and "us" the latency in tenths of one, both rounded
+  half up and written as decimals (json.loads reads them as the floats round(x, 6) and
+  round(x, 1) give, but at an exact tie, which round() may send down). The keys, their
+  order and their values are those of json.dumps of the record dict (tests/unit/
+  test_trace_encoder.py holds the dicts, written from these rules).
+  Measured (tools/trace_bench.py, 4 KiB READ/WRITE(10) mix, best of 5, this shared 2-core
+  machine): the old dict + json.dumps on the loop cost ~23 us CPU per record; now
+  record() costs ~1.8 us on the loop (call included) and ~4.9-5.3 us in all, the writer's
+  encoding and write included. The writer holds the GIL while it encodes, so on a busy
+  target its share still delays the loop: a thread moves the cost, it does not hide it.
+- Write errors (file or live stream): one warning, the tracer turns itself off and drops
+  what it held; it never fails I/O. So does any error of the encoder.
 - `summarize()` reads a trace back and reports per opcode: count, blocks, bytes, status
   and sense counts, and latency (mean, p50, p99, max).
 """
@@ -53,47 +43,37 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from binascii import hexlify as _hex
+from collections import Counter, defaultdict, deque
 from pathlib import Path
-from queue import Empty, SimpleQueue
 from typing import TextIO
 
-from target import trace_encoder as enc
 from target.scsi import extent
 from target.scsi.extent import Extent
-from target.trace_encoder import ASC_NAMES, render, sense_fields
-
-try:
-    import fcntl
-    _F_SETPIPE_SZ: int | None = fcntl.F_SETPIPE_SZ  # Linux
-except (ImportError, AttributeError):
-    _F_SETPIPE_SZ = None
-
-__all__ = ["ASC_NAMES", "FLUSH_INTERVAL", "TraceError", "Tracer", "decode_cdb", "render",
-           "sense_fields", "summarize"]
+from target.scsi.sense import SenseKey, sense_key_asc
+from target.scsi.task import Status, TaskAttr
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.5  # seconds between the writer's sends: records reach the file by then
-CHUNK_BYTES = 64 * 1024  # one chunk of packed records (~600 commands)
-PIPE_SIZE = 1 << 20  # the pipe to the encoder (F_SETPIPE_SZ; Linux's default 64 KiB else)
-MAX_IDS = 4096  # strings, sense blobs and entries defined; then the stream's ids restart
-CLOSE_TIMEOUT = 10.0  # seconds close() waits for the encoder before killing it
+FLUSH_INTERVAL = 0.5  # seconds between the writer's batches: records reach the file by then
+CHUNK = 2048  # records encoded and written at a time
+MAX_TEMPLATES = 4096  # line templates kept (one per command shape); then started afresh
 
-_COMMAND = enc.COMMAND
-_pack = _COMMAND.pack_into
-_SIZE = _COMMAND.size
-_LIMIT = CHUNK_BYTES - _SIZE  # a command record still fits below this offset
-_DEFINE = enc.DEFINE
-_CLOCK = enc.CLOCK
-_RESET = enc.RESET
-_SHORT_CDB = enc.SHORT_CDB
-_STOP = object()  # the writer's end of input
+# The additional sense codes a trace reader meets most (SPC-4 annex D).
+ASC_NAMES = {
+    (0x00, 0x00): "NO ADDITIONAL SENSE", (0x04, 0x00): "LOGICAL UNIT NOT READY",
+    (0x0C, 0x00): "WRITE ERROR", (0x11, 0x00): "UNRECOVERED READ ERROR",
+    (0x1A, 0x00): "PARAMETER LIST LENGTH ERROR", (0x1D, 0x00): "MISCOMPARE DURING VERIFY",
+    (0x20, 0x00): "INVALID COMMAND OPERATION CODE",
+    (0x21, 0x00): "LOGICAL BLOCK ADDRESS OUT OF RANGE", (0x24, 0x00): "INVALID FIELD IN CDB",
+    (0x25, 0x00): "LOGICAL UNIT NOT SUPPORTED", (0x26, 0x00): "INVALID FIELD IN PARAMETER LIST",
+    (0x27, 0x00): "WRITE PROTECTED", (0x29, 0x00): "POWER ON, RESET, OR BUS DEVICE RESET",
+    (0x29, 0x03): "BUS DEVICE RESET FUNCTION OCCURRED", (0x2A, 0x01): "MODE PARAMETERS CHANGED",
+    (0x2A, 0x09): "CAPACITY DATA HAS CHANGED", (0x3A, 0x00): "MEDIUM NOT PRESENT",
+    (0x4B, 0x00): "DATA PHASE ERROR", (0x4B, 0x05): "DATA OFFSET ERROR",
+}
 
 
 def decode_cdb(cdb: bytes | memoryview, command=None, ext: Extent | None = None) -> dict:
@@ -130,267 +110,224 @@ def _table_entry(task):
         return None
 
 
+def _status_name(status: int) -> str:
+    try:
+        return Status(status).name.replace("_", " ")
+    except ValueError:
+        return f"0x{status:02X}"
+
+
+def _attr_name(attr: int) -> str:
+    try:
+        return TaskAttr(attr).name.replace("_", " ")
+    except ValueError:
+        return str(attr)
+
+
+def sense_fields(sense: bytes) -> dict:
+    if not sense:
+        return {}
+    key, asc, ascq = sense_key_asc(sense)
+    try:
+        key_name = SenseKey(key).name.replace("_", " ")
+    except ValueError:
+        key_name = f"0x{key:X}"
+    return {"sense_key": key_name, "asc": f"{asc:02X}/{ascq:02X}",
+            "asc_name": ASC_NAMES.get((asc, ascq), "")}
+
+
 class Tracer:
     """Writes trace records; `path` for JSON lines, `live` for one line per command.
 
-    record() runs on the event loop and packs the command's raw facts into the current
-    chunk; a writer thread sends full chunks (and, every `interval` seconds, the partial
-    one) to the encoder process (target.trace_encoder), which writes the lines."""
+    record() runs on the event loop and only keeps the command's raw facts; a writer
+    thread turns them into lines every `interval` seconds (and at close)."""
 
     def __init__(self, path: Path | None = None, live: TextIO | None = None,
                  interval: float = FLUSH_INTERVAL) -> None:
         self.path = path
         self.live = live
         self.interval = interval
+        # Kept open for the tracer's life and closed by close(): not a with-block.
+        self._file = (open(path, "ab")  # noqa: SIM115
+                      if path is not None else None)
+        self._raw: deque[tuple] = deque()  # appended by record(), emptied by the writer
+        self._append = self._raw.append
+        self._templates: dict[tuple, bytes] = {}
+        self._keep: list = []  # the table entries whose id() keys a template
         self.enabled = True
-        # Opened here so that an unwritable path fails the caller (cli: "cannot write the
-        # trace"); the encoder gets the descriptor and this process's copy is closed.
-        file = open(path, "ab") if path is not None else None  # noqa: SIM115
-        live_fd = None
-        if live is not None:
-            try:
-                live.flush()
-                live_fd = live.fileno()
-            except (OSError, ValueError):  # io.UnsupportedOperation: no descriptor
-                live_fd = None
-        argv = [sys.executable, "-m", "target.trace_encoder"]
-        if file is not None:
-            argv += ["--out", str(file.fileno())]
-        if live is not None:
-            argv += ["--live", "--encoding",
-                     (live.encoding or "utf-8") if live_fd is not None else "utf-8"]
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # this tree's target package
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        try:
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                stdout=(live_fd if live_fd is not None
-                        else subprocess.PIPE if live is not None else subprocess.DEVNULL),
-                pass_fds=() if file is None else (file.fileno(),), close_fds=True)
-        finally:
-            if file is not None:
-                file.close()
-        self._pipe = self._proc.stdin.fileno()
-        if _F_SETPIPE_SZ is not None:
-            try:
-                fcntl.fcntl(self._pipe, _F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # the default 64 KiB: the writer only blocks sooner
-        self._lock = threading.Lock()  # the chunk (buffer, offset) and the ids
-        self._acquire = self._lock.acquire
-        self._release = self._lock.release
-        self._fail_lock = threading.Lock()
-        self._queue: SimpleQueue = SimpleQueue()  # chunks to send, in stream order
-        self._ids: dict = {}
-        self._keep: list = []  # the table entries whose id() keys an id
-        self._next_id = 1
-        self._reset_ids()
-        self._buf = bytearray(CHUNK_BYTES)
-        self._n = self._clock(self._buf)
-        self._reader = None
-        if live is not None and live_fd is None:
-            self._reader = threading.Thread(target=self._copy_live, name="trace-live",
-                                            daemon=True)
-            self._reader.start()
+        self._stop = threading.Event()
         self._writer = threading.Thread(target=self._run, name="trace-writer", daemon=True)
         self._writer.start()
 
     def record(self, peer: str, task, start_ns: int, end_ns: int,
                queued: int | None = None) -> None:
-        """Pack one completed command's facts (start_ns and end_ns from perf_counter_ns;
+        """Keep one completed command's facts (start_ns and end_ns from perf_counter_ns;
         `queued`: tasks left in its LU's task set as it completed, for one that went
         through it). Buffers and lengths are measured now: the task is not kept."""
         if self.enabled:
-            nexus = task.nexus
-            initiator = peer if nexus is None else nexus.initiator_name
-            command = task.command or _table_entry(task)
-            sense = task.sense
             data_in = task.data_in
             data_out = task.data_out
             cdb = task.cdb
-            lba = task.lba
-            ids = self._ids
-            self._acquire()
-            try:
-                try:
-                    e = ids[id(command)]
-                    p = ids[peer]
-                    i = ids[initiator]
-                    s = ids[sense]
-                except (KeyError, TypeError):
-                    e, p, i, s = self._define(command, peer, initiator, sense)
-                n = self._n
-                length = len(cdb)
-                if n > _LIMIT or length > _SHORT_CDB:
-                    n = self._room(_SIZE + length)
-                _pack(self._buf, n, 0, lba is not None, e, p, i, s, task.lun, task.tag,
-                      task.attr, task.status, length, lba or 0, task.blocks or 0,
-                      0 if data_in is None else (
-                          data_in.nbytes if data_in.__class__ is memoryview else len(data_in)),
-                      task.expected_in,
-                      0 if data_out is None else (
-                          data_out.nbytes if data_out.__class__ is memoryview
-                          else len(data_out)),
-                      start_ns, end_ns, -1 if queued is None else queued,
-                      cdb if cdb.__class__ is bytes else bytes(cdb))
-                if length > _SHORT_CDB:
-                    self._buf[n + _SIZE:n + _SIZE + length] = cdb
-                    n += length
-                self._n = n + _SIZE
-            except Exception as exc:  # noqa: BLE001 - a value out of the layout's range
-                self._fail(exc)
-            finally:
-                self._release()
-
-    # --- the stream (all under self._lock) ------------------------------------------------
-
-    @staticmethod
-    def _clock(buf: bytearray) -> int:
-        _CLOCK.pack_into(buf, 0, enc.T_CLOCK, time.time_ns() - time.perf_counter_ns() + 500)
-        return _CLOCK.size
-
-    def _room(self, need: int) -> int:
-        """The offset at which `need` bytes fit: the chunk is sealed first if they do not."""
-        if self._n + need > len(self._buf):
-            self._seal(need)
-        return self._n
-
-    def _seal(self, need: int = 0) -> None:
-        """Queue the current chunk for the writer (if it holds records); start a new one."""
-        if self._n > _CLOCK.size:
-            self._queue.put(memoryview(self._buf)[:self._n])
-            self._buf = bytearray(max(CHUNK_BYTES, need + _CLOCK.size))
-            self._n = self._clock(self._buf)
-
-    def _reset_ids(self) -> None:
-        self._ids.clear()
-        self._keep.clear()
-        self._ids[id(None)] = 0  # no table entry: named by its opcode
-        self._ids[b""] = 0  # no sense data
-        self._keep.append(None)
-        self._next_id = 1
-
-    def _define(self, command, peer: str, initiator: str, sense) -> tuple[int, ...]:
-        """The ids of a record's entry, peer, initiator and sense, defining the new ones."""
-        sense = bytes(sense)
-        ids = self._ids
-        if len(ids) >= MAX_IDS:
-            self._room(_RESET.size)
-            _RESET.pack_into(self._buf, self._n, enc.T_RESET)
-            self._n += _RESET.size
-            self._reset_ids()
-        e = ids.get(id(command))
-        if e is None:
-            flags = None if command.block is None else command.block.flags
-            e = self._define_one(id(command), enc.K_ENTRY,
-                                 enc.entry_payload(command.name, command.service_action,
-                                                   flags))
-            self._keep.append(command)
-        p = ids.get(peer)
-        if p is None:
-            p = self._define_one(peer, enc.K_STR, peer.encode())
-        i = ids.get(initiator)
-        if i is None:
-            i = self._define_one(initiator, enc.K_STR, initiator.encode())
-        s = ids.get(sense)
-        if s is None:
-            s = self._define_one(sense, enc.K_BYTES, sense)
-        return e, p, i, s
-
-    def _define_one(self, key, kind: int, payload: bytes) -> int:
-        ident = self._next_id
-        self._next_id += 1
-        n = self._room(_DEFINE.size + len(payload))
-        _DEFINE.pack_into(self._buf, n, enc.T_DEFINE, ident, kind, len(payload))
-        n += _DEFINE.size
-        self._buf[n:n + len(payload)] = payload
-        self._n = n + len(payload)
-        self._ids[key] = ident
-        return ident
+            self._append((
+                peer, task.nexus, task.lun, task.tag, task.attr,
+                task.command or _table_entry(task), task.lba, task.blocks,
+                cdb if cdb.__class__ is bytes else bytes(cdb), task.status, task.sense,
+                0 if data_in is None else (
+                    data_in.nbytes if data_in.__class__ is memoryview else len(data_in)),
+                task.expected_in,
+                0 if data_out is None else (
+                    data_out.nbytes if data_out.__class__ is memoryview else len(data_out)),
+                start_ns, end_ns, queued))
 
     # --- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        """Send the queued chunks to the encoder; every interval, the partial chunk too and a
-        look at the encoder (one that ended is a failure: its error is the warning)."""
-        get = self._queue.get
-        while True:
+        while not self._stop.wait(self.interval):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Encode and write what record() kept, CHUNK records at a time (the GIL goes back
+        to the event loop between chunks); on any error: one warning, the tracer is off."""
+        raw = self._raw
+        pop = raw.popleft
+        while self.enabled and raw:
+            batch = [pop() for _ in range(min(len(raw), CHUNK))]
             try:
-                chunk = get(timeout=self.interval)
-            except Empty:
-                if self.enabled and self._proc.poll() is not None:
-                    self._fail(self._child_error())
-                with self._lock:
-                    self._seal()
-                continue
-            if chunk is _STOP:
-                break
-            if not self.enabled:
-                continue  # dropped: the tracer is off
+                text = self.encode(batch)
+                if self._file is not None:
+                    self._file.write(text)
+                if self.live is not None:
+                    self.live.write("".join(render(json.loads(line)) + "\n"
+                                            for line in text.splitlines()))
+            except Exception as exc:  # noqa: BLE001 - the trace never fails I/O
+                self._fail(exc)
+            time.sleep(0)
+        try:
+            if self._file is not None:
+                self._file.flush()
+            if self.live is not None:
+                self.live.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+        if not self.enabled:
+            raw.clear()
+
+    def _fail(self, exc: Exception) -> None:
+        if self.enabled:
+            log.warning("trace disabled: %s", exc)
+        self.enabled = False
+        file, self._file = self._file, None
+        if file is not None:
             try:
-                while chunk:
-                    chunk = chunk[os.write(self._pipe, chunk):]
-            except OSError as exc:
-                self._fail(self._child_error() or exc)
-        try:
-            self._proc.stdin.close()
-        except OSError:
-            pass  # a broken pipe: the encoder had ended, and said why
+                file.close()
+            except OSError:
+                pass  # what it held is lost; the warning said so
 
-    def _child_error(self) -> str:
-        """What the encoder said on its way out (its stderr), once it has ended."""
-        try:
-            self._proc.wait(timeout=1.0)
-            text = self._proc.stderr.read().decode(errors="replace").strip()
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            return ""
-        return text.splitlines()[-1] if text else f"encoder exited {self._proc.returncode}"
+    def encode(self, batch: list[tuple]) -> bytes:
+        """The JSON lines of a batch of record() tuples, by a template per command shape:
+        only integers and the CDB's hex are formatted per record (t in microseconds and
+        the latency in tenths of one, each rounded half up and written as a decimal)."""
+        offset = time.time_ns() - time.perf_counter_ns() + 500  # perf_counter -> wall clock
+        templates = self._templates
+        out = []
+        append = out.append
+        for (peer, nexus, lun, tag, attr, command, lba, blocks, cdb, status, sense, n_in,
+             expected_in, n_out, start, end, queued) in batch:
+            initiator = nexus.initiator_name if nexus is not None else peer
+            key = (id(command), attr, status, sense, -1 if lba is None else cdb[1],
+                   initiator, peer, lun, queued is None)
+            tpl = templates.get(key)
+            if tpl is None:
+                tpl = self._template(key, command, cdb)
+            if status == 0 or status == 4:  # GOOD, CONDITION MET: Data-In was sent
+                if n_in > expected_in:
+                    n_in = expected_in
+            else:
+                n_in = 0
+            t = (end + offset) // 1000
+            us = (end - start + 50) // 100
+            if lba is None:
+                if queued is None:
+                    append(tpl % (t // 1000000, t % 1000000, tag, _hex(cdb), n_in, n_out,
+                                  us // 10, us % 10))
+                else:
+                    append(tpl % (t // 1000000, t % 1000000, tag, _hex(cdb), n_in, n_out,
+                                  us // 10, us % 10, queued))
+            elif queued is None:
+                append(tpl % (t // 1000000, t % 1000000, tag, lba, blocks, _hex(cdb), n_in,
+                              n_out, us // 10, us % 10))
+            else:
+                append(tpl % (t // 1000000, t % 1000000, tag, lba, blocks, _hex(cdb), n_in,
+                              n_out, us // 10, us % 10, queued))
+        return b"".join(out)
 
-    def _copy_live(self) -> None:
-        """--trace-live to a stream with no descriptor: the encoder's lines copied to it."""
-        stream = self._proc.stdout
-        for line in iter(stream.readline, b""):
-            if self.enabled:
-                try:
-                    self.live.write(line.decode("utf-8"))
-                    self.live.flush()
-                except Exception as exc:  # noqa: BLE001 - the trace never fails I/O
-                    self._fail(exc)
+    def _template(self, key: tuple, command, cdb: bytes) -> bytes:
+        """The %-template of one shape: the fields the header's rules give, in their order."""
+        _, attr, status, sense, flag_byte, initiator, peer, lun, no_queue = key
 
-    def _fail(self, reason) -> None:
-        with self._fail_lock:
-            if self.enabled:
-                log.warning("trace disabled: %s", reason)
-            self.enabled = False
+        def lit(value) -> str:  # a constant, as JSON, with % escaped for the template
+            return json.dumps(value, separators=(",", ":")).replace("%", "%%")
+
+        op = decode_cdb(cdb, command)
+        parts = ['{"t":%d.%06d,"initiator":', lit(initiator), ',"peer":', lit(peer),
+                 ',"lun":', lit(lun), ',"tag":%d,"attr":', lit(_attr_name(attr)),
+                 ',"op":', lit(op["op"])]
+        if "sa" in op:
+            parts += [',"sa":', lit(op["sa"])]
+        if flag_byte >= 0:
+            parts.append(',"lba":%d,"blocks":%d')
+            flags = extent.flag_names(cdb, command.block)
+            if flags:
+                parts += [',"flags":', lit(flags)]
+        parts += [',"cdb":"%s","status":', lit(_status_name(status))]
+        for name, value in sense_fields(sense).items():
+            parts += [",", lit(name), ":", lit(value)]
+        parts.append(',"in":%d,"out":%d,"us":%d.%d')
+        if not no_queue:
+            parts.append(',"queued":%d')
+        parts.append("}\n")
+        tpl = "".join(parts).encode("ascii")  # json.dumps escapes all else
+        if len(self._templates) >= MAX_TEMPLATES:
+            self._templates.clear()
+            self._keep.clear()
+        self._templates[key] = tpl
+        self._keep.append(command)
+        return tpl
 
     def close(self) -> None:
-        """Send what is left, close the pipe and wait for the encoder (CLOSE_TIMEOUT s, then
-        it is killed, with a warning); the file then holds every line."""
-        proc = self._proc
-        deadline = time.monotonic() + CLOSE_TIMEOUT
+        """Write what is left and close the file (the writer thread ends)."""
         if self._writer.is_alive():
-            with self._lock:
-                self._seal()
-                self._queue.put(_STOP)
-            self._writer.join(timeout=CLOSE_TIMEOUT)
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("trace: the encoder (pid %d) did not end in %.0f s: killed",
-                        proc.pid, CLOSE_TIMEOUT)
-            proc.kill()  # by its PID (Popen.kill)
-            proc.wait()
-            self.enabled = False
+            self._stop.set()
             self._writer.join()
-        if proc.returncode != 0 and self.enabled:
-            self._fail(self._child_error())
-        if self._reader is not None:
-            self._reader.join(timeout=CLOSE_TIMEOUT)
+        if self._raw:  # the writer thread ended early
+            self._drain()
         self.enabled = False
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.warning("trace: %s", exc)
+            self._file = None
+
+
+def render(rec: dict) -> str:
+    """One human-readable line for a record."""
+    when = time.strftime("%H:%M:%S", time.localtime(rec["t"])) + f".{int(rec['t'] % 1 * 1e6):06d}"
+    who = rec.get("initiator", "")
+    who = who.rsplit(":", 1)[-1] if ":" in who else who
+    parts = [when, who if len(who) <= 32 else "..." + who[-29:], f"LUN{rec['lun']}", rec["op"]]
+    if "lba" in rec:
+        parts.append(f"lba={rec['lba']} blocks={rec['blocks']}")
+    parts.extend(rec.get("flags", []))
+    parts.append(rec["status"])
+    if "sense_key" in rec:
+        parts.append(f"{rec['sense_key']} {rec['asc']} {rec.get('asc_name', '')}".rstrip())
+    moved = rec["in"] or rec["out"]
+    if moved:
+        parts.append(f"{moved}B")
+    parts.append(f"{rec['us']:.0f}us")
+    return " ".join(parts)
 
 
 class TraceError(ValueError):

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the CDB trace: the CPU cost per record in the server and in its encoder.
+"""Micro-benchmark of the CDB trace: the CPU cost per record of Tracer.record and close().
 
 Rules:
 - Feeds N realistic completed tasks through one Tracer writing JSON lines to a file in a
@@ -9,11 +9,8 @@ Rules:
 - Reports, per record, CPU time (not wall time: the machine is shared): `record` is the
   calling thread's CPU in record() (time.thread_time: the event loop's share), `close` the
   calling thread's CPU in close(), `total` the whole process's CPU from the first record to
-  the end of close() (time.process_time: every thread of the server's process, the
-  writer's pipe writes included), `encoder` the CPU of the encoder process
-  (target.trace_encoder, a child: resource.getrusage(RUSAGE_CHILDREN) across the run, the
-  child reaped by close()), on its own core and GIL, not the server's. The best of
-  --repeat runs (by `total`) is kept (others' load only adds time).
+  the end of close() (time.process_time: every thread, the writer's encoding and write
+  included). The best of --repeat runs is kept (others' load only adds time).
 - `--module FILE` benchmarks another trace.py (the main branch's, for the "before"); it
   is imported under its own name and uses this tree's target package for the rest.
 - Never run under pytest or with the suite: it is a tool, run by hand.
@@ -26,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import random
-import resource
 import struct
 import sys
 import tempfile
@@ -83,16 +79,10 @@ def tasks(n: int) -> list[tuple[ScsiTask, int, int, int | None]]:
     return out
 
 
-def _children_cpu_ns() -> int:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return int((usage.ru_utime + usage.ru_stime) * 1e9)
-
-
-def run(trace, work: list, directory: Path) -> tuple[float, float, float, float]:
-    """ns per record: (record, close, total, encoder), CPU time."""
+def run(trace, work: list, directory: Path) -> tuple[float, float, float]:
+    """ns per record: (record, close, total), CPU time."""
     path = directory / "bench.jsonl"
     path.unlink(missing_ok=True)
-    c0 = _children_cpu_ns()
     tracer = trace.Tracer(path)
     record = tracer.record
     p0 = time.process_time_ns()
@@ -103,12 +93,11 @@ def run(trace, work: list, directory: Path) -> tuple[float, float, float, float]
     tracer.close()
     t2 = time.thread_time_ns()
     p1 = time.process_time_ns()
-    c1 = _children_cpu_ns()
     lines = path.read_text().count("\n")
     if lines != len(work):
         raise SystemExit(f"{path}: {lines} lines for {len(work)} records")
     n = len(work)
-    return (t1 - t0) / n, (t2 - t1) / n, (p1 - p0) / n, (c1 - c0) / n
+    return (t1 - t0) / n, (t2 - t1) / n, (p1 - p0) / n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,10 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             got = run(trace, work, Path(d))
             best = got if best is None or got[2] < best[2] else best
-    rec, close, total, encoder = best
+    rec, close, total = best
     print(f"{args.module or 'target/trace.py'}: {args.n} records, best of {args.repeat}: "
-          f"record {rec:.0f} ns, close {close:.0f} ns, server total CPU {total:.0f} ns, "
-          f"encoder process CPU {encoder:.0f} ns per record")
+          f"record {rec:.0f} ns, close {close:.0f} ns, total CPU {total:.0f} ns per record")
     return 0
 
 
