@@ -235,7 +235,9 @@ class Tracer:
         for (peer, nexus, lun, tag, attr, command, lba, blocks, cdb, status, sense, n_in,
              expected_in, n_out, start, end, queued) in batch:
             initiator = nexus.initiator_name if nexus is not None else peer
-            key = (id(command), attr, status, sense, -1 if lba is None else cdb[1],
+            # An unknown opcode has no entry: its name is its code, so the code is the key.
+            key = (id(command) if command is not None else -1 - cdb[0], attr, status, sense,
+                   -1 if lba is None else cdb[1],
                    initiator, peer, lun, queued is None)
             tpl = templates.get(key)
             if tpl is None:

@@ -179,6 +179,23 @@ def test_lines_are_the_records_of_the_field_rules(tmp_path: Path):
     assert "READ(10) lba=99999 blocks=1 CHECK CONDITION ILLEGAL REQUEST 21/00" in rendered[4]
 
 
+def test_unknown_opcodes_of_one_shape_keep_their_own_names(tmp_path: Path):
+    """An opcode the table has no entry for is named by its code ("opcode 0xC0", trace.py's
+    header), each its own: C0h, C1h and C2h (vendor specific, SPC-4 table 81) ending alike
+    in INVALID COMMAND OPERATION CODE must not share the first one's name."""
+    path = tmp_path / "t.jsonl"
+    tracer = Tracer(path)
+    sense = CheckCondition(SenseKey.ILLEGAL_REQUEST, invalid_opcode().code).sense(False)
+    for tag in range(6):
+        cdb = bytes([0xC0 + tag % 3]) + bytes(9)
+        end = time.perf_counter_ns()
+        tracer.record(PEER, task(cdb, tag=tag, status=Status.CHECK_CONDITION, sense=sense),
+                      end - 1000, end)
+    tracer.close()
+    ops = [json.loads(line)["op"] for line in path.read_text().splitlines()]
+    assert ops == [f"opcode 0x{0xC0 + tag % 3:02X}" for tag in range(6)]
+
+
 def test_t_is_the_wall_clock_time_of_the_completion(tmp_path: Path):
     """"t" is when the command completed (its end_ns, on time.perf_counter_ns's clock), as
     seconds since the epoch to the microsecond: here one that ended 50 ms after a whole
