@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """tools/qd1_budget.py: where the time of one 4 KiB command at queue depth 1 goes.
 
-    tools/qd1_budget.py                      # READ and WRITE, uvloop, 20000 commands each
-    tools/qd1_budget.py --loop asyncio       # the same on asyncio's own event loop
-    tools/qd1_budget.py --strace             # also count the server's system calls
+    .venv/bin/python tools/qd1_budget.py                 # READ and WRITE, uvloop, 20000 each
+    .venv/bin/python tools/qd1_budget.py --loop asyncio  # on asyncio's own event loop
+    .venv/bin/python tools/qd1_budget.py --strace        # also the server's system calls
 
 How it measures (issue 14's cost budget; docs/COST.md holds the figures):
 - Our server runs in this process (target.app.build + target.shell.server.Server, the
