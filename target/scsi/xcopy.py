@@ -649,19 +649,14 @@ def _tpc_descriptor(type_: int, body: bytes) -> bytes:
     return struct.pack(">HH", type_, len(body)) + body
 
 
-def has_copy_manager(lu: LogicalUnit) -> bool:
-    return lu.commands.find(EXTENDED_COPY, SA_EXTENDED_COPY_LID1) is not None
-
-
 @COMMANDS.vpd(0x8F, "Third-party Copy")
 def third_party_copy_vpd(lu: LogicalUnit, nexus: Nexus) -> bytes:
     """Third-party Copy VPD page, 8Fh (SPC-4 7.8.17), header included: the descriptors a
     copy manager supporting EXTENDED COPY (LID1) reports: Supported Commands (0001h),
     Parameter Data (0004h), Supported Descriptors (0008h), Supported CSCD Descriptor IDs
     (000Ch, none beyond the list indexes 0000h-07FFh) and General Copy Operations
-    (8001h)."""
-    if not has_copy_manager(lu):
-        raise invalid_field_in_cdb(2)
+    (8001h). Registered in xcopy's table beside EXTENDED COPY, so only an LU with a copy
+    manager has the page (others refuse it as any page they lack, spc.vpd_page)."""
     commands = b""
     for opcode in (EXTENDED_COPY, RECEIVE_COPY_RESULTS):
         actions = bytes(sorted(c.service_action or 0 for c in lu.commands

@@ -23,6 +23,21 @@ from target.scsi.device import ScsiDevice
 from target.shell.dispatch import Dispatcher, pump_all, run_ready
 
 
+def execute_delivered(conn: Connection, device: ScsiDevice) -> None:
+    """Execute what a connection delivered (its TasksReady events), with no task set: a
+    task whose Data-Out is still arriving (data_pending) runs when it comes back in the
+    event's data_in, and those (admitted earlier) before the newly admitted ones."""
+    while (event := conn.next_event()) is not None:
+        if not isinstance(event, TasksReady):
+            continue
+        while event.data_in or event.tasks:
+            task = (event.data_in or event.tasks).popleft()
+            if task.data_pending:
+                continue
+            device.execute(task)
+            conn.complete(task)
+
+
 class FakeLoop:
     """time(), call_soon(), call_soon_threadsafe(), call_later(): nothing runs until the
     test calls run() or advance()."""

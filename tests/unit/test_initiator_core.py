@@ -7,6 +7,9 @@ core, until neither has anything to say. The target rejects or closes on what RF
 forbids (a wrong header digest, a Data-Out out of sequence or beyond what an R2T asked,
 11.7.5, 11.8); so a command that ends GOOD, with its bytes in the store, shows the core
 framed what the target accepts; the read data is checked against the store's bytes.
+Both ends are ours, so this shows they agree; the peer we did not write is tgtd, which
+tests/integration/test_dump_polled.py drives with this core's blocking shell (login,
+the dump path's WRITEs, READs, task management, REQUEST SENSE).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import pytest
 from target.backing.memory import MemoryStore
 from target.iscsi import pdu
 from target.iscsi.connection import Connection
-from target.iscsi.events import TasksReady
 from target.iscsi.initiator import (
     CommandDone,
     InitiatorConnection,
@@ -35,6 +37,7 @@ from target.iscsi.portal import Portal, TargetEntry
 from target.iscsi.session import SessionRegistry
 from target.scsi.device import ScsiDevice
 from target.scsi.disk import make_disk
+from tests.unit.shell_util import execute_delivered
 
 pytestmark = pytest.mark.unit
 
@@ -96,17 +99,8 @@ class Pair:
 
     def _run_target(self) -> None:
         """What target.shell.dispatch does, with no task set: run each task whose data
-        is in, and hand it back (the run loop of tests/unit/test_iscsi_connection.py)."""
-        conn = self.target
-        while (event := conn.next_event()) is not None:
-            if not isinstance(event, TasksReady):
-                continue
-            while event.data_in or event.tasks:
-                task = (event.data_in or event.tasks).popleft()
-                if task.data_pending:
-                    continue
-                self.device.execute(task)
-                conn.complete(task)
+        is in, and hand it back (shell_util.execute_delivered)."""
+        execute_delivered(self.target, self.device)
 
     def login(self, **kw) -> dict[str, str]:
         self.core.login(initiator_name=INAME, target_name=TNAME, isid=0x400000000001, **kw)

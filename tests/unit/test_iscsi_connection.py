@@ -15,13 +15,13 @@ import pytest
 from target.backing.memory import MemoryStore
 from target.iscsi import pdu
 from target.iscsi.connection import Connection, Phase
-from target.iscsi.events import TasksReady
 from target.iscsi.pdu import Bhs, Op
 from target.iscsi.session import Session, SessionParams, SessionRegistry
 from target.scsi.commands import Access, CommandSet
 from target.scsi.device import ScsiDevice
 from target.scsi.lu import LogicalUnit
 from target.scsi.task import Direction
+from tests.unit.shell_util import execute_delivered
 
 pytestmark = pytest.mark.unit
 
@@ -82,20 +82,8 @@ class Harness:
                 self.run()
 
     def run(self) -> None:
-        """Execute what the connection delivered (its TasksReady events), with no task
-        set: a task whose Data-Out is still arriving (data_pending) runs when it comes back
-        in the event's data_in, and those (admitted earlier) before the newly admitted
-        ones."""
-        conn = self.conn
-        while (event := conn.next_event()) is not None:
-            if not isinstance(event, TasksReady):
-                continue
-            while event.data_in or event.tasks:
-                task = (event.data_in or event.tasks).popleft()
-                if task.data_pending:
-                    continue
-                self.device.execute(task)
-                conn.complete(task)
+        """Execute what the connection delivered, with no task set (execute_delivered)."""
+        execute_delivered(self.conn, self.device)
 
     def pdus(self) -> list[tuple[Bhs, bytes]]:
         raw = b"".join(bytes(b) for b in self.conn.data_to_send())
