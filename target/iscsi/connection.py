@@ -104,8 +104,6 @@ _LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
 _RECEIVED = ()  # a held CmdSN slot that counts as received with no command to run
 _SCSI_COMMAND = int(Op.SCSI_COMMAND)  # Connection._dispatch's fast path compares plain ints
-_DATA_IN = int(Op.DATA_IN)
-_pack_bhs = pdu.BHS.pack  # Connection.complete's single Data-In (pdu.data_in's layout)
 
 
 class Phase(Enum):
@@ -791,13 +789,13 @@ class Connection:
                     and n <= p.max_burst_length and not self._hdigest and not self._ddigest):
                 # One Data-In with the status (11.7.4): what _send_data_in's loops make of
                 # a single segment in a single sequence, built directly.
-                sn = self.stat_sn
-                self.stat_sn = (sn + 1) & 0xFFFFFFFF
-                exp = session.exp_cmdsn
                 out = self._out
-                out.append(_pack_bhs(_DATA_IN, F_FINAL | F_STATUS | resid_flag, 0, status, n,
-                                     cmd.lun_raw, cmd.itt, RESERVED_TAG, sn, exp,
-                                     (exp + session.window - 1) & 0xFFFFFFFF, 0, 0, resid))
+                out.append(pdu.data_in(flags=F_FINAL | F_STATUS | resid_flag, status=status,
+                                       dsl=n, lun=cmd.lun_raw, itt=cmd.itt,
+                                       statsn=self._next_stat_sn(),
+                                       exp_cmdsn=session.exp_cmdsn,
+                                       max_cmdsn=session.max_cmdsn, datasn=0,
+                                       buffer_offset=0, residual=resid))
                 out.append(data if n == len(data) else memoryview(data)[:n])
                 if n & 3:
                     out.append(pdu.PAD[n & 3])
