@@ -5,6 +5,7 @@
                       [--read-only] [--io-threads N] [--port-file FILE]
                       [--log-file FILE] [-v] [-q]
                       [--trace FILE] [--trace-live] [--event-loop uvloop|asyncio]
+                      [--workers N]
                   [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
                   [--rotational] [--rpm N] [--seek-ms MS] [--control SOCKET]
     scsi-target status [--control SOCKET] [--json]
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="record every command, decoded, as JSON lines in FILE")
     s.add_argument("--trace-live", action="store_true",
                    help="print one line per command as it completes")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="serve the targets in N worker processes (target i in worker i mod "
+                        "N), so that many disks served at once use every core "
+                        "(target.shell.workers); default: all in this process")
     s.add_argument("--event-loop", choices=("uvloop", "asyncio"),
                    help="the event loop (default: uvloop when it is installed, else "
                         "asyncio's own)")
@@ -228,36 +233,50 @@ def _human(size: int) -> str:
 
 
 def banner(app, bound: list[tuple[str, int]]) -> str:
-    host, port = bound[0]
-    hostpart = f"[{host}]" if ":" in host else host
     lines = []
     for t, device in zip(app.config.targets, app.devices, strict=True):
-        lines.append(f"serving {t.iqn} on " + ", ".join(
-            f"{h}:{p}" for h, p in bound))
-        for lun, lu in sorted(device.luns.items()):
-            url = f"iscsi://{hostpart}:{port}/{t.iqn}/{lun}"
-            extra = "".join(f", {name}" for name, on in (
-                (f"{lu.block_size << lu.lbppb_exponent}-byte physical", lu.lbppb_exponent),
-                ("thin", lu.thin), ("read-only", lu.read_only), ("removable", lu.removable))
-                if on)
-            lines.append(f"  LUN {lun}: {lu.store.description}, {_human(lu.store.size)}, "
-                         f"{lu.block_size}-byte blocks{extra}")
-            lines.append(f"    URL:  {url}")
-            lines.append(f"    QEMU: -drive if=none,id=d{lun},file={url},format=raw,cache=none "
-                         f"-device virtio-scsi-pci,id=scsi0 "
-                         f"-device scsi-block,drive=d{lun},bus=scsi0.0")
+        lines += target_banner(t, device, bound)
     lines.append("press Ctrl-C to stop")
     return "\n".join(lines)
+
+
+def target_banner(t, device, bound: list[tuple[str, int]]) -> list[str]:
+    """The banner's lines of one target: where it listens, each LUN, its URL and QEMU."""
+    host, port = bound[0]
+    hostpart = f"[{host}]" if ":" in host else host
+    lines = [f"serving {t.iqn} on " + ", ".join(f"{h}:{p}" for h, p in bound)]
+    for lun, lu in sorted(device.luns.items()):
+        url = f"iscsi://{hostpart}:{port}/{t.iqn}/{lun}"
+        extra = "".join(f", {name}" for name, on in (
+            (f"{lu.block_size << lu.lbppb_exponent}-byte physical", lu.lbppb_exponent),
+            ("thin", lu.thin), ("read-only", lu.read_only), ("removable", lu.removable))
+            if on)
+        lines.append(f"  LUN {lun}: {lu.store.description}, {_human(lu.store.size)}, "
+                     f"{lu.block_size}-byte blocks{extra}")
+        lines.append(f"    URL:  {url}")
+        lines.append(f"    QEMU: -drive if=none,id=d{lun},file={url},format=raw,cache=none "
+                     f"-device virtio-scsi-pci,id=scsi0 "
+                     f"-device scsi-block,drive=d{lun},bus=scsi0.0")
+    return lines
+
+
+def _write_port_file(path: Path | None, bound: list[tuple[str, int]]) -> None:
+    if path:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{port}\n" for _, port in bound))
+        os.replace(tmp, path)
 
 
 def serve(args: argparse.Namespace) -> int:
     from target import app as appmod
     from target.shell import server as srvmod
+    from target.shell.control import default_socket
 
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG),
                         filename=str(args.log_file) if args.log_file else None,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s"
+                               + ("[%(process)d]" if args.workers else "") + ": %(message)s")
     cfg = effective_config(args)
     if args.event_loop == "uvloop":
         try:
@@ -265,16 +284,76 @@ def serve(args: argparse.Namespace) -> int:
         except ImportError:
             raise ConfigError("--event-loop uvloop: uvloop is not installed (it comes with "
                               "`make venv`, or pip install uvloop)") from None
-    application = appmod.build(cfg)
     listen = [cfgmod.parse_listen(p, "listen") for p in cfg.listen]
+    control_path = args.control or default_socket()
+    if args.workers is not None:
+        return _serve_workers(args, cfg, listen, control_path)
+    application = appmod.build(cfg)
 
     def on_listening(bound: list[tuple[str, int]]) -> None:
-        if args.port_file:
-            tmp = args.port_file.with_name(args.port_file.name + ".tmp")
-            tmp.write_text("".join(f"{port}\n" for _, port in bound))
-            os.replace(tmp, args.port_file)
+        _write_port_file(args.port_file, bound)
         if not args.quiet:
             print(banner(application, bound), flush=True)
+
+    try:
+        server, tracer = _server(args, cfg, application, listen, on_listening, control_path)
+    except OSError:
+        application.close()
+        raise
+    try:
+        srvmod.run(server, on_stop=application.close, event_loop=args.event_loop)
+    finally:
+        application.close()
+        if tracer is not None:
+            tracer.close()
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace, cfg: Config, listen: list[tuple[str, int]],
+                   control_path: Path) -> int:
+    """`serve --workers N`: this process is the portal, the targets live in workers."""
+    from target import app as appmod
+    from target.shell import server as srvmod
+    from target.shell import workers
+
+    def assemble(part: Config, bound: list[tuple[str, int]]):
+        application = appmod.build(part)
+        try:
+            server, tracer = _server(args, part, application, [], None, None, announce=bound)
+        except OSError:
+            application.close()
+            raise
+
+        def cleanup() -> None:
+            application.close()
+            if tracer is not None:
+                tracer.close()
+
+        lines = {t.iqn: target_banner(t, d, bound)
+                 for t, d in zip(part.targets, application.devices, strict=True)}
+        return server, lines, cleanup
+
+    def on_listening(bound: list[tuple[str, int]], ws: list[workers.Worker]) -> None:
+        _write_port_file(args.port_file, bound)
+        if args.quiet:
+            return
+        lines = {iqn: text for w in ws for iqn, text in w.banner.items()}
+        out = [line for t in cfg.targets for line in lines.get(t.iqn, [])]
+        out += [f"worker pid {w.pid}: {', '.join(w.targets)}" for w in ws]
+        out.append("press Ctrl-C to stop")
+        print("\n".join(out), flush=True)
+
+    portal = srvmod.Server(workers.portal_of(cfg), listen, None, cfg.nop_interval,
+                           control_path=control_path)
+    return workers.serve(cfg, portal, args.workers, assemble,
+                         lambda server: srvmod.run(server, event_loop=args.event_loop),
+                         on_listening)
+
+
+def _server(args: argparse.Namespace, cfg: Config, application, listen, on_listening,
+            control_path: Path | None, announce: list[tuple[str, int]] | None = None):
+    """The server of one App (with its tracer, fault rules and control), not started."""
+    from target.shell import server as srvmod
 
     tracer = None
     if args.trace or args.trace_live:
@@ -283,24 +362,16 @@ def serve(args: argparse.Namespace) -> int:
         try:
             tracer = Tracer(args.trace, sys.stdout if args.trace_live else None)
         except OSError as exc:
-            application.close()
             raise OSError(exc.errno, f"cannot write the trace {args.trace}: "
                           f"{exc.strerror}") from None
     from target.faults import Faults
-    from target.shell.control import Control, default_socket
+    from target.shell.control import Control
 
     faults = Faults(cfg.faults)
-
     server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval, tracer,
-                           control=Control(application, faults),
-                           control_path=args.control or default_socket(), faults=faults)
-    try:
-        srvmod.run(server, on_stop=application.close, event_loop=args.event_loop)
-    finally:
-        application.close()
-        if tracer is not None:
-            tracer.close()
-    return 0
+                           control=Control(application, faults), control_path=control_path,
+                           faults=faults, announce=announce)
+    return server, tracer
 
 
 def config_command(args: argparse.Namespace) -> int:

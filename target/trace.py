@@ -18,7 +18,10 @@ Rules:
   LBA, blocks, CDB bytes, status, sense bytes, Data-In/Data-Out lengths, start and end
   from time.perf_counter_ns, queued); it keeps no buffer and decodes nothing. A writer
   thread turns them into JSON lines every FLUSH_INTERVAL seconds (and at close), so a
-  running target's trace is at most that old; the lines are written and flushed then.
+  running target's trace is at most that old; the lines are written then, a chunk of
+  whole lines per write() to a file opened unbuffered for appending, so the worker
+  processes of one server (target.shell.workers) share one trace file without mixing
+  their lines.
 - The encoder fills one bytes %-template per command shape (table entry, attribute,
   status, sense bytes, CDB byte 1 for the flags, initiator, peer, LUN, queued or not),
   built once from the rules above (decode_cdb, sense_fields, json.dumps of each constant),
@@ -48,7 +51,7 @@ import time
 from binascii import hexlify as _hex
 from collections import Counter, defaultdict, deque
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from target.scsi import extent
 from target.scsi.extent import Extent
@@ -148,7 +151,9 @@ class Tracer:
         self.live = live
         self.interval = interval
         # Kept open for the tracer's life and closed by close(): not a with-block.
-        self._file = (open(path, "ab")  # noqa: SIM115
+        # Unbuffered, appending: each chunk of whole lines is one write() at the end of
+        # the file, so several processes (target.shell.workers) can share one trace.
+        self._file = (open(path, "ab", buffering=0)  # noqa: SIM115
                       if path is not None else None)
         self._raw: deque[tuple] = deque()  # appended by record(), emptied by the writer
         self._append = self._raw.append
@@ -196,7 +201,7 @@ class Tracer:
             try:
                 text = self.encode(batch)
                 if self._file is not None:
-                    self._file.write(text)
+                    _write_all(self._file, text)
                 if self.live is not None:
                     self.live.write("".join(render(json.loads(line)) + "\n"
                                             for line in text.splitlines()))
@@ -204,8 +209,6 @@ class Tracer:
                 self._fail(exc)
             time.sleep(0)
         try:
-            if self._file is not None:
-                self._file.flush()
             if self.live is not None:
                 self.live.flush()
         except Exception as exc:  # noqa: BLE001
@@ -311,6 +314,13 @@ class Tracer:
             except OSError as exc:
                 log.warning("trace: %s", exc)
             self._file = None
+
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """All of `data` to an unbuffered file (a regular file takes it in one write())."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) or 0:]
 
 
 def render(rec: dict) -> str:

@@ -54,6 +54,7 @@ from target.iscsi.keys import (
     MISSING_PARAMETER,
     NOT_FOUND,
     OUT_OF_RESOURCES,
+    SERVICE_UNAVAILABLE,
     SESSION_DOES_NOT_EXIST,
     SESSION_TYPE_NOT_SUPPORTED,
     TOO_MANY_CONNECTIONS,
@@ -240,6 +241,10 @@ class Login:
             if not entry.allows(initiator):
                 raise NegotiationError(AUTHORIZATION_FAILURE,
                                        f"{initiator} may not log in to {name}")
+            if entry.device is None:
+                raise NegotiationError(SERVICE_UNAVAILABLE,
+                                       f"{name} is served by a worker process and this "
+                                       "login did not name it in its first PDU")
             self.target = entry
             target_name = entry.name
             p.tpgt = entry.tpgt

@@ -9,6 +9,9 @@ Rules (RFC 7143):
 - `addresses` are the host:port strings (IPv6 in brackets) SendTargets reports as
   TargetAddress (13.8); the server fills them with the addresses it listens on.
 - The offers are our side of the negotiated keys (section 13), see keys.Offers.
+- A target whose `device` is None is served by another process (a worker of
+  target.shell.workers): this portal names it in SendTargets and routes logins to it;
+  a login that reaches this process anyway ends 03/01 (service unavailable, 11.13.5).
 - `discovery`: whether discovery sessions are allowed (02/09 otherwise, 11.13.5);
   `auth_required`: whether a login must authenticate in the security stage (02/01
   otherwise). Both are the portal group's, as LIO keeps them per TPG.
@@ -26,7 +29,7 @@ from target.scsi.device import ScsiDevice
 @dataclass
 class TargetEntry:
     name: str
-    device: ScsiDevice
+    device: ScsiDevice | None  # None: another process serves it (target.shell.workers)
     alias: str = ""
     tpgt: int = 1
     initiators: list[str] | None = None  # InitiatorNames allowed; None allows all

@@ -14,6 +14,8 @@ Rules:
   event loop ("uvloop" or "asyncio").
   Unknown commands and malformed requests get {"ok": false, "error": "..."} naming the
   problem; the connection stays usable.
+- With worker processes (target.shell.workers) the portal process answers: "workers"
+  lists each worker's pid and targets, and each target has the "pid" of its worker.
 - Where the socket is: `serve --control PATH`, or by default
   <runtime dir>/scsi-target/<pid>.sock with the runtime dir $XDG_RUNTIME_DIR or
   /tmp/scsi-target-<uid>; `scsi-target status` finds the only live one there, or is told
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_REQUEST = 64 << 10
+COMMANDS = ("status", "fault-add", "fault-list", "fault-clear")
 
 
 def runtime_dir() -> Path:
@@ -51,6 +54,11 @@ class Control:
         self.faults = faults  # target.faults.Faults the server applies
         self.started = started if started is not None else time.time()
 
+    async def answer_line(self, line: bytes) -> bytes:
+        """What the control socket sends back for one request line (the portal process
+        of target.shell.workers answers after asking its workers)."""
+        return self.handle_line(line)
+
     def handle_line(self, line: bytes) -> bytes:
         try:
             request = json.loads(line)
@@ -67,8 +75,7 @@ class Control:
             return {"ok": True, **self.status()}
         if command in ("fault-add", "fault-list", "fault-clear"):
             return self.fault(command, request)
-        return {"ok": False, "error": f"unknown command {command!r}; known: status, "
-                                      "fault-add, fault-list, fault-clear"}
+        return unknown_command(command)
 
     def fault(self, command: str, request: dict[str, Any]) -> dict[str, Any]:
         from target.faults import FaultError, parse_rule
@@ -107,21 +114,30 @@ class Control:
                              "store": lu.store.description, "read_only": lu.read_only,
                              "task_set": lu.taskset.as_dict(), "io": io})
             targets.append({"iqn": tc.iqn, "luns": luns})
-        sessions = []
-        for s in list(app.portal.registry.sessions.values()):
-            p = s.params
-            conn = s.connection  # a session.SessionConnection, or None between connections
-            sessions.append({"initiator": p.initiator_name, "target": p.target_name,
-                             "isid": f"0x{p.isid:012x}", "tsih": p.tsih,
-                             "peer": conn.peer if conn is not None else ""})
-        try:
-            loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-        except RuntimeError:  # asked outside the server (tests)
-            loop = None
-        return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
-                "event_loop": loop,
-                "listen": list(app.portal.addresses), "targets": targets, "sessions": sessions,
+        return {**process_status(self.started, app.portal), "targets": targets,
                 "faults": self.faults.describe() if self.faults is not None else []}
+
+
+def unknown_command(command: object) -> dict[str, Any]:
+    return {"ok": False, "error": f"unknown command {command!r}; known: "
+                                  + ", ".join(COMMANDS)}
+
+
+def process_status(started: float, portal) -> dict[str, Any]:
+    """This process's part of a status answer: pid, uptime, loop, addresses, sessions."""
+    sessions = []
+    for s in list(portal.registry.sessions.values()):
+        p = s.params
+        conn = s.connection  # a session.SessionConnection, or None between connections
+        sessions.append({"initiator": p.initiator_name, "target": p.target_name,
+                         "isid": f"0x{p.isid:012x}", "tsih": p.tsih,
+                         "peer": conn.peer if conn is not None else ""})
+    try:
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:  # asked outside the server (tests)
+        loop = None
+    return {"pid": os.getpid(), "uptime_s": round(time.time() - started, 1),
+            "event_loop": loop, "listen": list(portal.addresses), "sessions": sessions}
 
 
 # --- the client side (scsi-target status) ---------------------------------------------
@@ -175,8 +191,10 @@ def request(path: Path, command: dict[str, Any], timeout: float = 5.0) -> dict[s
 def render_status(st: dict[str, Any]) -> str:
     lines = [f"scsi-target pid {st['pid']}, up {st['uptime_s']:.0f} s, listening on "
              + ", ".join(st["listen"])]
+    for w in st.get("workers", []):
+        lines.append(f"worker pid {w['pid']}: " + ", ".join(w["targets"]))
     for t in st["targets"]:
-        lines.append(f"target {t['iqn']}")
+        lines.append(f"target {t['iqn']}" + (f" (worker pid {t['pid']})" if "pid" in t else ""))
         for lun in t["luns"]:
             ts = lun["task_set"]
             ev = ts["elevator"]

@@ -44,6 +44,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from target import malloc
 from target.faults import Faults
@@ -70,7 +71,7 @@ class Link:
         self.sock = sock
         self.fd = sock.fileno()
         local = sock.getsockname()
-        self.conn = Connection(server.portal, f"{local[0]}:{local[1]}", peer,
+        self.conn = Connection(server.portal, _address(local[0], local[1]), peer,
                                wakeup=self._wakeup,
                                tmf_faults=server.faults)  # tmf-reject rules (target.faults)
         self.pending: deque = deque()
@@ -80,6 +81,16 @@ class Link:
         self.closing = False  # CloseWanted: close once the output is sent
         self.closed = False
         self._start_reading()
+
+    def feed(self, data: bytes) -> None:
+        """Bytes already read from the socket by someone else (the portal process read
+        the first Login PDU, target.shell.workers): handled as if just received."""
+        if data:
+            self.conn.receive_data(data)
+            next_event = self.conn.next_event
+            while (event := next_event()) is not None:
+                _HANDLERS[type(event)](self, event)
+        self._flush()
 
     def _start_reading(self) -> None:
         if not self.reading and not self.closed:
@@ -235,6 +246,15 @@ _HANDLERS = {TasksReady: Link._run_tasks, TaskSetChanged: Link._pump_all,
              CloseWanted: Link._close_wanted}
 
 
+class Attachment(Protocol):
+    """Something that runs with the server's loop: target.shell.workers's Router (the
+    portal process) and Handoffs (a worker)."""
+
+    def start(self, server: Server) -> None: ...
+    def stopping(self) -> None: ...  # shutdown began: stop taking new work
+    async def stopped(self) -> None: ...  # the links are closed: end
+
+
 class Server:
     """Listening sockets on the portal addresses, and their links."""
 
@@ -242,7 +262,8 @@ class Server:
                  on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
                  nop_interval: float = 0.0, tracer: Tracer | None = None,
                  control=None, control_path: Path | None = None,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None,
+                 announce: list[tuple[str, int]] | None = None) -> None:
         self.portal = portal
         self.faults = faults if faults is not None else Faults()
         self.control = control  # target.shell.control.Control answering on control_path
@@ -250,7 +271,15 @@ class Server:
         self._control_server: asyncio.AbstractServer | None = None
         self.tracer = tracer  # None: tracing off, and nothing on the hot path
         self.listen = listen
+        # The addresses SendTargets reports when this server listens on none itself
+        # (a worker: the portal process listens, target.shell.workers).
+        self.announce = announce or []
         self.on_listening = on_listening
+        # Who takes an accepted socket instead of a Link of its own (the portal
+        # process's router), and what else runs with the loop.
+        self.accept_hook: Callable[[socket.socket, str], None] | None = None
+        self.attachments: list[Attachment] = []
+        self.serving = False
         self.nop_interval = nop_interval  # NOP-In keepalive period; 0 disables it
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listeners: list[socket.socket] = []
@@ -261,13 +290,9 @@ class Server:
         # uvloop calls a reader once on a socket error and stops watching (see Link).
         self.reader_called_once_on_error = False
 
-    def start(self) -> list[tuple[str, int]]:
-        """Bind and listen; returns the bound (host, port) pairs."""
-        self.loop = asyncio.get_running_loop()
-        self.reader_called_once_on_error = type(self.loop).__module__.startswith("uvloop")
-        for name, entry in self.portal.targets.items():
-            for lu in entry.device.luns.values():
-                self.dispatchers[lu] = Dispatcher(self.loop, lu, self.tracer, self.faults, name)
+    def bind(self) -> list[tuple[str, int]]:
+        """Bind the listen addresses (no listen() yet, no loop needed); the bound pairs.
+        start() binds them if this was not called."""
         for host, port in self.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             lsock = socket.socket(family, socket.SOCK_STREAM)
@@ -278,13 +303,29 @@ class Server:
                 lsock.close()
                 raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") \
                     from None
-            lsock.listen(128)
             lsock.setblocking(False)
             self.listeners.append(lsock)
-            bound = lsock.getsockname()[:2]
-            self.bound.append(bound)
+            self.bound.append(lsock.getsockname()[:2])
+        return self.bound
+
+    def start(self) -> list[tuple[str, int]]:
+        """Bind (unless bind() did) and listen; returns the bound (host, port) pairs."""
+        self.loop = asyncio.get_running_loop()
+        self.reader_called_once_on_error = type(self.loop).__module__.startswith("uvloop")
+        for name, entry in self.portal.targets.items():
+            if entry.device is None:  # served by a worker process
+                continue
+            for lu in entry.device.luns.values():
+                self.dispatchers[lu] = Dispatcher(self.loop, lu, self.tracer, self.faults, name)
+        if self.listen and not self.listeners:
+            self.bind()
+        for lsock in self.listeners:
+            lsock.listen(128)
             self.loop.add_reader(lsock.fileno(), self._accept, lsock)
-        self.portal.addresses = [_address(h, p) for h, p in self.bound]
+        self.serving = True
+        self.portal.addresses = [_address(h, p) for h, p in self.bound or self.announce]
+        for attachment in self.attachments:
+            attachment.start(self)
         if self.nop_interval > 0:
             self.loop.call_later(self.nop_interval, self._keepalive)
         self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
@@ -306,7 +347,7 @@ class Server:
                                writer: asyncio.StreamWriter) -> None:
             try:
                 while line := await reader.readline():
-                    writer.write(control.handle_line(line))
+                    writer.write(await control.answer_line(line))
                     await writer.drain()
             except (ConnectionError, asyncio.LimitOverrunError, ValueError):
                 pass
@@ -338,7 +379,18 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = _address(addr[0], addr[1])
             log.info("connection from %s", peer)
-            self.links.add(Link(self, sock, peer))
+            if self.accept_hook is not None:
+                self.accept_hook(sock, peer)
+            else:
+                self.adopt(sock, peer)
+
+    def adopt(self, sock: socket.socket, peer: str, data: bytes = b"") -> Link:
+        """Serve a connected, non-blocking socket; `data`: bytes already read from it."""
+        link = Link(self, sock, peer)
+        self.links.add(link)
+        if data:
+            link.feed(data)
+        return link
 
     def _keepalive(self) -> None:
         """NOP-In to every full-feature connection (RFC 7143 11.19); a connection whose
@@ -349,15 +401,15 @@ class Server:
                 link.close()
             else:
                 link._flush()
-        if self.listeners:
+        if self.serving:
             self.loop.call_later(self.nop_interval, self._keepalive)
 
     def _watch_capacity(self) -> None:
         """Notice stores that changed size, so every nexus gets the unit attention."""
         for entry in self.portal.targets.values():
-            for lu in entry.device.luns.values():
+            for lu in entry.device.luns.values() if entry.device is not None else ():
                 lu.refresh_capacity()
-        if self.listeners:
+        if self.serving:
             self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
 
     async def serve_forever(self) -> None:
@@ -370,6 +422,9 @@ class Server:
 
     async def shutdown(self, grace: float = 2.0) -> None:
         """Stop accepting, ask sessions to log out, then drop what is left."""
+        self.serving = False
+        for attachment in self.attachments:
+            attachment.stopping()
         for lsock in self.listeners:
             self.loop.remove_reader(lsock.fileno())
             lsock.close()
@@ -383,6 +438,8 @@ class Server:
             await asyncio.sleep(0.05)
         for link in list(self.links):
             link.close()
+        for attachment in self.attachments:
+            await attachment.stopped()
         # Medium accesses still running on worker threads end before the stores close.
         for d in self.dispatchers.values():
             await self.loop.run_in_executor(None, d.close)
