@@ -143,7 +143,7 @@ def table(results: dict[str, SideRuns], stat: str, n: int) -> str:
                      f"{fmt(w, runs.session_extreme(min, stat)):>12} | "
                      f"{fmt(w, runs.session_extreme(max, stat)):>12} | "
                      f"{_r(pick(ratios, stat)) if side != 'tgtd' else '':>9} | "
-                     f"{' '.join(f'{r:.2f}' for r in ratios)}")
+                     f"{' '.join(f'{r:.2f}' for r in ratios)}".rstrip())
     return "\n".join(lines)
 
 
