@@ -6,9 +6,11 @@ Rules:
   the loop it is given.
 - Receiving: recv_into() the buffer the Connection offers (its scratch space, or the
   write buffer of the command whose data is arriving), so data is received in place.
-  Under uvloop a socket error (a reset) calls the reader once and ends the watch; when a
-  reader returns without having drained the socket, the pending socket error is looked at
-  so that a reset behind unread bytes still closes the link (issue 11).
+  Under uvloop a socket error (a reset) calls the reader once and ends the watch, so a
+  reset behind unread bytes can leave a link no callback will ever close: every
+  ERROR_SWEEP seconds the pending socket error (SO_ERROR) of every link is looked at and a
+  link that has one is closed (issue 11). Not per receive: that was one getsockopt()
+  system call per command (docs/COST.md).
 - Sending: the Connection's output buffers go out with socket.sendmsg() as they are
   (header bytes and memoryviews of read data, never joined); what the kernel does not
   take waits in a queue and the connection stops reading past a high-water mark.
@@ -60,6 +62,7 @@ IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024
 HIGH_WATER = 8 << 20  # stop reading from a peer that does not take its responses
 RECV_ROUNDS = 16  # recv_into() calls per readable event before yielding to the loop
 CAPACITY_POLL = 2.0  # seconds between looks at the stores' sizes
+ERROR_SWEEP = 1.0  # seconds between looks at every link's pending socket error (uvloop)
 
 
 class Link:
@@ -107,13 +110,11 @@ class Link:
         recv_into = self.sock.recv_into
         next_event = conn.next_event
         handlers = _HANDLERS
-        drained = False  # a receive found nothing more (EAGAIN)
         for _ in range(RECV_ROUNDS):
             buf = conn.get_buffer()
             try:
                 n = recv_into(buf)
             except (BlockingIOError, InterruptedError):
-                drained = True
                 break
             except OSError as exc:
                 log.info("%s: receive failed: %s", conn.peer, exc)
@@ -127,9 +128,6 @@ class Link:
                 handlers[type(event)](self, event)
             if self.closing or n < len(buf):
                 break
-        if not drained and self.server.reader_called_once_on_error and not self.closed \
-                and self._socket_error():
-            return
         self._flush()
 
     def _socket_error(self) -> bool:
@@ -137,7 +135,7 @@ class Link:
         then no longer watching the socket; a reset behind unread bytes then shows only as
         a short read. The pending error (SO_ERROR) says whether that happened: if so the
         link is closed now, or it would stay open for good with its session, reservations
-        and buffers."""
+        and buffers. Server._sweep_errors asks every ERROR_SWEEP seconds."""
         try:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError:
@@ -329,6 +327,8 @@ class Server:
         if self.nop_interval > 0:
             self.loop.call_later(self.nop_interval, self._keepalive)
         self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
+        if self.reader_called_once_on_error:
+            self.loop.call_later(ERROR_SWEEP, self._sweep_errors)
         if self.on_listening:
             self.on_listening(self.bound)
         return self.bound
@@ -411,6 +411,14 @@ class Server:
                 lu.refresh_capacity()
         if self.serving:
             self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
+
+    def _sweep_errors(self) -> None:
+        """uvloop: close the links whose socket has a pending error (Link._socket_error)."""
+        for link in list(self.links):
+            if not link.closed:
+                link._socket_error()
+        if self.serving:
+            self.loop.call_later(ERROR_SWEEP, self._sweep_errors)
 
     async def serve_forever(self) -> None:
         self._stop = asyncio.Event()
