@@ -5,7 +5,7 @@
                       [--read-only] [--io-threads N] [--port-file FILE]
                       [--log-file FILE] [-v] [-q]
                       [--trace FILE] [--trace-live] [--event-loop uvloop|asyncio]
-                      [--workers N]
+                      [--workers N] [--busy-poll-us US]
                   [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
                   [--rotational] [--rpm N] [--seek-ms MS] [--control SOCKET]
     scsi-target status [--control SOCKET] [--json]
@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve the targets in N worker processes (target i in worker i mod "
                         "N), so that many disks served at once use every core "
                         "(target.shell.workers); default: all in this process")
+    s.add_argument("--busy-poll-us", type=float, metavar="US",
+                   help="after answering, a connection with nothing outstanding polls "
+                        "this long for the next command instead of sleeping, when it is "
+                        "the process's only one and a core is free (default 50; 0: off)")
     s.add_argument("--event-loop", choices=("uvloop", "asyncio"),
                    help="the event loop (default: uvloop when it is installed, else "
                         "asyncio's own)")
@@ -198,6 +202,11 @@ def effective_config(args: argparse.Namespace) -> Config:
                           f"{lun.block_size}-byte blocks")
     if args.read_only:
         lun.read_only = True
+    if args.busy_poll_us is not None:
+        if not 0 <= args.busy_poll_us <= cfgmod.MAX_BUSY_POLL_US:
+            raise ConfigError(f"--busy-poll-us: expected 0 to {cfgmod.MAX_BUSY_POLL_US:g} "
+                              f"microseconds, not {args.busy_poll_us:g}")
+        cfg.busy_poll_us = args.busy_poll_us
     if args.io_threads is not None:
         if not 0 <= args.io_threads <= cfgmod.MAX_IO_THREADS:
             raise ConfigError(f"--io-threads: expected 0 to {cfgmod.MAX_IO_THREADS} worker "
@@ -370,7 +379,7 @@ def _server(args: argparse.Namespace, cfg: Config, application, listen, on_liste
     faults = Faults(cfg.faults)
     server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval, tracer,
                            control=Control(application, faults), control_path=control_path,
-                           faults=faults, announce=announce)
+                           faults=faults, announce=announce, busy_poll_us=cfg.busy_poll_us)
     return server, tracer
 
 

@@ -11,6 +11,11 @@ Rules:
 
 Example:
 
+    busy_poll_us = 50           # (top-level keys come before the first table) after
+                                # answering, a connection with nothing outstanding polls
+                                # this long for the next PDU (target.shell.server; 0: off)
+    nop_interval = 0            # seconds between NOP-In pings (0: none)
+
     [[portal]]
     listen = "127.0.0.1:3260"
 
@@ -72,6 +77,7 @@ DEFAULT_IQN = "iqn.2026-11.local.scsi-target:default"
 DEFAULT_LISTEN = "127.0.0.1:3260"
 DEFAULT_SIZE = 1 << 30
 MAX_IO_THREADS = 256  # worker threads per LU (io_threads)
+MAX_BUSY_POLL_US = 10_000.0  # busy polling budget (busy_poll_us)
 
 _IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:.+)?|eui\.[0-9A-Fa-f]{16}"
                   r"|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$")
@@ -142,6 +148,7 @@ class Config:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
     nop_interval: float = 0.0  # seconds between NOP-In pings; 0 disables them
+    busy_poll_us: float = 50.0  # target.shell.server's busy polling budget; 0 disables it
     faults: list = field(default_factory=list)  # target.faults.FaultRule, from [[fault]]
     source: str = "<embedded default>"
 
@@ -382,6 +389,10 @@ def from_dict(data: dict, source: str = "<config>") -> Config:
             cfg.listen.append(listen)
             pr.done()
     cfg.nop_interval = float(r.get("nop_interval", (int, float), 0))
+    cfg.busy_poll_us = float(r.get("busy_poll_us", (int, float), cfg.busy_poll_us))
+    if not 0 <= cfg.busy_poll_us <= MAX_BUSY_POLL_US:
+        raise ConfigError(f"{source}: busy_poll_us: expected 0 to {MAX_BUSY_POLL_US:g} "
+                          f"microseconds, not {cfg.busy_poll_us:g}")
     faults = r.get("fault", list, None)
     if faults is not None:
         from target.faults import FaultError, parse_rule

@@ -874,6 +874,12 @@ class Connection:
                               statsn=self._next_stat_sn(), exp_cmdsn=session.exp_cmdsn,
                               max_cmdsn=session.max_cmdsn), ping)
 
+    @property
+    def quiescent(self) -> bool:
+        """No command is outstanding: every one received has been answered (the shell
+        may then wait for the initiator's next PDU by polling, target.shell.server)."""
+        return not self._cmds and not self._held
+
     def ping(self) -> bool:
         """Send a NOP-In asking for a NOP-Out (11.19); False if the last one is unanswered."""
         if self.phase is not Phase.FULL_FEATURE or self.want_close:

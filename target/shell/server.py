@@ -14,6 +14,17 @@ Rules:
 - Sending: the Connection's output buffers go out with socket.sendmsg() as they are
   (header bytes and memoryviews of read data, never joined); what the kernel does not
   take waits in a queue and the connection stops reading past a high-water mark.
+- Busy polling (--busy-poll-us, config busy_poll_us: 50 us unless set; 0 turns it off): after
+  a receive callback has sent its answers, a link whose connection has nothing
+  outstanding (Connection.quiescent) keeps receiving in a loop for up to that budget
+  instead of going back to epoll, so the initiator's next command at queue depth 1 is
+  taken without a sleep and a wake-up (measured in docs/COST.md). It polls only when it is
+  the process's only link (a poll holds up the other links' callbacks), when the
+  initiator's last gap (our send to its next PDU) was shorter than the budget (a poll
+  that would miss is not started; one that misses turns polling off until a short gap is
+  seen again), and while a core is free (/proc/loadavg's running processes, this one
+  included, at most the CPUs we may use; sampled every LOAD_SAMPLE s). It never waits
+  for a worker thread or a timer: it stops as soon as a command is outstanding.
 - Every CAPACITY_POLL seconds the stores' sizes are looked at again, so a grown image
   file raises CAPACITY DATA HAS CHANGED for every nexus (the shell owns the clock).
 - With a tracer (--trace, --trace-live) each command is timed and recorded after it
@@ -43,6 +54,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +75,8 @@ HIGH_WATER = 8 << 20  # stop reading from a peer that does not take its response
 RECV_ROUNDS = 16  # recv_into() calls per readable event before yielding to the loop
 CAPACITY_POLL = 2.0  # seconds between looks at the stores' sizes
 ERROR_SWEEP = 1.0  # seconds between looks at every link's pending socket error (uvloop)
+LOAD_SAMPLE = 0.1  # seconds between looks at the machine's running processes (busy polling)
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Link:
@@ -83,6 +97,8 @@ class Link:
         self.writing = False
         self.closing = False  # CloseWanted: close once the output is sent
         self.closed = False
+        self.sent_at = 0.0  # busy polling: when we last went back to the loop after a send
+        self.readable_at = float("inf")  # and the gap to the receive that followed
         self._start_reading()
 
     def feed(self, data: bytes) -> None:
@@ -106,6 +122,10 @@ class Link:
             self.reading = False
 
     def _on_readable(self) -> None:
+        if self.server.busy_poll:
+            # How long the initiator took since our last send: a gap shorter than the
+            # spin budget says polling would have caught this PDU (Link._after_send).
+            self.readable_at = time.perf_counter() - self.sent_at
         conn = self.conn
         recv_into = self.sock.recv_into
         next_event = conn.next_event
@@ -129,6 +149,51 @@ class Link:
             if self.closing or n < len(buf):
                 break
         self._flush()
+        server = self.server
+        if server.busy_poll:
+            self._after_send(server)
+
+    def _after_send(self, server: Server) -> None:
+        """Busy polling (--busy-poll-us): wait for the initiator's next PDU by receiving
+        in a loop rather than in epoll, when that is likely to pay (see Server)."""
+        clock = time.perf_counter
+        now = clock()
+        spin = server.busy_poll
+        if self.closed or self.pending or not server.spin_allowed \
+                or len(server.links) != 1 or self.readable_at > spin:
+            self.sent_at = now
+            return
+        conn = self.conn
+        recv_into = self.sock.recv_into
+        next_event = conn.next_event
+        handlers = _HANDLERS
+        while conn.quiescent:
+            deadline = clock() + spin
+            while True:
+                buf = conn.get_buffer()
+                try:
+                    n = recv_into(buf)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    if clock() > deadline:
+                        self.sent_at = clock() - spin  # missed: no spin until a short gap
+                        server.spin_missed += 1
+                        return
+                except OSError as exc:
+                    log.info("%s: receive failed: %s", conn.peer, exc)
+                    self.close()
+                    return
+            if n == 0:
+                self.close()
+                return
+            server.spun += 1
+            conn.buffer_updated(n)
+            while (event := next_event()) is not None:
+                handlers[type(event)](self, event)
+            self._flush()
+            if self.closed or self.pending:
+                return
+        self.sent_at = clock()
 
     def _socket_error(self) -> bool:
         """uvloop reports a socket error (POLLERR: a reset) by calling the reader once and
@@ -261,7 +326,8 @@ class Server:
                  nop_interval: float = 0.0, tracer: Tracer | None = None,
                  control=None, control_path: Path | None = None,
                  faults: Faults | None = None,
-                 announce: list[tuple[str, int]] | None = None) -> None:
+                 announce: list[tuple[str, int]] | None = None,
+                 busy_poll_us: float = 0.0) -> None:
         self.portal = portal
         self.faults = faults if faults is not None else Faults()
         self.control = control  # target.shell.control.Control answering on control_path
@@ -278,6 +344,10 @@ class Server:
         self.accept_hook: Callable[[socket.socket, str], None] | None = None
         self.attachments: list[Attachment] = []
         self.serving = False
+        self.busy_poll = busy_poll_us / 1e6  # seconds a quiescent link polls (0: never)
+        self.spin_allowed = False  # a core is free (Server._sample_load)
+        self.spun = 0  # receives that polling caught
+        self.spin_missed = 0  # polls that ended with nothing received
         self.nop_interval = nop_interval  # NOP-In keepalive period; 0 disables it
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listeners: list[socket.socket] = []
@@ -329,6 +399,8 @@ class Server:
         self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
         if self.reader_called_once_on_error:
             self.loop.call_later(ERROR_SWEEP, self._sweep_errors)
+        if self.busy_poll:
+            self._sample_load()
         if self.on_listening:
             self.on_listening(self.bound)
         return self.bound
@@ -411,6 +483,19 @@ class Server:
                 lu.refresh_capacity()
         if self.serving:
             self.loop.call_later(CAPACITY_POLL, self._watch_capacity)
+
+    def _sample_load(self) -> None:
+        """Busy polling is allowed while the machine has a core to spare: the processes
+        running right now (/proc/loadavg's fourth field, this one included) are no more
+        than the CPUs this process may use. Looked at every LOAD_SAMPLE seconds."""
+        try:
+            with open("/proc/loadavg", "rb") as f:
+                running = int(f.read().split()[3].split(b"/")[0])
+            self.spin_allowed = running <= CPUS
+        except (OSError, ValueError, IndexError):
+            self.spin_allowed = False
+        if self.serving:
+            self.loop.call_later(LOAD_SAMPLE, self._sample_load)
 
     def _sweep_errors(self) -> None:
         """uvloop: close the links whose socket has a pending error (Link._socket_error)."""
