@@ -75,6 +75,8 @@ read_only = true
      'spin = 1\n', "target[0].lun[0].scheduler.disk", "unknown key(s): spin"),
     ('[[target]]\niqn = "iqn.2026-11.a.b:c"\n[[target.lun]]\nio_threads = -1\n',
      "target[0].lun[0].io_threads", "0 to 256 worker threads"),
+    ('busy_poll_us = -5\n', "busy_poll_us", "0 to 10000 microseconds"),
+    ('busy_poll_us = "fast"\n', "busy_poll_us", "expected"),
 ])
 def test_errors_name_file_key_and_problem(tmp_path, body, where, what):
     f = tmp_path / "bad.toml"
@@ -226,3 +228,20 @@ def test_scheduler_integers_below_their_bound_are_errors(tmp_path, key, value, w
     with pytest.raises(ConfigError) as e:
         config.load(f)
     assert f"target[0].lun[0].scheduler.{key}" in str(e.value) and what in str(e.value)
+
+
+def test_busy_poll_option_and_key_of_serve(tmp_path):
+    """serve --busy-poll-us and the top-level busy_poll_us reach the server's budget; the
+    option overrides the file; out of range names the option."""
+    from target import cli
+
+    parser = cli._parser()
+    assert cli.effective_config(parser.parse_args(["serve"])).busy_poll_us == 50
+    f = tmp_path / "bp.toml"
+    f.write_text("busy_poll_us = 0\n")
+    assert cli.effective_config(parser.parse_args(["serve", "--config", str(f)])).busy_poll_us == 0
+    cfg = cli.effective_config(parser.parse_args(["serve", "--config", str(f),
+                                                  "--busy-poll-us", "120"]))
+    assert cfg.busy_poll_us == 120
+    with pytest.raises(config.ConfigError, match="--busy-poll-us: expected 0 to 10000"):
+        cli.effective_config(parser.parse_args(["serve", "--busy-poll-us", "20000"]))
