@@ -24,7 +24,8 @@ Rules:
   that would miss is not started; one that misses turns polling off until a short gap is
   seen again), and while a core is free (/proc/loadavg's running processes, this one
   included, at most the CPUs we may use; sampled every LOAD_SAMPLE s). It never waits
-  for a worker thread or a timer: it stops as soon as a command is outstanding.
+  for a worker thread or a timer: it stops as soon as a command is outstanding; after
+  SPIN_ROUNDS receives it lets the loop run its other callbacks (call_soon) and goes on.
 - Every CAPACITY_POLL seconds the stores' sizes are looked at again, so a grown image
   file raises CAPACITY DATA HAS CHANGED for every nexus (the shell owns the clock).
 - With a tracer (--trace, --trace-live) each command is timed and recorded after it
@@ -76,6 +77,7 @@ RECV_ROUNDS = 16  # recv_into() calls per readable event before yielding to the 
 CAPACITY_POLL = 2.0  # seconds between looks at the stores' sizes
 ERROR_SWEEP = 1.0  # seconds between looks at every link's pending socket error (uvloop)
 LOAD_SAMPLE = 0.1  # seconds between looks at the machine's running processes (busy polling)
+SPIN_ROUNDS = 16  # receives busy polling takes before the loop gets a turn
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -98,7 +100,8 @@ class Link:
         self.closing = False  # CloseWanted: close once the output is sent
         self.closed = False
         self.sent_at = 0.0  # busy polling: when we last went back to the loop after a send
-        self.readable_at = float("inf")  # and the gap to the receive that followed
+        self.last_gap = float("inf")  # and the initiator's gap to the receive that followed
+        self.poll_queued = False  # busy polling resumes after the loop's turn
         self._start_reading()
 
     def feed(self, data: bytes) -> None:
@@ -125,7 +128,7 @@ class Link:
         if self.server.busy_poll:
             # How long the initiator took since our last send: a gap shorter than the
             # spin budget says polling would have caught this PDU (Link._after_send).
-            self.readable_at = time.perf_counter() - self.sent_at
+            self.last_gap = time.perf_counter() - self.sent_at
         conn = self.conn
         recv_into = self.sock.recv_into
         next_event = conn.next_event
@@ -153,21 +156,28 @@ class Link:
         if server.busy_poll:
             self._after_send(server)
 
-    def _after_send(self, server: Server) -> None:
+    def _after_send(self, server: Server, resumed: bool = False) -> None:
         """Busy polling (--busy-poll-us): wait for the initiator's next PDU by receiving
-        in a loop rather than in epoll, when that is likely to pay (see Server)."""
+        in a loop rather than in epoll, when that is likely to pay (see Server).
+        `resumed`: called back after the loop's turn; until then no other poll starts."""
+        if resumed:
+            self.poll_queued = False
+        elif self.poll_queued:
+            return
         clock = time.perf_counter
         now = clock()
         spin = server.busy_poll
         if self.closed or self.pending or not server.spin_allowed \
-                or len(server.links) != 1 or self.readable_at > spin:
+                or len(server.links) != 1 or self.last_gap > spin:
             self.sent_at = now
             return
         conn = self.conn
         recv_into = self.sock.recv_into
         next_event = conn.next_event
         handlers = _HANDLERS
-        while conn.quiescent:
+        for _ in range(SPIN_ROUNDS):
+            if not conn.quiescent:
+                break
             deadline = clock() + spin
             while True:
                 buf = conn.get_buffer()
@@ -193,6 +203,13 @@ class Link:
             self._flush()
             if self.closed or self.pending:
                 return
+        else:
+            # SPIN_ROUNDS commands taken by polling: the loop gets its turn (timers, the
+            # control socket, signals, new connections), then polling goes on.
+            self.sent_at = clock()
+            self.poll_queued = True
+            self.loop.call_soon(self._after_send, server, True)
+            return
         self.sent_at = clock()
 
     def _socket_error(self) -> bool:
