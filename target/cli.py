@@ -5,7 +5,7 @@
                       [--read-only] [--io-threads N] [--port-file FILE]
                       [--log-file FILE] [-v] [-q]
                       [--trace FILE] [--trace-live] [--event-loop uvloop|asyncio]
-                      [--workers N] [--busy-poll-us US]
+                      [--workers N|auto] [--busy-poll-us US]
                   [--elevator disksort|fifo] [--dispatch-depth N] [--queue-depth N]
                   [--rotational] [--rpm N] [--seek-ms MS] [--control SOCKET]
     scsi-target status [--control SOCKET] [--json]
@@ -73,10 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="record every command, decoded, as JSON lines in FILE")
     s.add_argument("--trace-live", action="store_true",
                    help="print one line per command as it completes")
-    s.add_argument("--workers", type=int, metavar="N",
+    s.add_argument("--workers", type=_workers, metavar="N|auto",
                    help="serve the targets in N worker processes (target i in worker i mod "
                         "N), so that many disks served at once use every core "
-                        "(target.shell.workers); default: all in this process")
+                        "(target.shell.workers); auto: one per target, at most one per "
+                        "CPU; default: all in this process")
     s.add_argument("--busy-poll-us", type=float, metavar="US",
                    help="after answering, a connection with nothing outstanding polls "
                         "this long for the next command instead of sleeping, when it is "
@@ -354,7 +355,8 @@ def _serve_workers(args: argparse.Namespace, cfg: Config, listen: list[tuple[str
 
     portal = srvmod.Server(workers.portal_of(cfg), listen, None, cfg.nop_interval,
                            control_path=control_path)
-    return workers.serve(cfg, portal, args.workers, assemble,
+    n = min(len(cfg.targets), srvmod.CPUS) if args.workers == "auto" else args.workers
+    return workers.serve(cfg, portal, n, assemble,
                          lambda server: srvmod.run(server, event_loop=args.event_loop),
                          on_listening)
 
@@ -534,6 +536,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or auto, not "
+                                         f"{text!r}") from None
 
 
 def _at_least_one(option: str, value: int) -> int:

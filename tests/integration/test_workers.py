@@ -166,6 +166,14 @@ def test_worker_store_error_stops_before_listening(tmp_path):
     assert not port_file.exists()
 
 
+def test_workers_auto_is_one_per_target_at_most_one_per_cpu(tmp_path):
+    control = tmp_path / "ctl.sock"
+    with OurTarget(["--workers", "auto", "--control", str(control)], config=config(tmp_path),
+                   workdir=tmp_path, iqn=IQNS[0]) as server:
+        workers = status(server, control)["workers"]
+    assert len(workers) == min(len(IQNS), len(os.sched_getaffinity(0)))
+
+
 def test_workers_must_fit_the_targets(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "target", "serve", "--portal", f"{HOST}:0",
                            "--config", str(config(tmp_path)), "--workers", "4"],
