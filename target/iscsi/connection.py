@@ -392,7 +392,7 @@ class Connection:
             session = self.session
             cmdsn = bhs.cmdsn
             if cmdsn == session.exp_cmdsn and not self._held:  # 4.2.2.1: next in order
-                session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+                session.advance()
                 self._start_command(cmd)
                 return
             self._admit(bhs, data, cmd)
@@ -444,7 +444,7 @@ class Connection:
                     self._forget(cmd)
             return
         if not self._held:  # the common case: nothing waits behind it
-            session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+            session.advance()
             REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             if not self._held:
                 return
@@ -460,7 +460,7 @@ class Connection:
         received with nothing to run), then every held one that follows without a gap."""
         session = self.session
         while True:
-            session.exp_cmdsn = (session.exp_cmdsn + 1) & 0xFFFFFFFF
+            session.advance()
             if entry is not _RECEIVED:
                 bhs, data, cmd = entry
                 REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
