@@ -103,7 +103,11 @@ DATA_OFFSET_ERROR = Asc(0x4B, 0x05)
 _LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
 _RECEIVED = ()  # a held CmdSN slot that counts as received with no command to run
+# Enum members the hot path reads, as globals: a member read through its class costs
+# several times a global load (EnumType's lookup).
 _SCSI_COMMAND = int(Op.SCSI_COMMAND)  # Connection._dispatch's fast path compares plain ints
+_DATA_OUT = int(Op.DATA_OUT)
+_GOOD = int(Status.GOOD)
 
 
 class Phase(Enum):
@@ -119,6 +123,7 @@ class Phase(Enum):
 
 
 _FULL_FEATURE = Phase.FULL_FEATURE  # a global: the hot path's test is one load
+_IN_LOGIN = Phase.LOGIN
 
 
 class Transition(Enum):
@@ -305,7 +310,7 @@ class Connection:
                     raise ProtocolError(
                         f"data segment of {bhs.dsl} bytes exceeds MaxRecvDataSegmentLength "
                         f"{self._max_recv}", header=bhs.raw)
-                if self.phase is Phase.LOGIN and bhs.opcode != Op.LOGIN_REQUEST:
+                if self.phase is _IN_LOGIN and bhs.opcode != Op.LOGIN_REQUEST:
                     raise ProtocolError(f"opcode {bhs.opcode:#x} during login")
                 hlen = BHS_LEN + bhs.ahs_len
                 total = hlen + (DIGEST_LEN if self._hdigest else 0)
@@ -361,12 +366,12 @@ class Connection:
 
     def _destination(self, bhs: Bhs) -> memoryview | None:
         """Where the data segment of this PDU goes, when it is write data."""
-        if self.phase is not Phase.FULL_FEATURE:
+        if self.phase is not _FULL_FEATURE:
             return None
         op = bhs.opcode
-        if op == Op.DATA_OUT:
+        if op == _DATA_OUT:
             return self._data_out_destination(bhs)
-        if op == Op.SCSI_COMMAND:
+        if op == _SCSI_COMMAND:
             cmd = self._incoming = self._new_command(bhs)
             if cmd is not None and cmd.view is not None:
                 return cmd.view[:bhs.dsl]
@@ -759,7 +764,7 @@ class Connection:
             for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
                 del self._r2ts[ttt]
             cmd.outstanding = 0
-        if (cmd.aborted and not aborted_status) or self.phase is not Phase.FULL_FEATURE:
+        if (cmd.aborted and not aborted_status) or self.phase is not _FULL_FEATURE:
             return
         session = self.session
         status = task.status
@@ -782,7 +787,7 @@ class Connection:
                 resid_flag, resid = F_OVERFLOW, wanted - edtl
             elif wanted < edtl:
                 resid_flag, resid = F_UNDERFLOW, edtl - wanted
-        collapse = status == Status.GOOD and not task.sense
+        collapse = status == _GOOD and not task.sense
         if n:
             p = self.params
             if (collapse and type(data) is bytes and n <= p.max_recv_data_segment_length
