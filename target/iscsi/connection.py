@@ -322,11 +322,16 @@ class Connection:
                         raise ProtocolError("header digest error")
                 self._ahs = bytes(view[rpos + BHS_LEN:rpos + hlen]) if bhs.ahs_len else b""
                 self._rpos += total
+                dsl = bhs.dsl
+                if not dsl:
+                    # No data segment, so no padding and no data digest (11.1): the PDU is
+                    # whole, dispatched as the data step below would with its empty data.
+                    self._dispatch(bhs, b"")
+                    continue
                 self._pdu = bhs
                 self._got = 0
-                self._tail = pdu.pad_len(bhs.dsl) + (DIGEST_LEN if self._ddigest and bhs.dsl
-                                                     else 0)
-                self._dest = self._destination(bhs) if bhs.dsl else None
+                self._tail = pdu.pad_len(dsl) + (DIGEST_LEN if self._ddigest else 0)
+                self._dest = self._destination(bhs)
                 continue
             dsl = bhs.dsl
             rpos = self._rpos

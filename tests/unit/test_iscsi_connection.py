@@ -373,6 +373,30 @@ def test_digests_checked_and_sent():
     assert h.conn.want_close
 
 
+@pytest.mark.parametrize("step", [1, 5, 52, None])
+@pytest.mark.parametrize("digests", [False, True])
+def test_pdus_without_data_segment_in_any_chunking(step, digests):
+    """11.1 and 13.1/13.2: a PDU with DataSegmentLength 0 is its BHS (and the header
+    digest) alone, with no padding and no data digest; a stream of them (TEST UNIT READY,
+    a NOP-Out ping, READ(10)), split anywhere or in one piece, is answered whole: the ping
+    at once, the commands when the SCSI layer is done (3.2.2.1 orders their delivery, not
+    the responses), with consecutive StatSNs (11.4.4)."""
+    h = Harness(header_digest=digests, data_digest=digests)
+    h.conn._hdigest = h.conn._ddigest = digests
+    h.store.write(0, b"r" * 512)
+    stream = h.command(bytes(6), 0)
+    stream += h.frame(pdu.nop_out(itt=500, cmdsn=h.cmdsn, exp_statsn=0))
+    h.cmdsn += 1
+    stream += h.command(read10(0, 1), 512, read=True)
+    assert len(stream) == 3 * (48 + (4 if digests else 0))  # no data digest on any
+    h.feed(stream, step=step)
+    out = h.pdus()  # pdus() verifies our digests
+    assert {b.itt: b.opcode for b, _ in out} == {1: Op.SCSI_RESPONSE, 500: Op.NOP_IN,
+                                                 2: Op.DATA_IN}
+    assert [b.statsn for b, _ in out] == [100, 101, 102]
+    assert out[-1][1] == b"r" * 512 and not h.conn.want_close
+
+
 def test_logout_closes_session():
     """11.14/11.15: Logout reason 0 answered with response 0, then the connection ends."""
     h = Harness()
