@@ -185,14 +185,17 @@ class TaskTransport:
                  "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
                  "outstanding", "admitted", "queued", "aborted", "data_pdus", "gap")
 
-    def __init__(self, task: ScsiTask, bhs: Bhs) -> None:
+    def __init__(self, task: ScsiTask, bhs: Bhs, cmdsn: int, edtl: int, read: bool,
+                 write: bool) -> None:
+        # CmdSN, EDTL and the R/W bits as Connection._new_command read them from `bhs`
+        # (once: Bhs's named words are properties).
         self.task = task
         self.itt = bhs.itt
-        self.cmdsn = bhs.cmdsn
+        self.cmdsn = cmdsn
         self.lun_raw = bhs.lun
-        self.edtl = bhs.edtl
-        self.read = bool(bhs.flags & F_READ)
-        self.write = bool(bhs.flags & F_WRITE)
+        self.edtl = edtl
+        self.read = read
+        self.write = write
         self.buf: bytearray | None = None
         self.view: memoryview | None = None
         self.received = 0
@@ -400,7 +403,7 @@ class Connection:
                 self._start_command(cmd)
                 return
             session = self.session
-            cmdsn = bhs.cmdsn
+            cmdsn = cmd.cmdsn  # the PDU's, as _new_command read it
             if cmdsn == session.exp_cmdsn and not self._held:  # 4.2.2.1: next in order
                 session.advance()
                 self._start_command(cmd)
@@ -570,13 +573,15 @@ class Connection:
         session = self.session
         if session is None or session.device is None:
             raise ProtocolError("SCSI Command in a discovery session", header=bhs.raw)
-        if not bhs.immediate and (bhs.cmdsn - session.exp_cmdsn) & 0xFFFFFFFF >= session.window:
+        cmdsn = bhs.cmdsn
+        if not bhs.immediate and (cmdsn - session.exp_cmdsn) & 0xFFFFFFFF >= session.window:
             return None  # outside [ExpCmdSN, MaxCmdSN]: silently ignored, data discarded
         if bhs.itt == RESERVED_TAG or bhs.itt in self._cmds:
             raise ProtocolError(f"Initiator Task Tag {bhs.itt:#x} is reserved or in use",
                                 RejectReason.INVALID_PDU_FIELD, bhs.raw)
         flags = bhs.flags
-        write = bool(flags & F_WRITE)
+        read = flags & F_READ != 0
+        write = flags & F_WRITE != 0
         edtl = bhs.edtl
         p = self.params
         if bhs.dsl:
@@ -595,8 +600,8 @@ class Connection:
             cdb = self._extended_cdb(cdb, self._ahs)
         lun = bhs.lun
         task = ScsiTask(self.nexus, lun[1] if lun == _LUN_PREFIX[lun[1]] else decode_lun(lun),
-                        cdb, bhs.itt, flags & 7, None, edtl if flags & F_READ else 0)
-        cmd = TaskTransport(task, bhs)
+                        cdb, bhs.itt, flags & 7, None, edtl if read else 0)
+        cmd = TaskTransport(task, bhs, cmdsn, edtl, read, write)
         task.transport = cmd
         if write and edtl:
             cmd.buf = bytearray(edtl)
