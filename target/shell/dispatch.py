@@ -165,8 +165,8 @@ class Dispatcher:
                 self.lu.parse(task)  # the one lookup, before the rules read its range
             if self._inject(link, task, start):
                 return
-        if ts.submit(task, self.loop.time()):
-            task.shell = (link, start)
+        if not ts.direct(task) and ts.queue(task, self.loop.time()):  # (ts.submit, with
+            task.shell = (link, start)  # the clock read only when the task is queued)
             return
         if task.status == 0:  # bypass: not TASK SET FULL
             self.lu.execute(task)
