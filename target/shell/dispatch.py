@@ -155,7 +155,8 @@ class Dispatcher:
         start = time.perf_counter_ns() if self.tracer is not None else 0
         ts = self.taskset
         if task.data_pending:
-            if ts.submit(task, self.loop.time(), data_ready=False):
+            if ts.queue(task, self.loop.time(), data_ready=False):  # (= ts.submit: no
+                # idle fast path for a task that cannot run yet)
                 task.shell = (link, start)
             elif task.status:  # TASK SET FULL: answered now, its late data is dropped
                 self._complete(link, task, start)
