@@ -637,10 +637,7 @@ class Connection:
         if cmd.write and cmd.received < cmd.edtl:
             self._send_r2ts(cmd)
             cmd.task.data_pending = True  # into the task set now; it runs once its data is in
-        self._queue(cmd)
-
-    def _queue(self, cmd: TaskTransport) -> None:
-        if not cmd.queued:
+        if not cmd.queued:  # onto the ready queue, for the shell's next TasksReady
             cmd.queued = True
             self.ready.append(cmd.task)
 
