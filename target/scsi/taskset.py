@@ -170,6 +170,9 @@ class TaskSet:
                                                   blocks_per_cylinder=blocks_per_cylinder)
         self.stats = TaskSetStats()
         self._entries: dict[ScsiTask, Entry] = {}   # every task in the set, arrival order
+        # The same dict, never replaced, for the shell's test of an empty set on every pump
+        # (len() of the set is a call of the Python __len__): read it, never change it.
+        self.members: dict[ScsiTask, Entry] = self._entries
         self._hoq: list[Entry] = []                 # enabled HEAD OF QUEUE: newest last
         self._plain: deque[Entry] = deque()         # enabled tasks without a block range
         self._running = 0

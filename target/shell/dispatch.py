@@ -255,7 +255,7 @@ class Dispatcher:
         if self._pumping:
             return
         ts = self.taskset
-        if not len(ts) and not self._dirty:
+        if not ts.members and not self._dirty:
             return  # an empty task set starts nothing (the idle fast path ran its task)
         self._pumping = True
         loop = self.loop
