@@ -103,7 +103,11 @@ DATA_OFFSET_ERROR = Asc(0x4B, 0x05)
 _LUN_PREFIX = [bytes((0, n, 0, 0, 0, 0, 0, 0)) for n in range(256)]
 _DIGEST = struct.Struct("<I")
 _RECEIVED = ()  # a held CmdSN slot that counts as received with no command to run
+# Enum members the hot path reads, as globals: a member read through its class costs
+# several times a global load (EnumType's lookup).
 _SCSI_COMMAND = int(Op.SCSI_COMMAND)  # Connection._dispatch's fast path compares plain ints
+_DATA_OUT = int(Op.DATA_OUT)
+_GOOD = int(Status.GOOD)
 
 
 class Phase(Enum):
@@ -119,6 +123,7 @@ class Phase(Enum):
 
 
 _FULL_FEATURE = Phase.FULL_FEATURE  # a global: the hot path's test is one load
+_IN_LOGIN = Phase.LOGIN
 
 
 class Transition(Enum):
@@ -180,14 +185,17 @@ class TaskTransport:
                  "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
                  "outstanding", "admitted", "queued", "aborted", "data_pdus", "gap")
 
-    def __init__(self, task: ScsiTask, bhs: Bhs) -> None:
+    def __init__(self, task: ScsiTask, bhs: Bhs, cmdsn: int, edtl: int, read: bool,
+                 write: bool) -> None:
+        # CmdSN, EDTL and the R/W bits as Connection._new_command read them from `bhs`
+        # (once: Bhs's named words are properties).
         self.task = task
         self.itt = bhs.itt
-        self.cmdsn = bhs.cmdsn
+        self.cmdsn = cmdsn
         self.lun_raw = bhs.lun
-        self.edtl = bhs.edtl
-        self.read = bool(bhs.flags & F_READ)
-        self.write = bool(bhs.flags & F_WRITE)
+        self.edtl = edtl
+        self.read = read
+        self.write = write
         self.buf: bytearray | None = None
         self.view: memoryview | None = None
         self.received = 0
@@ -305,7 +313,7 @@ class Connection:
                     raise ProtocolError(
                         f"data segment of {bhs.dsl} bytes exceeds MaxRecvDataSegmentLength "
                         f"{self._max_recv}", header=bhs.raw)
-                if self.phase is Phase.LOGIN and bhs.opcode != Op.LOGIN_REQUEST:
+                if self.phase is _IN_LOGIN and bhs.opcode != Op.LOGIN_REQUEST:
                     raise ProtocolError(f"opcode {bhs.opcode:#x} during login")
                 hlen = BHS_LEN + bhs.ahs_len
                 total = hlen + (DIGEST_LEN if self._hdigest else 0)
@@ -317,11 +325,16 @@ class Connection:
                         raise ProtocolError("header digest error")
                 self._ahs = bytes(view[rpos + BHS_LEN:rpos + hlen]) if bhs.ahs_len else b""
                 self._rpos += total
+                dsl = bhs.dsl
+                if not dsl:
+                    # No data segment, so no padding and no data digest (11.1): the PDU is
+                    # whole, dispatched as the data step below would with its empty data.
+                    self._dispatch(bhs, b"")
+                    continue
                 self._pdu = bhs
                 self._got = 0
-                self._tail = pdu.pad_len(bhs.dsl) + (DIGEST_LEN if self._ddigest and bhs.dsl
-                                                     else 0)
-                self._dest = self._destination(bhs) if bhs.dsl else None
+                self._tail = pdu.pad_len(dsl) + (DIGEST_LEN if self._ddigest else 0)
+                self._dest = self._destination(bhs)
                 continue
             dsl = bhs.dsl
             rpos = self._rpos
@@ -361,12 +374,12 @@ class Connection:
 
     def _destination(self, bhs: Bhs) -> memoryview | None:
         """Where the data segment of this PDU goes, when it is write data."""
-        if self.phase is not Phase.FULL_FEATURE:
+        if self.phase is not _FULL_FEATURE:
             return None
         op = bhs.opcode
-        if op == Op.DATA_OUT:
+        if op == _DATA_OUT:
             return self._data_out_destination(bhs)
-        if op == Op.SCSI_COMMAND:
+        if op == _SCSI_COMMAND:
             cmd = self._incoming = self._new_command(bhs)
             if cmd is not None and cmd.view is not None:
                 return cmd.view[:bhs.dsl]
@@ -390,9 +403,9 @@ class Connection:
                 self._start_command(cmd)
                 return
             session = self.session
-            cmdsn = bhs.cmdsn
+            cmdsn = cmd.cmdsn  # the PDU's, as _new_command read it
             if cmdsn == session.exp_cmdsn and not self._held:  # 4.2.2.1: next in order
-                session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+                session.advance()
                 self._start_command(cmd)
                 return
             self._admit(bhs, data, cmd)
@@ -444,7 +457,7 @@ class Connection:
                     self._forget(cmd)
             return
         if not self._held:  # the common case: nothing waits behind it
-            session.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+            session.advance()
             REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             if not self._held:
                 return
@@ -460,7 +473,7 @@ class Connection:
         received with nothing to run), then every held one that follows without a gap."""
         session = self.session
         while True:
-            session.exp_cmdsn = (session.exp_cmdsn + 1) & 0xFFFFFFFF
+            session.advance()
             if entry is not _RECEIVED:
                 bhs, data, cmd = entry
                 REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
@@ -560,13 +573,15 @@ class Connection:
         session = self.session
         if session is None or session.device is None:
             raise ProtocolError("SCSI Command in a discovery session", header=bhs.raw)
-        if not bhs.immediate and (bhs.cmdsn - session.exp_cmdsn) & 0xFFFFFFFF >= session.window:
+        cmdsn = bhs.cmdsn
+        if not bhs.immediate and (cmdsn - session.exp_cmdsn) & 0xFFFFFFFF >= session.window:
             return None  # outside [ExpCmdSN, MaxCmdSN]: silently ignored, data discarded
         if bhs.itt == RESERVED_TAG or bhs.itt in self._cmds:
             raise ProtocolError(f"Initiator Task Tag {bhs.itt:#x} is reserved or in use",
                                 RejectReason.INVALID_PDU_FIELD, bhs.raw)
         flags = bhs.flags
-        write = bool(flags & F_WRITE)
+        read = flags & F_READ != 0
+        write = flags & F_WRITE != 0
         edtl = bhs.edtl
         p = self.params
         if bhs.dsl:
@@ -585,8 +600,8 @@ class Connection:
             cdb = self._extended_cdb(cdb, self._ahs)
         lun = bhs.lun
         task = ScsiTask(self.nexus, lun[1] if lun == _LUN_PREFIX[lun[1]] else decode_lun(lun),
-                        cdb, bhs.itt, flags & 7, None, edtl if flags & F_READ else 0)
-        cmd = TaskTransport(task, bhs)
+                        cdb, bhs.itt, flags & 7, None, edtl if read else 0)
+        cmd = TaskTransport(task, bhs, cmdsn, edtl, read, write)
         task.transport = cmd
         if write and edtl:
             cmd.buf = bytearray(edtl)
@@ -622,10 +637,7 @@ class Connection:
         if cmd.write and cmd.received < cmd.edtl:
             self._send_r2ts(cmd)
             cmd.task.data_pending = True  # into the task set now; it runs once its data is in
-        self._queue(cmd)
-
-    def _queue(self, cmd: TaskTransport) -> None:
-        if not cmd.queued:
+        if not cmd.queued:  # onto the ready queue, for the shell's next TasksReady
             cmd.queued = True
             self.ready.append(cmd.task)
 
@@ -759,7 +771,7 @@ class Connection:
             for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
                 del self._r2ts[ttt]
             cmd.outstanding = 0
-        if (cmd.aborted and not aborted_status) or self.phase is not Phase.FULL_FEATURE:
+        if (cmd.aborted and not aborted_status) or self.phase is not _FULL_FEATURE:
             return
         session = self.session
         status = task.status
@@ -782,7 +794,7 @@ class Connection:
                 resid_flag, resid = F_OVERFLOW, wanted - edtl
             elif wanted < edtl:
                 resid_flag, resid = F_UNDERFLOW, edtl - wanted
-        collapse = status == Status.GOOD and not task.sense
+        collapse = status == _GOOD and not task.sense
         if n:
             p = self.params
             if (collapse and type(data) is bytes and n <= p.max_recv_data_segment_length

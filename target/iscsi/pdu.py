@@ -315,13 +315,20 @@ def sn_le(a: int, b: int) -> bool:
 # Each names the fields of its RFC 7143 section; words it does not name are reserved (0).
 
 _pack = BHS.pack
+# The opcodes of the PDUs every command's answer is made of, as plain ints in globals: an
+# IntEnum member read through its class (Op.DATA_IN) costs about 900 instructions under
+# CPython 3.11, a global one load.
+_SCSI_RESPONSE = int(Op.SCSI_RESPONSE)
+_DATA_IN = int(Op.DATA_IN)
+_R2T = int(Op.R2T)
+_NOP_IN = int(Op.NOP_IN)
 
 
 def scsi_response(*, flags: int, response: int = 0, status: int, dsl: int, itt: int,
                   statsn: int, exp_cmdsn: int, max_cmdsn: int, exp_datasn: int = 0,
                   bidi_residual: int = 0, residual: int = 0) -> bytes:
     """SCSI Response (11.4): flags o/u/O/U besides F; LUN reserved; 20 SNACK Tag (0)."""
-    return _pack(Op.SCSI_RESPONSE, F_FINAL | flags, response, status, dsl, ZERO_LUN, itt,
+    return _pack(_SCSI_RESPONSE, F_FINAL | flags, response, status, dsl, ZERO_LUN, itt,
                  0, statsn, exp_cmdsn, max_cmdsn, exp_datasn, bidi_residual, residual)
 
 
@@ -329,21 +336,21 @@ def data_in(*, flags: int, status: int = 0, dsl: int, lun: bytes, itt: int,
             ttt: int = RESERVED_TAG, statsn: int = 0, exp_cmdsn: int, max_cmdsn: int,
             datasn: int, buffer_offset: int, residual: int = 0) -> bytes:
     """SCSI Data-In (11.7): flags F/A/O/U/S; Status and StatSN only with S."""
-    return _pack(Op.DATA_IN, flags, 0, status, dsl, lun, itt, ttt, statsn, exp_cmdsn,
+    return _pack(_DATA_IN, flags, 0, status, dsl, lun, itt, ttt, statsn, exp_cmdsn,
                  max_cmdsn, datasn, buffer_offset, residual)
 
 
 def r2t(*, lun: bytes, itt: int, ttt: int, statsn: int, exp_cmdsn: int, max_cmdsn: int,
         r2tsn: int, buffer_offset: int, desired_length: int) -> bytes:
     """Ready To Transfer (11.8)."""
-    return _pack(Op.R2T, F_FINAL, 0, 0, 0, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
+    return _pack(_R2T, F_FINAL, 0, 0, 0, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
                  r2tsn, buffer_offset, desired_length)
 
 
 def nop_in(*, dsl: int = 0, lun: bytes = ZERO_LUN, itt: int, ttt: int, statsn: int,
            exp_cmdsn: int, max_cmdsn: int) -> bytes:
     """NOP-In (11.19)."""
-    return _pack(Op.NOP_IN, F_FINAL, 0, 0, dsl, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
+    return _pack(_NOP_IN, F_FINAL, 0, 0, dsl, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
                  0, 0, 0)
 
 

@@ -7,6 +7,8 @@ Rules (RFC 7143):
 - Commands are delivered to the SCSI layer in CmdSN order (3.2.2.1, 4.2.2.1): the
   window is [ExpCmdSN, MaxCmdSN]; a non-immediate command outside it is silently
   ignored; immediate commands (I bit) bypass ordering and do not advance ExpCmdSN.
+  MaxCmdSN is ExpCmdSN + window - 1, the window fixed at login: both move together, by
+  advance(), the one way ExpCmdSN changes after the session is made.
 - One connection per session (MaxConnections=1), ErrorRecoveryLevel 0: any error that
   needs recovery closes the connection and with it the session (7.1.5, 7.2).
 """
@@ -63,14 +65,21 @@ class SessionConnection(Protocol):
 class Session:
     params: SessionParams
     device: ScsiDevice | None = None  # None for discovery sessions
-    exp_cmdsn: int = 0
+    exp_cmdsn: int = 0  # moved only by advance() once the session exists
     window: int = 128  # MaxCmdSN = ExpCmdSN + window - 1
     connection: SessionConnection | None = None  # the connection carrying this session
     closed: bool = False
+    # MaxCmdSN, kept with ExpCmdSN (a plain attribute: every response carries it).
+    max_cmdsn: int = field(init=False)
 
-    @property
-    def max_cmdsn(self) -> int:
-        return (self.exp_cmdsn + self.window - 1) & 0xFFFFFFFF
+    def __post_init__(self) -> None:
+        self.max_cmdsn = (self.exp_cmdsn + self.window - 1) & 0xFFFFFFFF
+
+    def advance(self) -> None:
+        """The command at ExpCmdSN was received (4.2.2.1): ExpCmdSN moves on by one, and
+        MaxCmdSN with it (the window stays the same size)."""
+        self.exp_cmdsn = (self.exp_cmdsn + 1) & 0xFFFFFFFF
+        self.max_cmdsn = (self.max_cmdsn + 1) & 0xFFFFFFFF
 
 
 @dataclass

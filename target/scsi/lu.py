@@ -65,6 +65,9 @@ from target.scsi.task import Identity, Nexus, ScsiTask, Status, TaskAttr
 from target.scsi.taskset import Queueing, TaskSet
 from target.scsi.ua import UnitAttentions
 
+_ACA = TaskAttr.ACA  # a global: execute() reads it for every command (EnumType's lookup
+# of a member through its class costs several global loads)
+
 if TYPE_CHECKING:
     from target.backing.base import Store
     from target.scsi.commands import CommandSet
@@ -180,7 +183,7 @@ class LogicalUnit:
                 self.sanitize.check(cmd)
             if cmd is None:
                 raise task.rejection
-            if task.attr == TaskAttr.ACA:
+            if task.attr == _ACA:
                 # No ACA condition is ever established here (NACA=1 is refused), and an
                 # ACA task without one is an error (SAM-5 8.6.5).
                 raise CheckCondition(SenseKey.ILLEGAL_REQUEST, INVALID_MESSAGE_ERROR)

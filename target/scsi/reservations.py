@@ -18,6 +18,9 @@ Rules:
     conflict at all (the "from a registered I_T nexus" columns are all Allowed).
 - Holders (SPC-4 5.13.9): for the All Registrants types every registered nexus; for the
   other types the nexus that made the reservation.
+- Every nexus a command comes from is kept in `nexuses` (key -> Nexus, for TransportIDs)
+  until its loss; the check remembers the Nexus object it last kept, so a connection's
+  commands after the first do not build and hash its key again.
 - Keys are 64-bit; registration is per I_T nexus (SPC-4 5.13.7). ALL_TG_PT and SPEC_I_PT
   are not supported (REPORT CAPABILITIES says so) and are INVALID FIELD IN PARAMETER LIST
   when set.
@@ -160,6 +163,9 @@ class Reservations:
         self.reservation: PersistentReservation | None = None
         self.generation = 0
         self.nexuses: dict[tuple[str, str], Nexus] = {}  # every nexus seen, for TransportIDs
+        # The Nexus object conflicts() last found (or put) in `nexuses`: its key is there
+        # until nexus_lost() removes one (nothing else does), which forgets it.
+        self._known: Nexus | None = None
         # Persist through power loss (SPC-4 5.13.5.1): the store keeps the state file.
         self.state: Sidecar | None = lu.store.sidecar(STATE_SUFFIX)
         self.aptpl = False
@@ -174,8 +180,11 @@ class Reservations:
 
     def conflicts(self, task: ScsiTask, cmd: Command) -> bool:
         nexus = task.nexus
-        if nexus.key not in self.nexuses:
-            self.nexuses[nexus.key] = nexus
+        if nexus is not self._known:
+            key = nexus.key
+            if key not in self.nexuses:
+                self.nexuses[key] = nexus
+            self._known = nexus
         if self.spc2_holder is not None:
             if cmd.opcode == PERSISTENT_RESERVE_OUT:
                 return True
@@ -208,6 +217,7 @@ class Reservations:
             self.spc2_holder = None
         if nexus not in self.registrations:
             self.nexuses.pop(nexus.key, None)
+            self._known = None
 
     def reset(self) -> None:
         """Logical unit reset or target reset: SPC-2 reservations are released."""

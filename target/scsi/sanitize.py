@@ -187,16 +187,19 @@ class SanitizeState:
     def __init__(self, rate: float = 0.0) -> None:
         self.active: Operation | None = None
         self.failed = False
+        # True when commands may be refused (an operation runs, or one failed): a plain
+        # attribute, read by every command (LogicalUnit.execute), kept by _settle() at each
+        # change of `active` or `failed` (start, _end, exit_failure_mode; nothing else
+        # assigns them). It only spares idle LUs the call of check(), which decides.
+        self.engaged = False
         self.unrestricted = False  # the failed operation had AUSE=1
         self.background = False  # a shell drives operations with advance() (attach_shell)
         self.rate = rate  # bytes per second of a background operation; 0: as fast as it goes
         self.waiting: list[ScsiTask] = []  # IMMED=0 SANITIZE tasks of the operation
         self.ended: list[tuple[ScsiTask, bool]] = []  # (task, completed without error)
 
-    @property
-    def engaged(self) -> bool:
-        """True when commands may be refused (an operation runs, or one failed)."""
-        return self.active is not None or self.failed
+    def _settle(self) -> None:
+        self.engaged = self.active is not None or self.failed
 
     def condition(self) -> CheckCondition | None:
         """The sense a refused command gets, which REQUEST SENSE also returns; None if idle."""
@@ -224,6 +227,7 @@ class SanitizeState:
 
     def start(self, op: Operation) -> None:
         self.active = op
+        self._settle()
 
     def step(self, budget: int = STEP_BYTES) -> bool:
         """Advance the running operation; True when none is left running. A store failure
@@ -292,6 +296,7 @@ class SanitizeState:
     def _end(self, op: Operation, ok: bool) -> None:
         self.active = None
         self.failed = not ok
+        self._settle()
         self.unrestricted = op.ause and not ok
         self.ended += [(task, ok) for task in self.waiting]
         self.waiting = []
@@ -302,6 +307,7 @@ class SanitizeState:
             raise invalid_field_in_cdb(1, bit=4)
         self.failed = False
         self.unrestricted = False
+        self._settle()
 
 
 # --- the command ---------------------------------------------------------------------------

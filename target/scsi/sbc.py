@@ -133,12 +133,16 @@ def _flush_io(task, store, lba: int) -> None:
         raise _write_error(lba) from None
 
 
+# _read and _write test the range in bytes, (lba + count) * bs > store.size, the same as
+# lba + count > lu.num_blocks (store.size // bs) for integers: x * b > s exactly when
+# x > s // b, b > 0 (x >= s // b + 1 gives x * b >= (s // b + 1) * b > s, and x <= s // b
+# gives x * b <= s). Every READ and WRITE is spared the property's call.
 def _read(lu, task, lba: int, count: int) -> None:
-    if lba + count > lu.num_blocks:
+    bs = lu.block_size
+    if (lba + count) * bs > lu.store.size:  # lba + count > lu.num_blocks
         raise lba_out_of_range()
     if count > lu.max_transfer_blocks:
         raise _too_long(task)
-    bs = lu.block_size
     if lu.inline_io and not task.medium_delay:  # lu.io()'s inline case, on the hot path
         try:
             task.data_in = lu.store.read(lba * bs, count * bs)
@@ -150,11 +154,11 @@ def _read(lu, task, lba: int, count: int) -> None:
 
 def _write(lu, task, lba: int, count: int, fua: bool) -> None:
     lu.check_writable()
-    if lba + count > lu.num_blocks:
+    bs = lu.block_size
+    if (lba + count) * bs > lu.store.size:  # lba + count > lu.num_blocks
         raise lba_out_of_range()
     if count > lu.max_transfer_blocks:
         raise _too_long(task)
-    bs = lu.block_size
     need = count * bs
     task.out_length = need
     data = task.data_out

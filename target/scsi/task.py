@@ -48,6 +48,9 @@ class Status(IntEnum):
     TASK_ABORTED = 0x40
 
 
+_GOOD = Status.GOOD  # a global for ScsiTask.__init__: EnumType's member lookup is slow
+
+
 class TaskAttr(IntEnum):
     """Task attribute, in the encoding of the iSCSI ATTR field (RFC 7143 11.3.1.1)."""
 
@@ -137,7 +140,7 @@ class ScsiTask:
         self.attr = attr
         self.data_out = data_out
         self.expected_in = expected_in  # Expected Data Transfer Length for reads
-        self.status: int = Status.GOOD
+        self.status: int = _GOOD
         self.sense: bytes = b""
         self.data_in: bytes | bytearray | memoryview | None = None
         self.out_length: int | None = None  # bytes of Data-Out the CDB called for

@@ -170,6 +170,9 @@ class TaskSet:
                                                   blocks_per_cylinder=blocks_per_cylinder)
         self.stats = TaskSetStats()
         self._entries: dict[ScsiTask, Entry] = {}   # every task in the set, arrival order
+        # The same dict, never replaced, for the shell's test of an empty set on every pump
+        # (len() of the set is a call of the Python __len__): read it, never change it.
+        self.members: dict[ScsiTask, Entry] = self._entries
         self._hoq: list[Entry] = []                 # enabled HEAD OF QUEUE: newest last
         self._plain: deque[Entry] = deque()         # enabled tasks without a block range
         self._running = 0
@@ -211,16 +214,32 @@ class TaskSet:
         """Put a task in the task set. False: not queued; the caller runs it at once (bypass,
         or an idle LU) or, when task.status is TASK SET FULL, completes it as it is. With
         data_ready=False the task waits for data_ready() before it can be dispatched (and
-        the idle fast path does not apply: it cannot run yet)."""
-        cmd = task.command
-        if cmd is None and task.rejection is None:  # arrival: the one lookup of its CDB
-            cmd = self._commands.parse(task)
-        if data_ready and self.idle_fast_path and not self._entries and self.model is None:
+        the idle fast path does not apply: it cannot run yet). The same as direct() and,
+        when that is False, queue()."""
+        if data_ready and self.direct(task):
+            return False
+        return self.queue(task, now, data_ready)
+
+    def direct(self, task: ScsiTask) -> bool:
+        """Arrival of a task whose data is in hand: the one lookup of its CDB, then True when
+        the idle fast path runs it (the caller runs it at once; no clock is needed), False
+        when queue() is to place it."""
+        if task.command is None and task.rejection is None:  # arrival: the one lookup
+            self._commands.parse(task)
+        if self.idle_fast_path and not self._entries and self.model is None:
             # Idle and without a model: nothing to order against and no time to wait; the
             # task runs at once and completes before the next one arrives (synchronous
             # stores), so no queue ever forms - as in a driver whose device is free.
             self.stats.direct += 1
-            return False
+            return True
+        return False
+
+    def queue(self, task: ScsiTask, now: float = 0.0, data_ready: bool = True) -> bool:
+        """submit() past the idle fast path: the task joins the set (True), or is a bypass
+        or TASK SET FULL (False, as for submit())."""
+        cmd = task.command
+        if cmd is None and task.rejection is None:  # arrival (data_ready=False): the lookup
+            cmd = self._commands.parse(task)
         if cmd is None or not cmd.queue or task.attr == TaskAttr.ACA:
             self.stats.bypassed += 1
             return False

@@ -9,6 +9,11 @@ Rules:
 - pop() reports one condition per command (the LU's execute, for every command whose
   entry is not `ua_exempt`); clear() makes a nexus known with nothing pending; forget()
   is I_T nexus loss (a new nexus of the same name starts afresh with 29h/00h).
+- The queue of the nexus last looked up is remembered with that Nexus object, so that the
+  check every command makes (pop) finds it without hashing the nexus (a Python
+  __hash__): for the same object the dict would return the same list, since only clear()
+  and forget() replace or remove an entry (seen() adds one only when none is there), and
+  both drop what is remembered.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ class UnitAttentions:
 
     def __init__(self) -> None:
         self._pending: dict[Nexus, list[Asc]] = {}
+        self._last: Nexus | None = None  # the nexus seen() looked up last, and its queue
+        self._last_queue: list[Asc] = []
 
     def seen(self, nexus: Nexus) -> list[Asc]:
+        if nexus is self._last:
+            return self._last_queue
         queue = self._pending.get(nexus)
         if queue is None:
             queue = self._pending[nexus] = [POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED]
+        self._last, self._last_queue = nexus, queue
         return queue
 
     def establish(self, code: Asc, *, nexus: Nexus | None = None,
@@ -48,7 +58,7 @@ class UnitAttentions:
         return queue[0] if queue else None
 
     def pop(self, nexus: Nexus) -> Asc | None:
-        queue = self.seen(nexus)
+        queue = self._last_queue if nexus is self._last else self.seen(nexus)  # seen()'s memo
         return queue.pop(0) if queue else None
 
     def clear(self, nexus: Nexus) -> None:
@@ -57,7 +67,9 @@ class UnitAttentions:
         state a nexus is in once its initiator has been told of every condition (each
         pop() reports one, SAM-5 5.14); forget() is the opposite, a nexus never seen."""
         self._pending[nexus] = []
+        self._last = None
 
     def forget(self, nexus: Nexus) -> None:
         """The nexus is gone; a new one with the same name starts afresh (29h/00h)."""
         self._pending.pop(nexus, None)
+        self._last = None

@@ -155,7 +155,8 @@ class Dispatcher:
         start = time.perf_counter_ns() if self.tracer is not None else 0
         ts = self.taskset
         if task.data_pending:
-            if ts.submit(task, self.loop.time(), data_ready=False):
+            if ts.queue(task, self.loop.time(), data_ready=False):  # (= ts.submit: no
+                # idle fast path for a task that cannot run yet)
                 task.shell = (link, start)
             elif task.status:  # TASK SET FULL: answered now, its late data is dropped
                 self._complete(link, task, start)
@@ -165,8 +166,8 @@ class Dispatcher:
                 self.lu.parse(task)  # the one lookup, before the rules read its range
             if self._inject(link, task, start):
                 return
-        if ts.submit(task, self.loop.time()):
-            task.shell = (link, start)
+        if not ts.direct(task) and ts.queue(task, self.loop.time()):  # (ts.submit, with
+            task.shell = (link, start)  # the clock read only when the task is queued)
             return
         if task.status == 0:  # bypass: not TASK SET FULL
             self.lu.execute(task)
@@ -254,7 +255,7 @@ class Dispatcher:
         if self._pumping:
             return
         ts = self.taskset
-        if not len(ts) and not self._dirty:
+        if not ts.members and not self._dirty:
             return  # an empty task set starts nothing (the idle fast path ran its task)
         self._pumping = True
         loop = self.loop

@@ -205,6 +205,27 @@ def test_inline_lu_runs_its_access_at_once():
     assert shell.workers.jobs == [] and s.responses()[w][0] == GOOD
 
 
+def test_idle_fast_path_counts_each_task_once_and_a_busy_set_queues():
+    """The task set's idle fast path (taskset.py's rules): on an idle LU each task runs at
+    once, outside the set, counted once as direct; one that arrives while another's
+    access runs on a worker (adopted into the set) is queued, and both complete."""
+    shell = Shell([make_disk(0, MemoryStore(1 << 20))], inline_luns=(0,))
+    lu = next(iter(shell.dispatchers))
+    s = shell.initiator(1)
+    for i in range(3):
+        itt = s.send(write10(i, 1), data=block(i))
+        assert s.responses()[itt][0] == GOOD
+    assert (lu.taskset.stats.direct, lu.taskset.stats.submitted) == (3, 0)
+    lu = make_disk(0, MemoryStore(1 << 20))
+    shell = Shell([lu])
+    s = shell.initiator(1)
+    w = s.send(write10(0, 1), data=block(7))  # direct, then adopted: its access on a worker
+    r = s.send(read10(8, 1), read=BS)
+    assert (lu.taskset.stats.direct, lu.taskset.stats.submitted) == (1, 1)
+    shell.workers.run_all(shell.loop)
+    assert s.responses() == {w: (GOOD, b"", b""), r: (GOOD, bytes(BS), b"")}
+
+
 def test_medium_delay_fault_moves_an_inline_lus_access_to_a_worker():
     """target.faults medium-delay: the access takes longer, on a worker thread even for a
     store that is otherwise served on the loop; its result is unchanged."""

@@ -53,7 +53,8 @@ def _write10(lu, task):
 class Harness:
     """One connection in full feature phase plus the loop a shell would run."""
 
-    def __init__(self, *, store=None, commands=CMDS, **params) -> None:
+    def __init__(self, *, store=None, commands=CMDS, exp_cmdsn=1, window=128,
+                 **params) -> None:
         self.store = store if store is not None else MemoryStore(16 << 20)
         self.lu = LogicalUnit(0, self.store, commands, block_size=BS)
         self.device = ScsiDevice("iqn.2026-11.local.test:t", [self.lu])
@@ -64,10 +65,10 @@ class Harness:
                           isid=0x400000000001, tsih=1)
         for k, v in params.items():
             setattr(p, k, v)
-        self.session = Session(p, self.device, exp_cmdsn=1)
+        self.session = Session(p, self.device, exp_cmdsn=exp_cmdsn, window=window)
         self.portal.registry.add(self.session)
         self.conn.enter_full_feature(self.session, 100)
-        self.cmdsn = 1
+        self.cmdsn = exp_cmdsn
         self.itt = 1
         self.lu.ua.clear(self.conn.nexus)  # a known nexus with nothing pending
 
@@ -254,6 +255,31 @@ def test_cmdsn_window():
     assert resp.itt == 42 and resp.exp_cmdsn == 5 and resp.max_cmdsn == h.session.max_cmdsn
 
 
+def test_max_cmdsn_moves_with_exp_cmdsn():
+    """4.2.2.1: every response carries ExpCmdSN and MaxCmdSN, and the window (MaxCmdSN -
+    ExpCmdSN + 1, what login set) stays the same as commands are received, in order or
+    once a hole closes, across the 2**32 wrap (serial arithmetic, RFC 1982); a command at
+    the MaxCmdSN announced is taken, one past it is silently ignored."""
+    h = Harness(exp_cmdsn=0xFFFFFFFE, window=4)
+    tur = bytes(6)
+    h.feed(h.command(tur, 0, cmdsn=0xFFFFFFFE, itt=1))
+    (r, _), = h.pdus()
+    assert (r.exp_cmdsn, r.max_cmdsn) == (0xFFFFFFFF, 2)
+    h.feed(h.command(tur, 0, cmdsn=0, itt=3), h.command(tur, 0, cmdsn=1, itt=4))
+    assert h.pdus() == []  # held behind 0xFFFFFFFF
+    h.feed(h.command(tur, 0, cmdsn=0xFFFFFFFF, itt=2))
+    out = h.pdus()
+    assert [b.itt for b, _ in out] == [2, 3, 4]
+    assert all((b.max_cmdsn - b.exp_cmdsn + 1) & 0xFFFFFFFF == 4 for b, _ in out)
+    assert (out[-1][0].exp_cmdsn, out[-1][0].max_cmdsn) == (2, 5)
+    h.feed(h.command(tur, 0, cmdsn=5, itt=6), h.command(tur, 0, cmdsn=6, itt=7))
+    assert h.pdus() == []  # 5 (= MaxCmdSN) held, 6 beyond the window ignored
+    h.feed(*(h.command(tur, 0, cmdsn=sn, itt=sn + 1) for sn in (2, 3, 4)))
+    out = h.pdus()
+    assert [b.itt for b, _ in out] == [3, 4, 5, 6]
+    assert (out[-1][0].exp_cmdsn, out[-1][0].max_cmdsn) == (6, 9)
+
+
 def test_immediate_command_bypasses_ordering():
     """3.2.2.1: an immediate command is delivered at once and does not advance ExpCmdSN."""
     h = Harness()
@@ -345,6 +371,30 @@ def test_digests_checked_and_sent():
     bad[48] ^= 0xFF
     h.feed(bytes(bad))
     assert h.conn.want_close
+
+
+@pytest.mark.parametrize("step", [1, 5, 52, None])
+@pytest.mark.parametrize("digests", [False, True])
+def test_pdus_without_data_segment_in_any_chunking(step, digests):
+    """11.1 and 13.1/13.2: a PDU with DataSegmentLength 0 is its BHS (and the header
+    digest) alone, with no padding and no data digest; a stream of them (TEST UNIT READY,
+    a NOP-Out ping, READ(10)), split anywhere or in one piece, is answered whole: the ping
+    at once, the commands when the SCSI layer is done (3.2.2.1 orders their delivery, not
+    the responses), with consecutive StatSNs (11.4.4)."""
+    h = Harness(header_digest=digests, data_digest=digests)
+    h.conn._hdigest = h.conn._ddigest = digests
+    h.store.write(0, b"r" * 512)
+    stream = h.command(bytes(6), 0)
+    stream += h.frame(pdu.nop_out(itt=500, cmdsn=h.cmdsn, exp_statsn=0))
+    h.cmdsn += 1
+    stream += h.command(read10(0, 1), 512, read=True)
+    assert len(stream) == 3 * (48 + (4 if digests else 0))  # no data digest on any
+    h.feed(stream, step=step)
+    out = h.pdus()  # pdus() verifies our digests
+    assert {b.itt: b.opcode for b, _ in out} == {1: Op.SCSI_RESPONSE, 500: Op.NOP_IN,
+                                                 2: Op.DATA_IN}
+    assert [b.statsn for b, _ in out] == [100, 101, 102]
+    assert out[-1][1] == b"r" * 512 and not h.conn.want_close
 
 
 def test_logout_closes_session():

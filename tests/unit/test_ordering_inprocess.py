@@ -344,6 +344,11 @@ def test_the_checker_finds_writes_that_enter_the_task_set_after_their_data(tmp_p
     in, so newer commands overtook it (RFC 7143 3.2.2.1 delivers in CmdSN order)."""
     from target.iscsi.connection import Connection
 
+    def queue(self, cmd):  # onto the ready queue, as Connection._start_command does
+        if not cmd.queued:
+            cmd.queued = True
+            self.ready.append(cmd.task)
+
     def start_command(self, cmd):
         cmd.admitted = True
         if cmd.aborted:
@@ -351,7 +356,7 @@ def test_the_checker_finds_writes_that_enter_the_task_set_after_their_data(tmp_p
         if cmd.write and cmd.received < cmd.edtl:
             self._send_r2ts(cmd)
         else:
-            self._queue(cmd)
+            queue(self, cmd)
 
     data_out = Connection._data_out
 
@@ -359,7 +364,7 @@ def test_the_checker_finds_writes_that_enter_the_task_set_after_their_data(tmp_p
         cmd = self._cmds.get(bhs.itt)
         data_out(self, bhs)
         if cmd is not None and cmd.received >= cmd.edtl and cmd.admitted and not cmd.aborted:
-            self._queue(cmd)
+            queue(self, cmd)
 
     monkeypatch.setattr(Connection, "_start_command", start_command)
     monkeypatch.setattr(Connection, "_data_out", late_queue)

@@ -91,6 +91,24 @@ def test_out_of_range():
     assert sense(run(lu, write16(last + 1, 1), bytes(512))) == (0x05, 0x21, 0x00)
 
 
+@pytest.mark.parametrize("bs", [512, 4096])
+def test_out_of_range_on_a_medium_with_a_partial_last_block(bs):
+    """SBC-4 4.5 and READ CAPACITY(10) (5.20): the capacity is the whole blocks the medium
+    holds (RETURNED LOGICAL BLOCK ADDRESS + 1), a partial block at its end is not one;
+    READ(10) and WRITE(10) of the last whole block are GOOD, of the next one LOGICAL
+    BLOCK ADDRESS OUT OF RANGE."""
+    lu = lu_over(MemoryStore((1 << 20) + bs - 1), bs)
+    cap = run(lu, bytes([0x25]) + bytes(9))
+    last = struct.unpack(">II", cap.data_in)[0]
+    assert last == (1 << 20) // bs - 1
+    assert run(lu, read10(last, 1)).status == Status.GOOD
+    assert run(lu, write10(last, 1), bytes(bs)).status == Status.GOOD
+    for task in (run(lu, read10(last, 2)), run(lu, read10(last + 1, 1)),
+                 run(lu, write10(last + 1, 1), bytes(bs)),
+                 run(lu, write10(last, 2), bytes(2 * bs))):
+        assert task.status == Status.CHECK_CONDITION and sense(task) == (0x05, 0x21, 0x00)
+
+
 def test_protection_fields_are_refused_with_field_pointer():
     """SBC-4 4.22 with no protection information: RDPROTECT != 0 is INVALID FIELD IN CDB,
     the sense-key specific field pointing at CDB byte 1 bit 7 (SPC-4 4.5.2.4.2)."""

@@ -65,6 +65,25 @@ def test_cleared_nexus_is_known_with_nothing_pending():
     assert check(run(lu, nexus(2), TUR)).code == (UNIT_ATTENTION, 0x29, 0x00)
 
 
+def test_unit_attentions_of_one_nexus_object_held_across_commands():
+    """SAM-5 5.14 and 6.3 for a connection's one Nexus object used by every command (what
+    UnitAttentions remembers between calls): the 29h/00h once, a LU reset's 29h/03h once,
+    and a clear() or forget() made through an equal but distinct Nexus (another
+    connection of the same names, I_T nexus loss) takes effect for the held object."""
+    lu = make_lu()
+    held = nexus(1)
+    assert check(run(lu, held, TUR)).code == (UNIT_ATTENTION, 0x29, 0x00)
+    assert run(lu, held, TUR).status == Status.GOOD
+    lu.reset(BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+    assert check(run(lu, held, TUR)).code == (UNIT_ATTENTION, 0x29, 0x03)
+    assert run(lu, held, TUR).status == Status.GOOD
+    lu.nexus_lost(nexus(1))  # an equal object: the nexus is gone, a stranger again
+    assert check(run(lu, held, TUR)).code == (UNIT_ATTENTION, 0x29, 0x00)
+    lu.ua.establish(BUS_DEVICE_RESET_FUNCTION_OCCURRED, nexus=held)
+    lu.ua.clear(nexus(1))  # known, nothing pending
+    assert run(lu, held, TUR).status == Status.GOOD
+
+
 def test_request_sense_returns_and_clears_unit_attention():
     """SPC-4 6.39: REQUEST SENSE returns the pending UA as data, GOOD status, and clears it."""
     lu = make_lu()

@@ -386,3 +386,20 @@ def test_mode_select_conflicts_but_mode_sense_allowed_under_write_exclusive(lu):
     ok(release(lu, I1, 0xAA, WE))
     ok(reserve(lu, I1, 0xAA, EA))
     assert run(lu, I2, bytes((0x1A, 0, 0x3F, 0, 255, 0))).status == CONFLICT
+
+
+def test_nexus_table_keeps_a_nexus_that_returns_after_its_loss():
+    """The LU's table of the nexuses its commands came from (what REGISTER AND MOVE's
+    TransportID is looked up in, SPC-4 6.16.9) keeps every nexus until its loss
+    (reservations.py's rules): the connection's one Nexus object, seen again after an
+    I_T nexus loss reported through an equal object, is put back by its next command."""
+    lu = make_lu()
+    held = nexus(4)
+    ready(lu, held)  # its first command has the 29h/00h (SAM-5 5.14), checked before
+    ok(run(lu, held, TUR))  # reservations: the second one is checked against them
+    assert held.key in lu.reservations.nexuses
+    lu.nexus_lost(nexus(4))  # an equal, distinct object
+    assert held.key not in lu.reservations.nexuses
+    ready(lu, held)
+    ok(run(lu, held, TUR))
+    assert lu.reservations.nexuses[held.key] is held
