@@ -170,7 +170,7 @@ def run_client(url: str, count: int, write: bool) -> float:
 def measure(args: argparse.Namespace) -> None:
     cfg = Config()
     built = appmod.build(cfg)
-    srv = server.Server(built.portal, [("127.0.0.1", 0)])
+    srv = server.Server(built.portal, [("127.0.0.1", 0)], busy_poll_us=args.busy_poll_us)
     loop = server.new_event_loop(args.loop)
     ready = threading.Event()
     stop = threading.Event()
@@ -267,6 +267,9 @@ def main() -> int:
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default=None,
                    help="event loop (default: uvloop when installed, as the server)")
     p.add_argument("--strace", action="store_true", help="also count system calls")
+    p.add_argument("--busy-poll-us", type=float, default=Config().busy_poll_us,
+                   help="the server's busy polling budget (default: the server's own, "
+                        "%(default)g us; 0: off)")
     p.add_argument("--no-hops", action="store_true",
                    help="no wrappers: the uninstrumented figures, to see what they cost")
     args = p.parse_args()

@@ -23,7 +23,8 @@ Rules:
   initiator's last gap (our send to its next PDU) was shorter than the budget (a poll
   that would miss is not started; one that misses turns polling off until a short gap is
   seen again), and while a core is free (/proc/loadavg's running processes, this one
-  included, at most the CPUs we may use; sampled every LOAD_SAMPLE s). It never waits
+  included, at most the CPUs we may use, and under MAX_STEAL of the CPU time stolen by
+  the hypervisor, /proc/stat; sampled every LOAD_SAMPLE s). It never waits
   for a worker thread or a timer: it stops as soon as a command is outstanding; after
   SPIN_ROUNDS receives it lets the loop run its other callbacks (call_soon) and goes on.
 - Every CAPACITY_POLL seconds the stores' sizes are looked at again, so a grown image
@@ -78,6 +79,9 @@ CAPACITY_POLL = 2.0  # seconds between looks at the stores' sizes
 ERROR_SWEEP = 1.0  # seconds between looks at every link's pending socket error (uvloop)
 LOAD_SAMPLE = 0.1  # seconds between looks at the machine's running processes (busy polling)
 SPIN_ROUNDS = 16  # receives busy polling takes before the loop gets a turn
+MAX_STEAL = 0.05  # busy polling stops while the hypervisor steals this share of CPU time
+PROC_LOADAVG = "/proc/loadavg"
+PROC_STAT = "/proc/stat"
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -363,6 +367,7 @@ class Server:
         self.serving = False
         self.busy_poll = busy_poll_us / 1e6  # seconds a quiescent link polls (0: never)
         self.spin_allowed = False  # a core is free (Server._sample_load)
+        self._jiffies = (0, 0)  # /proc/stat's total and steal at the last look
         self.spun = 0  # receives that polling caught
         self.spin_missed = 0  # polls that ended with nothing received
         self.nop_interval = nop_interval  # NOP-In keepalive period; 0 disables it
@@ -504,11 +509,20 @@ class Server:
     def _sample_load(self) -> None:
         """Busy polling is allowed while the machine has a core to spare: the processes
         running right now (/proc/loadavg's fourth field, this one included) are no more
-        than the CPUs this process may use. Looked at every LOAD_SAMPLE seconds."""
+        than the CPUs this process may use, and the hypervisor took less than
+        MAX_STEAL of the CPU time since the last look (/proc/stat's steal column, proc(5):
+        a vCPU that polls while the host is short of cores takes time from the vCPU the
+        initiator waits on). Looked at every LOAD_SAMPLE seconds."""
         try:
-            with open("/proc/loadavg", "rb") as f:
+            with open(PROC_LOADAVG, "rb") as f:
                 running = int(f.read().split()[3].split(b"/")[0])
-            self.spin_allowed = running <= CPUS
+            with open(PROC_STAT, "rb") as f:
+                jiffies = [int(x) for x in f.readline().split()[1:9]]
+            total, steal = sum(jiffies), jiffies[7]
+            before_total, before_steal = self._jiffies
+            self._jiffies = (total, steal)
+            stolen = (steal - before_steal) / max(1, total - before_total)
+            self.spin_allowed = running <= CPUS and stolen < MAX_STEAL
         except (OSError, ValueError, IndexError):
             self.spin_allowed = False
         if self.serving:

@@ -157,3 +157,32 @@ def test_two_links_never_poll():
     _, bad, _ = serve(10_000, "two", during)
     assert bad == []
     assert seen["done"] == seen["both"]  # 100 commands on two links: not one polled for
+
+
+def test_polling_is_allowed_only_with_a_core_free_and_little_steal(tmp_path, monkeypatch):
+    """Server._sample_load from /proc/loadavg's running count (field 4, proc(5)) and the
+    steal column of /proc/stat's cpu line (field 8): both as the kernel writes them."""
+    from target.shell import server as srvmod
+
+    loadavg, stat = tmp_path / "loadavg", tmp_path / "stat"
+    monkeypatch.setattr(srvmod, "PROC_LOADAVG", str(loadavg))
+    monkeypatch.setattr(srvmod, "PROC_STAT", str(stat))
+    monkeypatch.setattr(srvmod, "CPUS", 2)
+    server = Server.__new__(Server)
+    server.serving = False
+    server._jiffies = (0, 0)
+
+    def look(running: int, user: int, steal: int) -> bool:
+        loadavg.write_text(f"0.50 0.40 0.30 {running}/180 4242\n")
+        stat.write_text(f"cpu  {user} 0 100 5000 10 0 20 {steal} 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\n")
+        server._sample_load()
+        return server.spin_allowed
+
+    look(1, 1000, 0)  # the first look sets the base
+    assert look(2, 2000, 10)  # 2 running on 2 CPUs, 1% stolen
+    assert not look(3, 3000, 20)  # one more running than CPUs
+    assert not look(1, 4000, 200)  # 180 of 1180 jiffies stolen
+    assert look(1, 5000, 210)
+    loadavg.write_text("garbage\n")
+    server._sample_load()
+    assert not server.spin_allowed  # unreadable: no polling
