@@ -65,7 +65,7 @@ HOPS = [
      "buffer_updated"),
     ("run_ready (the task to its LU and back)", 1, server, "run_ready"),
     ("Dispatcher.submit", 2, dispatch.Dispatcher, "submit"),
-    ("TaskSet.submit (incl. the CDB's one lookup)", 3, TaskSet, "submit"),
+    ("TaskSet.direct (the idle fast path, incl. the CDB's one lookup)", 3, TaskSet, "direct"),
     ("LogicalUnit.execute (checks, handler)", 3, LogicalUnit, "execute"),
     ("MemoryStore.read / write", 4, None, "store"),
     ("Connection.complete (status, Data-In headers)", 3, Connection, "complete"),

@@ -21,6 +21,8 @@ How it measures:
   then Connection.data_to_send() (what Link._flush hands to sendmsg).
 - The initiator's PDUs are all built before the first is served (always `max(n)` of
   them, whatever the run's N), so their cost is the same in every run.
+- The runs have PYTHONHASHSEED=0 unless the environment sets one: the layout of the
+  interpreter's dicts moves the count by a few hundred instructions (docs/COST.md).
 - valgrind --tool=callgrind counts the instructions (Ir) of the whole process for two
   values of N; (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost of one command, free of the
   start-up, the imports, the PDU building and the first commands' warm-up.
@@ -98,7 +100,9 @@ def instructions(op: str, n: int, built: int) -> int:
         out = os.path.join(tmp, "callgrind.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                         sys.executable, __file__, "--serve", op, str(n), "--built",
-                        str(built)], check=True, capture_output=True)
+                        str(built)], check=True, capture_output=True,
+                       env={**os.environ,  # a fixed hash seed: the count repeats exactly
+                            "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")})
         summary = Path(out).read_text().splitlines()
     for line in summary:
         if m := re.match(r"(?:summary|totals):\s+(\d+)", line):
