@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ class Result:
 
 
 def _run_target(kind: str, workdir: Path, size: int, runtime: float, image,
-                progress) -> list[Result]:
+                progress, ours_args: list[str] = ()) -> list[Result]:
     import time
 
     from qemu.spec import AttachedGuest, AttachSpec, TargetAddress
@@ -182,7 +183,7 @@ def _run_target(kind: str, workdir: Path, size: int, runtime: float, image,
     backing = workdir / f"{kind}.img"
     with open(backing, "wb") as f:
         f.truncate(size)
-    server = (OurTarget(["--backing", str(backing)], workdir=workdir / kind)
+    server = (OurTarget(["--backing", str(backing), *ours_args], workdir=workdir / kind)
               if kind == "ours" else Tgtd(backing, workdir=workdir / kind))
     results = []
     with server:
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="ours,tgtd",
                     help="comma-separated, in boot order: ours, tgtd")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--ours-args", default="", help="extra arguments for our server")
     args = ap.parse_args(argv)
     kinds = [k for k in args.targets.split(",") if k]
     if not kinds or set(kinds) - {"ours", "tgtd"}:
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         for kind in kinds:
-            results += _run_target(kind, workdir, size, args.runtime, image, progress)
+            results += _run_target(kind, workdir, size, args.runtime, image, progress,
+                                   shlex.split(args.ours_args))
     except Exception as e:  # noqa: BLE001 - a failed run prints what it has and why
         progress(f"FAILED: {type(e).__name__}: {e}")
         args.keep = True  # the console logs say why

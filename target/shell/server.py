@@ -133,32 +133,42 @@ class Link:
             # How long the initiator took since our last send: a gap shorter than the
             # spin budget says polling would have caught this PDU (Link._after_send).
             self.last_gap = time.perf_counter() - self.sent_at
-        conn = self.conn
+        get_buffer = self.conn.get_buffer
         recv_into = self.sock.recv_into
-        next_event = conn.next_event
-        handlers = _HANDLERS
         for _ in range(RECV_ROUNDS):
-            buf = conn.get_buffer()
+            buf = get_buffer()
             try:
                 n = recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.info("%s: receive failed: %s", conn.peer, exc)
-                self.close()
+                self._receive_failed(exc)
                 return
-            if n == 0:
-                self.close()
+            if not self._received(n):
                 return
-            conn.buffer_updated(n)
-            while (event := next_event()) is not None:
-                handlers[type(event)](self, event)
             if self.closing or n < len(buf):
                 break
         self._flush()
         server = self.server
         if server.busy_poll:
             self._after_send(server)
+
+    def _received(self, n: int) -> bool:
+        """`n` bytes came into the connection's buffer: parse them and handle the events
+        they made; False when the peer has closed (n == 0) and so has the link."""
+        if n == 0:
+            self.close()
+            return False
+        conn = self.conn
+        conn.buffer_updated(n)
+        next_event = conn.next_event
+        while (event := next_event()) is not None:
+            _HANDLERS[type(event)](self, event)
+        return True
+
+    def _receive_failed(self, exc: OSError) -> None:
+        log.info("%s: receive failed: %s", self.conn.peer, exc)
+        self.close()
 
     def _after_send(self, server: Server, resumed: bool = False) -> None:
         """Busy polling (--busy-poll-us): wait for the initiator's next PDU by receiving
@@ -177,16 +187,13 @@ class Link:
             return
         conn = self.conn
         recv_into = self.sock.recv_into
-        next_event = conn.next_event
-        handlers = _HANDLERS
         for _ in range(SPIN_ROUNDS):
             if not conn.quiescent:
                 break
             deadline = clock() + spin
             while True:
-                buf = conn.get_buffer()
                 try:
-                    n = recv_into(buf)
+                    n = recv_into(conn.get_buffer())
                     break
                 except (BlockingIOError, InterruptedError):
                     if clock() > deadline:
@@ -194,16 +201,11 @@ class Link:
                         server.spin_missed += 1
                         return
                 except OSError as exc:
-                    log.info("%s: receive failed: %s", conn.peer, exc)
-                    self.close()
+                    self._receive_failed(exc)
                     return
-            if n == 0:
-                self.close()
+            if not self._received(n):
                 return
             server.spun += 1
-            conn.buffer_updated(n)
-            while (event := next_event()) is not None:
-                handlers[type(event)](self, event)
             self._flush()
             if self.closed or self.pending:
                 return
