@@ -200,3 +200,34 @@ def test_a_dead_worker_stops_the_server(tmp_path):
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.05)
     assert not any(Path(f"/proc/{p}").exists() for p in pids)
+
+
+def test_the_portal_survives_what_is_not_a_login(tmp_path):
+    """A first PDU that is not a Login Request (RFC 7143 6.1: a connection begins with the
+    login phase) is answered by the portal process's own connection, which ends it; a
+    connection that sends nothing is closed after FIRST_PDU_TIMEOUT; the portal then
+    still routes a real login (iscsi-ls, iscsi-inq)."""
+    import socket as socketmod
+
+    from target.shell.workers import FIRST_PDU_TIMEOUT
+
+    with OurTarget(["--workers", "2"], config=config(tmp_path), workdir=tmp_path,
+                   iqn=IQNS[0]) as server:
+        silent = socketmod.create_connection((HOST, server.port))
+        garbage = socketmod.create_connection((HOST, server.port))
+        started = time.monotonic()
+        try:
+            garbage.sendall(bytes([0x01, 0x80]) + bytes(46))  # a SCSI Command first
+            garbage.settimeout(10)
+            while garbage.recv(4096):  # whatever it answers, then the end of the stream
+                pass
+            silent.settimeout(FIRST_PDU_TIMEOUT + 10)
+            assert silent.recv(4096) == b""  # closed by the portal, nothing sent
+            assert time.monotonic() - started >= FIRST_PDU_TIMEOUT - 1
+        finally:
+            silent.close()
+            garbage.close()
+        if find_program("iscsi-inq"):
+            out = subprocess.run(["iscsi-inq", f"iscsi://{HOST}:{server.port}/{IQNS[1]}/0"],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0 and "QEMUSCSI" in out.stdout + out.stderr, out
