@@ -1,7 +1,9 @@
 """The CDB trace: every command of every session, decoded, as JSON lines and live.
 
 Rules:
-- One record per completed command: time, initiator, LUN, task tag and attribute, the
+- One record per completed command: time, initiator, target (its iSCSI name, for a
+  command of a session: one trace may hold several targets, or several workers'), LUN,
+  task tag and attribute, the
   command's name from the opcode table, the CDB fields that matter (LBA and transfer
   length by CDB layout, the flags by name), status, sense decoded (key, ASC/ASCQ), bytes
   moved in each direction, the latency from submission to completion (queueing included),
@@ -237,11 +239,14 @@ class Tracer:
         append = out.append
         for (peer, nexus, lun, tag, attr, command, lba, blocks, cdb, status, sense, n_in,
              expected_in, n_out, start, end, queued) in batch:
-            initiator = nexus.initiator_name if nexus is not None else peer
+            if nexus is not None:
+                initiator, target = nexus.initiator_name, nexus.target_name
+            else:
+                initiator, target = peer, ""
             # An unknown opcode has no entry: its name is its code, so the code is the key.
             key = (id(command) if command is not None else -1 - cdb[0], attr, status, sense,
                    -1 if lba is None else cdb[1],
-                   initiator, peer, lun, queued is None)
+                   initiator, target, peer, lun, queued is None)
             tpl = templates.get(key)
             if tpl is None:
                 tpl = self._template(key, command, cdb)
@@ -269,15 +274,17 @@ class Tracer:
 
     def _template(self, key: tuple, command, cdb: bytes) -> bytes:
         """The %-template of one shape: the fields the header's rules give, in their order."""
-        _, attr, status, sense, flag_byte, initiator, peer, lun, no_queue = key
+        _, attr, status, sense, flag_byte, initiator, target, peer, lun, no_queue = key
 
         def lit(value) -> str:  # a constant, as JSON, with % escaped for the template
             return json.dumps(value, separators=(",", ":")).replace("%", "%%")
 
         op = decode_cdb(cdb, command)
-        parts = ['{"t":%d.%06d,"initiator":', lit(initiator), ',"peer":', lit(peer),
-                 ',"lun":', lit(lun), ',"tag":%d,"attr":', lit(_attr_name(attr)),
-                 ',"op":', lit(op["op"])]
+        parts = ['{"t":%d.%06d,"initiator":', lit(initiator)]
+        if target:
+            parts += [',"target":', lit(target)]
+        parts += [',"peer":', lit(peer), ',"lun":', lit(lun), ',"tag":%d,"attr":',
+                  lit(_attr_name(attr)), ',"op":', lit(op["op"])]
         if "sa" in op:
             parts += [',"sa":', lit(op["sa"])]
         if flag_byte >= 0:

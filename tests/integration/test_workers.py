@@ -142,11 +142,11 @@ def test_fault_and_trace_across_workers(tmp_path):
         assert re.search(r"\bid=1 .*\bhits=1\b", listed.stdout), listed.stdout
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     reads = [r for r in records if r["op"] == "READ(10)" and r["cdb"][4:12] == "00000000"]
-    # The three qemu-io connections (three peers, two workers), one READ of LBA 0 each at
+    # The three qemu-io connections (three targets, two workers), one READ of LBA 0 each at
     # least; the one on the faulted target ended in CHECK CONDITION, MEDIUM ERROR.
-    assert len({r["peer"] for r in reads}) == 3, reads
-    assert [r["sense_key"] for r in reads if r["status"] == "CHECK CONDITION"] == \
-        ["MEDIUM ERROR"]
+    assert {r["target"] for r in reads} == set(IQNS), reads
+    assert [(r["target"], r["sense_key"]) for r in reads if r["status"] == "CHECK CONDITION"] \
+        == [(IQNS[1], "MEDIUM ERROR")]
     summary = cli("trace", str(trace))
     assert summary.returncode == 0 and "READ(10)" in summary.stdout
 

@@ -40,6 +40,9 @@ NEXUS = Nexus(NAME + ",i,0x1", "iqn.2026-11.local.test:t,t,0x1", initiator_name=
 # JSON escaping (non-ASCII) and a '%' that must not be taken for a template field.
 ODD_NAME = "iqn.2026-11.local.test:100%-d\u00e9j\u00e0"
 ODD = Nexus(ODD_NAME + ",i,0x2", "iqn.2026-11.local.test:t,t,0x1", initiator_name=ODD_NAME)
+# A session's nexus names its target too (target.iscsi.connection builds it so).
+TARGET = "iqn.2026-11.local.test:t"
+NAMED = Nexus(NAME + ",i,0x3", TARGET + ",t,0x1", initiator_name=NAME, target_name=TARGET)
 PEER = "127.0.0.1:40000"
 
 
@@ -151,6 +154,12 @@ def cases() -> list[tuple[ScsiTask, str, int, int | None, dict]]:
          {**base, "initiator": ODD_NAME, "tag": 12, "attr": "SIMPLE", "op": "READ(10)",
           "lba": 2048, "blocks": 8, "cdb": read.hex(), "status": "GOOD", "in": 4096,
           "out": 0, "us": 0.1}),
+        # A nexus that names its target: "target" follows "initiator".
+        (task(read, nexus=NAMED, tag=13, data_in=bytes(4096), expected_in=4096), PEER, 100,
+         None,
+         {"initiator": NAME, "target": TARGET, "peer": PEER, "lun": 0, "tag": 13,
+          "attr": "SIMPLE", "op": "READ(10)", "lba": 2048, "blocks": 8, "cdb": read.hex(),
+          "status": "GOOD", "in": 4096, "out": 0, "us": 0.1}),
     ]
 
 
