@@ -12,8 +12,9 @@ Rules:
   link that has one is closed (issue 11). Not per receive: that was one getsockopt()
   system call per command (docs/COST.md).
 - Sending: the Connection's output buffers go out with socket.sendmsg() as they are
-  (header bytes and memoryviews of read data, never joined); what the kernel does not
-  take waits in a queue and the connection stops reading past a high-water mark.
+  (header bytes and memoryviews of read data, never joined); when nothing waits they go
+  out at once and only what the kernel does not take is queued; what waits goes out from
+  the writer callback, and the connection stops reading past a high-water mark.
 - Busy polling (--busy-poll-us, config busy_poll_us: 50 us unless set; 0 turns it off): after
   a receive callback has sent its answers, a link whose connection has nothing
   outstanding (Connection.quiescent) keeps receiving in a loop for up to that budget
@@ -264,10 +265,39 @@ class Link:
         if self.closed:
             return
         conn = self.conn
-        for buf in conn.data_to_send():
-            self.pending.append(buf)
-            self.pending_bytes += len(buf) if not isinstance(buf, memoryview) else buf.nbytes
+        out = conn.data_to_send()
         pending = self.pending
+        if not pending and len(out) <= IOV_MAX:
+            # Nothing waits: the new buffers go out at once, and only what the kernel
+            # does not take is queued (the common case: all of it is taken).
+            total = 0
+            for buf in out:
+                total += buf.nbytes if buf.__class__ is memoryview else len(buf)
+            sent = 0
+            if total:
+                try:
+                    sent = self.sock.sendmsg(out)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as exc:
+                    self._send_failed(exc)
+                    return
+            if sent == total:
+                if self.writing:
+                    self.loop.remove_writer(self.fd)
+                    self.writing = False
+                if self.closing:
+                    self.close()
+                elif not self.reading:
+                    self._start_reading()
+                return
+            pending.extend(out)
+            self.pending_bytes += total - sent
+            self._drop_sent(sent)
+            out = ()
+        for buf in out:
+            pending.append(buf)
+            self.pending_bytes += buf.nbytes if buf.__class__ is memoryview else len(buf)
         sendmsg = self.sock.sendmsg
         while pending:
             batch = list(pending)[:IOV_MAX] if len(pending) > IOV_MAX else pending
@@ -276,20 +306,10 @@ class Link:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    log.info("%s: send failed: %s", conn.peer, exc)
-                self.close()
+                self._send_failed(exc)
                 return
             self.pending_bytes -= sent
-            while sent:
-                head = pending[0]
-                size = head.nbytes if isinstance(head, memoryview) else len(head)
-                if sent >= size:
-                    pending.popleft()
-                    sent -= size
-                else:
-                    pending[0] = memoryview(head)[sent:]
-                    sent = 0
+            self._drop_sent(sent)
         if pending:
             if not self.writing:
                 self.loop.add_writer(self.fd, self._flush)
@@ -304,6 +324,24 @@ class Link:
                 self.close()
                 return
             self._start_reading()
+
+    def _drop_sent(self, sent: int) -> None:
+        """Take the `sent` bytes the kernel took off the front of the queue."""
+        pending = self.pending
+        while sent:
+            head = pending[0]
+            size = head.nbytes if head.__class__ is memoryview else len(head)
+            if sent >= size:
+                pending.popleft()
+                sent -= size
+            else:
+                pending[0] = memoryview(head)[sent:]
+                sent = 0
+
+    def _send_failed(self, exc: OSError) -> None:
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            log.info("%s: send failed: %s", self.conn.peer, exc)
+        self.close()
 
     def close(self) -> None:
         if self.closed:
