@@ -3,11 +3,11 @@
 Rules:
 - One record per completed command: time, initiator, target (its iSCSI name, for a
   command of a session: one trace may hold several targets, or several workers'), LUN,
-  task tag and attribute, the
-  command's name from the opcode table, the CDB fields that matter (LBA and transfer
-  length by CDB layout, the flags by name), status, sense decoded (key, ASC/ASCQ), bytes
-  moved in each direction, the latency from submission to completion (queueing included),
-  and, for commands that waited in a task set, how many tasks were left in it.
+  task tag and attribute, the command's name from the opcode table, the CDB fields that
+  matter (LBA and transfer length by CDB layout, the flags by name), status, sense
+  decoded (key, ASC/ASCQ), bytes moved in each direction, the latency from submission to
+  completion (queueing included), and, for commands that waited in a task set, how many
+  tasks were left in it.
 - The name comes from the task's table entry and the LBA and transfer length from its
   block range, both kept on the task when its CDB was looked up on arrival
   (ScsiTask.command, ScsiTask.lba/blocks: target.scsi.commands.CommandSet.parse); the flags
@@ -21,11 +21,13 @@ Rules:
   from time.perf_counter_ns, queued); it keeps no buffer and decodes nothing. A writer
   thread turns them into JSON lines every FLUSH_INTERVAL seconds (and at close), so a
   running target's trace is at most that old; the lines are written then, a chunk of
-  whole lines per write() to a file opened unbuffered for appending, so the worker
-  processes of one server (target.shell.workers) share one trace file without mixing
-  their lines.
+  whole lines per write() to a file opened unbuffered for appending (O_APPEND: POSIX
+  write() puts each write's bytes at the end of the file with no other write in
+  between), so the worker processes of one server (target.shell.workers) share one trace
+  file without mixing their lines.
 - The encoder fills one bytes %-template per command shape (table entry, attribute,
-  status, sense bytes, CDB byte 1 for the flags, initiator, peer, LUN, queued or not),
+  status, sense bytes, CDB byte 1 for the flags, initiator, target, peer, LUN, queued or
+  not),
   built once from the rules above (decode_cdb, sense_fields, json.dumps of each constant),
   so only integers and the CDB's hex are formatted per record: "t" is the wall-clock time
   of the completion in microseconds and "us" the latency in tenths of one, both rounded
@@ -35,9 +37,10 @@ Rules:
   test_trace_encoder.py holds the dicts, written from these rules).
   Measured (tools/trace_bench.py, 4 KiB READ/WRITE(10) mix, best of 5, this shared 2-core
   machine): the old dict + json.dumps on the loop cost ~23 us CPU per record; now
-  record() costs ~1.8 us on the loop (call included) and ~4.9-5.3 us in all, the writer's
-  encoding and write included. The writer holds the GIL while it encodes, so on a busy
-  target its share still delays the loop: a thread moves the cost, it does not hide it.
+  record() costs ~1.8 us on the loop (call included) and ~3.8-5.3 us in all, the writer's
+  encoding and write included (3.8 on 2026-12-01 evening). The writer holds the GIL
+  while it encodes, so on a busy target its share still delays the loop: a thread moves
+  the cost, it does not hide it.
 - Write errors (file or live stream): one warning, the tracer turns itself off and drops
   what it held; it never fails I/O. So does any error of the encoder.
 - `summarize()` reads a trace back and reports per opcode: count, blocks, bytes, status

@@ -327,8 +327,9 @@ class Connection:
                 self._rpos += total
                 dsl = bhs.dsl
                 if not dsl:
-                    # No data segment, so no padding and no data digest (11.1): the PDU is
-                    # whole, dispatched as the data step below would with its empty data.
+                    # No data segment, so no padding and no data digest (the data digest
+                    # follows a data segment, RFC 7143 11.2's PDU layout): the PDU is whole,
+                    # dispatched as the data step below would with its empty data.
                     self._dispatch(bhs, b"")
                     continue
                 self._pdu = bhs

@@ -10,9 +10,9 @@ Rules (RFC 7143):
   TotalAHSLength words of AHS and DataSegmentLength bytes of text padded to 4 (11.2.1).
   No digest follows: digests are negotiated during login and apply after it (13.1).
 - The text is key=value pairs, each ending in a NUL (6.1). The keys that route are
-  SessionType (13.21; default Normal) and TargetName (13.4), which a Normal session's
-  first Login Request must carry (13.4: "...must be provided by the initiator of the iSCSI
-  session in the first Login Request"). When the PDU has the C bit (11.12.2: the text
+  SessionType (13.21; default Normal) and TargetName (13.4), which the initiator of a
+  Normal session sends in its first Login Request (13.4; a login without it ends 02/07,
+  target.iscsi.login). When the PDU has the C bit (11.12.2: the text
   goes on in the next PDU), only the pairs complete in this PDU count.
 - The answer: `Incomplete` (read more), or `Route` with the TargetName (None: the
   portal process answers this connection itself: a discovery session, a first PDU that is

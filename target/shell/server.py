@@ -114,9 +114,7 @@ class Link:
         the first Login PDU, target.shell.workers): handled as if just received."""
         if data:
             self.conn.receive_data(data)
-            next_event = self.conn.next_event
-            while (event := next_event()) is not None:
-                _HANDLERS[type(event)](self, event)
+            self._handle_events()
         self._flush()
 
     def _start_reading(self) -> None:
@@ -160,12 +158,15 @@ class Link:
         if n == 0:
             self.close()
             return False
-        conn = self.conn
-        conn.buffer_updated(n)
-        next_event = conn.next_event
+        self.conn.buffer_updated(n)
+        self._handle_events()
+        return True
+
+    def _handle_events(self) -> None:
+        """Everything the connection has to tell (target.iscsi.events), in order."""
+        next_event = self.conn.next_event
         while (event := next_event()) is not None:
             _HANDLERS[type(event)](self, event)
-        return True
 
     def _receive_failed(self, exc: OSError) -> None:
         log.info("%s: receive failed: %s", self.conn.peer, exc)
@@ -256,9 +257,7 @@ class Link:
     def _on_wakeup(self) -> None:
         if self.closed:
             return
-        next_event = self.conn.next_event
-        while (event := next_event()) is not None:
-            _HANDLERS[type(event)](self, event)
+        self._handle_events()
         self._flush()
 
     def _flush(self) -> None:

@@ -376,7 +376,7 @@ def test_digests_checked_and_sent():
 @pytest.mark.parametrize("step", [1, 5, 52, None])
 @pytest.mark.parametrize("digests", [False, True])
 def test_pdus_without_data_segment_in_any_chunking(step, digests):
-    """11.1 and 13.1/13.2: a PDU with DataSegmentLength 0 is its BHS (and the header
+    """11.2 (PDU layout), 13.1/13.2: a PDU with DataSegmentLength 0 is its BHS (and the header
     digest) alone, with no padding and no data digest; a stream of them (TEST UNIT READY,
     a NOP-Out ping, READ(10)), split anywhere or in one piece, is answered whole: the ping
     at once, the commands when the SCSI layer is done (3.2.2.1 orders their delivery, not
