@@ -15,7 +15,7 @@
                       --once] [--sense KEY/ASC/ASCQ] [--delay-ms MS]
     scsi-target fault list | clear [ID]                  (each: [--control SOCKET])
     scsi-target dump inspect LUN-URL-OR-FILE [--extract DIR|FILE] [--expand DIR] [--json]
-    scsi-target trace FILE
+    scsi-target trace FILE [--json | --lines]
     scsi-target opcodes [--markdown]
     scsi-target config check FILE
     scsi-target config show [FILE]
@@ -39,6 +39,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -70,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     s.add_argument("--log-file", type=Path, help="write the log here instead of stderr")
     s.add_argument("--trace", type=Path, metavar="FILE",
-                   help="record every command, decoded, as JSON lines in FILE")
+                   help="record every command in FILE (binary records; `scsi-target "
+                        "trace FILE --json` decodes them)")
     s.add_argument("--trace-live", action="store_true",
                    help="print one line per command as it completes")
     s.add_argument("--workers", type=_workers, metavar="N|auto",
@@ -147,8 +149,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="the target's control socket (default: the only one running)")
     st.add_argument("--json", action="store_true", help="print the raw JSON")
 
-    tr = sub.add_parser("trace", help="summarise a CDB trace per opcode")
+    tr = sub.add_parser("trace", help="summarise a CDB trace per opcode, or print its records")
     tr.add_argument("file", type=Path)
+    how = tr.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true",
+                     help="print every record as a JSON line (target.trace's RECORD FIELDS)")
+    how.add_argument("--lines", action="store_true",
+                     help="print every record as one readable line (as --trace-live does)")
 
     op = sub.add_parser("opcodes", help="list the disk command table (target.scsi.listing)")
     op.add_argument("--markdown", action="store_true", help="as docs/opcodes.md")
@@ -368,10 +375,12 @@ def _server(args: argparse.Namespace, cfg: Config, application, listen, on_liste
 
     tracer = None
     if args.trace or args.trace_live:
-        from target.trace import Tracer
+        from target.trace import TraceError, Tracer
 
         try:
             tracer = Tracer(args.trace, sys.stdout if args.trace_live else None)
+        except TraceError as exc:
+            raise ConfigError(str(exc)) from None
         except OSError as exc:
             raise OSError(exc.errno, f"cannot write the trace {args.trace}: "
                           f"{exc.strerror}") from None
@@ -499,11 +508,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return config_command(args)
         if args.command == "trace":
-            from target.trace import TraceError, summarize
+            from target import trace
 
             try:
-                print(summarize(args.file))
-            except TraceError as exc:
+                if args.json or args.lines:
+                    for rec in trace.read(args.file):
+                        print(json.dumps(rec, separators=(",", ":")) if args.json
+                              else trace.render(rec))
+                else:
+                    print(trace.summarize(args.file))
+            except BrokenPipeError:
+                return 0  # `| head`
+            except trace.TraceError as exc:
                 print(f"scsi-target: {exc}", file=sys.stderr)
                 return 2
             return 0

@@ -1,4 +1,4 @@
-"""The CDB trace: every command of every session, decoded, as JSON lines and live.
+"""The CDB trace: every command of every session, kept as binary records, decoded when read.
 
 Rules:
 - One record per completed command: time, initiator, target (its iSCSI name, for a
@@ -7,42 +7,61 @@ Rules:
   matter (LBA and transfer length by CDB layout, the flags by name), status, sense
   decoded (key, ASC/ASCQ), bytes moved in each direction, the latency from submission to
   completion (queueing included), and, for commands that waited in a task set, how many
-  tasks were left in it.
+  tasks were left in it. read() gives each as a dict, `scsi-target trace --json` as a
+  JSON line, with the keys, the order and the values of RECORD FIELDS below
+  (tests/unit/test_trace_records.py holds such dicts, written by hand from these rules).
 - The name comes from the task's table entry and the LBA and transfer length from its
   block range, both kept on the task when its CDB was looked up on arrival
   (ScsiTask.command, ScsiTask.lba/blocks: target.scsi.commands.CommandSet.parse); the flags
-  are named by the entry's block layout. Nothing is looked up or decoded again here, but
-  for a task no LU looked up (no LU behind its LUN: the disk table parses it, once) or
-  one its LU's table refused (named by the disk table's entry, with no range).
+  are named by the entry's block layout. Nothing is looked up or decoded again, but for a
+  task no LU looked up (no LU behind its LUN: the disk table parses it, once) or one its
+  LU's table refused (named by the disk table's entry, with no range).
 - Off the hot path when disabled: the server holds no tracer and never calls in here.
-  When enabled, record() runs on the event loop and only keeps the command's raw facts
-  (one tuple of values already at hand: peer, nexus, LUN, tag, attribute, table entry,
-  LBA, blocks, CDB bytes, status, sense bytes, Data-In/Data-Out lengths, start and end
-  from time.perf_counter_ns, queued); it keeps no buffer and decodes nothing. A writer
-  thread turns them into JSON lines every FLUSH_INTERVAL seconds (and at close), so a
-  running target's trace is at most that old; the lines are written then, a chunk of
-  whole lines per write() to a file opened unbuffered for appending (O_APPEND: POSIX
-  write() puts each write's bytes at the end of the file with no other write in
-  between), so the worker processes of one server (target.shell.workers) share one trace
-  file without mixing their lines.
-- The encoder fills one bytes %-template per command shape (table entry, attribute,
-  status, sense bytes, CDB byte 1 for the flags, initiator, target, peer, LUN, queued or
-  not),
-  built once from the rules above (decode_cdb, sense_fields, json.dumps of each constant),
-  so only integers and the CDB's hex are formatted per record: "t" is the wall-clock time
-  of the completion in microseconds and "us" the latency in tenths of one, both rounded
-  half up and written as decimals (json.loads reads them as the floats round(x, 6) and
-  round(x, 1) give, but at an exact tie, which round() may send down). The keys, their
-  order and their values are those of json.dumps of the record dict (tests/unit/
-  test_trace_encoder.py holds the dicts, written from these rules).
-  Measured (tools/trace_bench.py, 4 KiB READ/WRITE(10) mix, best of 5, this shared 2-core
-  machine): the old dict + json.dumps on the loop cost ~23 us CPU per record; now
-  record() costs ~1.8 us on the loop (call included) and ~3.8-5.3 us in all, the writer's
-  encoding and write included (3.8 on 2026-12-01 evening). The writer holds the GIL
-  while it encodes, so on a busy target its share still delays the loop: a thread moves
-  the cost, it does not hide it.
+  When enabled, record() runs on the event loop and packs the command's facts into one
+  bytes object of fixed layout (RECORD); its source (initiator, target, peer) and its
+  table entry are numbers, each defined once by a definition item; nothing is decoded or
+  formatted while the target runs. This is issue 14's "binary ring that the summary
+  decodes": a JSON line per command cost ~17k instructions (a tuple on the loop, then the
+  writer thread's encoding, which holds the GIL), a packed record ~6k in all (callgrind,
+  docs/COST.md).
+- A writer thread writes what record() kept every FLUSH_INTERVAL seconds (and at close),
+  so a running target's trace is at most that old: one chunk per write(), to a file opened
+  unbuffered for appending (O_APPEND: POSIX write() puts each write's bytes at the end of
+  the file with no other write in between), so the worker processes of one server
+  (target.shell.workers) share one trace file. Each tracer's chunks carry its own random
+  writer number; its definitions hold for its chunks only.
+- The file, all integers little-endian, is a sequence of chunks:
+    CHUNK       "SCTR", version 1, 3 zero bytes, writer u64, epoch i64 (wall clock minus
+                perf_counter, in ns, when the chunk was written), the definitions' length
+                u32 and the records' length u32; then the definitions, then the records.
+    definition  u32 length, then a JSON object: {"source": n, "initiator", "target",
+                "peer"} or {"command": n, "op" (null: no table entry, named by its opcode),
+                "sa" (or null), "flags" ([[bit, name], ...] of CDB byte 1, null for an
+                entry with no block layout)}.
+    RECORD      source u32, command u32, LUN u64, tag u32, attribute u8, status u8, LBA
+                i64 (-1: no block range), blocks u64, Data-In bytes u64, Expected Data
+                Transfer Length u64, Data-Out bytes u64, start i64 and end i64
+                (perf_counter_ns), queued i32 (-1: not through a task set), CDB length
+                u16, sense length u16, the CDB's first 16 bytes (zero padded); then the
+                sense bytes, then the CDB's bytes past the 16th.
+  A definition comes before, in its writer's chunks, every record that names it. A chunk
+  cut short at the end of the file is one still being written (or lost in a crash): the
+  reader stops before it and says so (Reader.truncated); anything else that is not this
+  layout is a TraceError naming the byte. Tracer refuses a file that is neither empty
+  nor begins with a chunk (an old JSON-lines trace), so it never appends what could not
+  be read back; read() still reads JSON lines, the format before this one.
+- RECORD FIELDS, in this order: "t" the wall-clock time of the completion in seconds, to
+  the microsecond (rounded half up); "initiator" (the peer, for a command of no session),
+  "target" (for a session's), "peer", "lun", "tag", "attr" (the RFC 7143 11.3.1.1 name),
+  "op", "sa" (for an entry with a service action), for a command with a block range
+  "lba", "blocks" and "flags" (the byte-1 bits set that its layout names, when any), "cdb"
+  in hex, "status" (SAM-5 table 38's name, or 0xNN), "sense_key", "asc" ("21/00") and
+  "asc_name" (SPC-4 annex D, or "") when there is sense, "in" (Data-In bytes, for GOOD and
+  CONDITION MET only, at most the Expected Data Transfer Length), "out", "us" the latency
+  in microseconds to a tenth (rounded half up), and "queued" when it went through a task
+  set.
 - Write errors (file or live stream): one warning, the tracer turns itself off and drops
-  what it held; it never fails I/O. So does any error of the encoder.
+  what it held; it never fails I/O. So does any error in record() or the writer.
 - `summarize()` reads a trace back and reports per opcode: count, blocks, bytes, status
   and sense counts, and latency (mean, p50, p99, max).
 """
@@ -51,23 +70,32 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
+import struct
 import threading
 import time
-from binascii import hexlify as _hex
 from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from target.scsi import extent
-from target.scsi.extent import Extent
 from target.scsi.sense import SenseKey, sense_key_asc
 from target.scsi.task import Status, TaskAttr
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.5  # seconds between the writer's batches: records reach the file by then
-CHUNK = 2048  # records encoded and written at a time
-MAX_TEMPLATES = 4096  # line templates kept (one per command shape); then started afresh
+CHUNK_RECORDS = 4096  # records written at a time (one chunk, one write())
+MAX_DEFINED = 4096  # sources and table entries kept numbered; then numbered afresh
+
+MAGIC = b"SCTR"
+VERSION = 1
+CHUNK = struct.Struct("<4sB3xQqII")
+RECORD = struct.Struct("<IIQIBBqQQQQqqiHH16s")
+_pack_record = RECORD.pack
+_DEFINITION = struct.Struct("<I")
+CDB_IN_RECORD = 16  # CDB bytes inside RECORD; longer CDBs carry the rest after the sense
 
 # The additional sense codes a trace reader meets most (SPC-4 annex D).
 ASC_NAMES = {
@@ -82,24 +110,6 @@ ASC_NAMES = {
     (0x2A, 0x09): "CAPACITY DATA HAS CHANGED", (0x3A, 0x00): "MEDIUM NOT PRESENT",
     (0x4B, 0x00): "DATA PHASE ERROR", (0x4B, 0x05): "DATA OFFSET ERROR",
 }
-
-
-def decode_cdb(cdb: bytes | memoryview, command=None, ext: Extent | None = None) -> dict:
-    """Name, service action, LBA, transfer length (blocks) and named flags of a CDB, from
-    its table entry and the block range decoded on arrival (nothing is decoded here)."""
-    if command is None:
-        return {"op": f"opcode 0x{cdb[0]:02X}"}
-    out: dict = {"op": command.name}
-    if command.service_action is not None:
-        out["sa"] = command.service_action
-    if ext is None:
-        return out
-    out["lba"] = ext.lba
-    out["blocks"] = ext.blocks
-    flags = extent.flag_names(cdb, command.block)
-    if flags:
-        out["flags"] = flags
-    return out
 
 
 def _table_entry(task):
@@ -145,10 +155,11 @@ def sense_fields(sense: bytes) -> dict:
 
 
 class Tracer:
-    """Writes trace records; `path` for JSON lines, `live` for one line per command.
+    """Writes trace records to `path` (the binary chunks above), and with `live` one
+    rendered line per command.
 
-    record() runs on the event loop and only keeps the command's raw facts; a writer
-    thread turns them into lines every `interval` seconds (and at close)."""
+    record() runs on the event loop and packs the command's facts; a writer thread writes
+    them every `interval` seconds (and at close)."""
 
     def __init__(self, path: Path | None = None, live: TextIO | None = None,
                  interval: float = FLUSH_INTERVAL) -> None:
@@ -156,14 +167,21 @@ class Tracer:
         self.live = live
         self.interval = interval
         # Kept open for the tracer's life and closed by close(): not a with-block.
-        # Unbuffered, appending: each chunk of whole lines is one write() at the end of
-        # the file, so several processes (target.shell.workers) can share one trace.
+        # Unbuffered, appending: each chunk is one write() at the end of the file, so
+        # several processes (target.shell.workers) can share one trace.
+        if path is not None:
+            _check_appendable(path)
         self._file = (open(path, "ab", buffering=0)  # noqa: SIM115
                       if path is not None else None)
-        self._raw: deque[tuple] = deque()  # appended by record(), emptied by the writer
+        self._writer_id = int.from_bytes(os.urandom(8), "little")
+        self._raw: deque[bytes] = deque()  # appended by record(), emptied by the writer
         self._append = self._raw.append
-        self._templates: dict[tuple, bytes] = {}
-        self._keep: list = []  # the table entries whose id() keys a template
+        self._defs: deque[bytes] = deque()  # definition items, appended before their use
+        self._sources: dict[str, tuple] = {}  # peer -> (nexus, number)
+        self._commands: dict[int, int] = {}  # id(table entry or None) -> number
+        self._keep: list = []  # the table entries whose id() keys _commands
+        self._next = 0  # the next definition number
+        self._live_reader = Reader("live trace") if live is not None else None
         self.enabled = True
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._run, name="trace-writer", daemon=True)
@@ -175,19 +193,75 @@ class Tracer:
         `queued`: tasks left in its LU's task set as it completed, for one that went
         through it). Buffers and lengths are measured now: the task is not kept."""
         if self.enabled:
-            data_in = task.data_in
-            data_out = task.data_out
-            cdb = task.cdb
-            self._append((
-                peer, task.nexus, task.lun, task.tag, task.attr,
-                task.command or _table_entry(task), task.lba, task.blocks,
-                cdb if cdb.__class__ is bytes else bytes(cdb), task.status, task.sense,
-                0 if data_in is None else (
-                    data_in.nbytes if data_in.__class__ is memoryview else len(data_in)),
-                task.expected_in,
-                0 if data_out is None else (
-                    data_out.nbytes if data_out.__class__ is memoryview else len(data_out)),
-                start_ns, end_ns, queued))
+            try:
+                source = self._sources.get(peer)
+                if source is None or source[0] is not task.nexus:
+                    source = self._define_source(peer, task.nexus)
+                command = task.command
+                number = self._commands.get(id(command))
+                if number is None or command is None:
+                    command = command or _table_entry(task)
+                    number = self._commands.get(id(command))
+                    if number is None:
+                        number = self._define_command(command)
+                data_in = task.data_in
+                data_out = task.data_out
+                lba = task.lba
+                cdb = task.cdb
+                sense = task.sense
+                n = len(cdb)
+                rec = _pack_record(
+                    source[1], number, task.lun, task.tag, task.attr, task.status,
+                    -1 if lba is None else lba, 0 if lba is None else task.blocks,
+                    0 if data_in is None else (
+                        data_in.nbytes if data_in.__class__ is memoryview else len(data_in)),
+                    task.expected_in,
+                    0 if data_out is None else (
+                        data_out.nbytes if data_out.__class__ is memoryview else len(data_out)),
+                    start_ns, end_ns, -1 if queued is None else queued, n, len(sense),
+                    bytes(cdb[:CDB_IN_RECORD]) if cdb.__class__ is not bytes else cdb)
+                if sense or n > CDB_IN_RECORD:
+                    rec = rec + bytes(sense) + bytes(cdb[CDB_IN_RECORD:])
+                self._append(rec)
+            except Exception as exc:  # noqa: BLE001 - the trace never fails I/O
+                self._fail(exc)
+
+    def _define_source(self, peer: str, nexus) -> tuple:
+        if len(self._sources) >= MAX_DEFINED:
+            self._sources.clear()
+        if nexus is not None:
+            initiator, target = nexus.initiator_name, nexus.target_name
+        else:
+            initiator, target = peer, ""
+        source = (nexus, self._number({"source": 0, "initiator": initiator,
+                                       "target": target, "peer": peer}))
+        self._sources[peer] = source
+        return source
+
+    def _define_command(self, command) -> int:
+        if len(self._commands) >= MAX_DEFINED:
+            self._commands.clear()
+            self._keep.clear()
+        if command is None:
+            item = {"command": 0, "op": None, "sa": None, "flags": None}
+        else:
+            block = command.block
+            item = {"command": 0, "op": command.name, "sa": command.service_action,
+                    "flags": None if block is None else [[bit, name] for bit, name
+                                                          in block.flags.items()]}
+        number = self._number(item)
+        self._commands[id(command)] = number
+        self._keep.append(command)
+        return number
+
+    def _number(self, item: dict) -> int:
+        """Number a definition item and queue it (before any record that names it)."""
+        number = self._next
+        self._next = (number + 1) & 0xFFFFFFFF
+        item[next(iter(item))] = number
+        text = json.dumps(item, separators=(",", ":")).encode("ascii")
+        self._defs.append(_DEFINITION.pack(len(text)) + text)
+        return number
 
     # --- the writer thread ---------------------------------------------------------------
 
@@ -197,19 +271,24 @@ class Tracer:
         self._drain()
 
     def _drain(self) -> None:
-        """Encode and write what record() kept, CHUNK records at a time (the GIL goes back
-        to the event loop between chunks); on any error: one warning, the tracer is off."""
-        raw = self._raw
-        pop = raw.popleft
-        while self.enabled and raw:
-            batch = [pop() for _ in range(min(len(raw), CHUNK))]
+        """Write what record() kept, one chunk of CHUNK_RECORDS records at a time (the GIL
+        goes back to the event loop between chunks); on any error: one warning, the
+        tracer is off."""
+        raw, defs = self._raw, self._defs
+        pop, pop_def = raw.popleft, defs.popleft
+        while self.enabled and (raw or defs):
+            records = b"".join([pop() for _ in range(min(len(raw), CHUNK_RECORDS))])
+            # After the records: every definition they name was queued before them.
+            definitions = b"".join([pop_def() for _ in range(len(defs))])
+            epoch = time.time_ns() - time.perf_counter_ns()
+            chunk = b"".join((CHUNK.pack(MAGIC, VERSION, self._writer_id, epoch,
+                                         len(definitions), len(records)),
+                              definitions, records))
             try:
-                text = self.encode(batch)
                 if self._file is not None:
-                    _write_all(self._file, text)
+                    _write_all(self._file, chunk)
                 if self.live is not None:
-                    self.live.write("".join(render(json.loads(line)) + "\n"
-                                            for line in text.splitlines()))
+                    self._render_live(chunk)
             except Exception as exc:  # noqa: BLE001 - the trace never fails I/O
                 self._fail(exc)
             time.sleep(0)
@@ -220,6 +299,10 @@ class Tracer:
             self._fail(exc)
         if not self.enabled:
             raw.clear()
+            defs.clear()
+
+    def _render_live(self, chunk: bytes) -> None:
+        self.live.write("".join(render(rec) + "\n" for rec in self._live_reader.feed(chunk)))
 
     def _fail(self, exc: Exception) -> None:
         if self.enabled:
@@ -232,90 +315,12 @@ class Tracer:
             except OSError:
                 pass  # what it held is lost; the warning said so
 
-    def encode(self, batch: list[tuple]) -> bytes:
-        """The JSON lines of a batch of record() tuples, by a template per command shape:
-        only integers and the CDB's hex are formatted per record (t in microseconds and
-        the latency in tenths of one, each rounded half up and written as a decimal)."""
-        offset = time.time_ns() - time.perf_counter_ns() + 500  # perf_counter -> wall clock
-        templates = self._templates
-        out = []
-        append = out.append
-        for (peer, nexus, lun, tag, attr, command, lba, blocks, cdb, status, sense, n_in,
-             expected_in, n_out, start, end, queued) in batch:
-            if nexus is not None:
-                initiator, target = nexus.initiator_name, nexus.target_name
-            else:
-                initiator, target = peer, ""
-            # An unknown opcode has no entry: its name is its code, so the code is the key.
-            key = (id(command) if command is not None else -1 - cdb[0], attr, status, sense,
-                   -1 if lba is None else cdb[1],
-                   initiator, target, peer, lun, queued is None)
-            tpl = templates.get(key)
-            if tpl is None:
-                tpl = self._template(key, command, cdb)
-            if status == 0 or status == 4:  # GOOD, CONDITION MET: Data-In was sent
-                if n_in > expected_in:
-                    n_in = expected_in
-            else:
-                n_in = 0
-            t = (end + offset) // 1000
-            us = (end - start + 50) // 100
-            if lba is None:
-                if queued is None:
-                    append(tpl % (t // 1000000, t % 1000000, tag, _hex(cdb), n_in, n_out,
-                                  us // 10, us % 10))
-                else:
-                    append(tpl % (t // 1000000, t % 1000000, tag, _hex(cdb), n_in, n_out,
-                                  us // 10, us % 10, queued))
-            elif queued is None:
-                append(tpl % (t // 1000000, t % 1000000, tag, lba, blocks, _hex(cdb), n_in,
-                              n_out, us // 10, us % 10))
-            else:
-                append(tpl % (t // 1000000, t % 1000000, tag, lba, blocks, _hex(cdb), n_in,
-                              n_out, us // 10, us % 10, queued))
-        return b"".join(out)
-
-    def _template(self, key: tuple, command, cdb: bytes) -> bytes:
-        """The %-template of one shape: the fields the header's rules give, in their order."""
-        _, attr, status, sense, flag_byte, initiator, target, peer, lun, no_queue = key
-
-        def lit(value) -> str:  # a constant, as JSON, with % escaped for the template
-            return json.dumps(value, separators=(",", ":")).replace("%", "%%")
-
-        op = decode_cdb(cdb, command)
-        parts = ['{"t":%d.%06d,"initiator":', lit(initiator)]
-        if target:
-            parts += [',"target":', lit(target)]
-        parts += [',"peer":', lit(peer), ',"lun":', lit(lun), ',"tag":%d,"attr":',
-                  lit(_attr_name(attr)), ',"op":', lit(op["op"])]
-        if "sa" in op:
-            parts += [',"sa":', lit(op["sa"])]
-        if flag_byte >= 0:
-            parts.append(',"lba":%d,"blocks":%d')
-            flags = extent.flag_names(cdb, command.block)
-            if flags:
-                parts += [',"flags":', lit(flags)]
-        parts += [',"cdb":"%s","status":', lit(_status_name(status))]
-        for name, value in sense_fields(sense).items():
-            parts += [",", lit(name), ":", lit(value)]
-        parts.append(',"in":%d,"out":%d,"us":%d.%d')
-        if not no_queue:
-            parts.append(',"queued":%d')
-        parts.append("}\n")
-        tpl = "".join(parts).encode("ascii")  # json.dumps escapes all else
-        if len(self._templates) >= MAX_TEMPLATES:
-            self._templates.clear()
-            self._keep.clear()
-        self._templates[key] = tpl
-        self._keep.append(command)
-        return tpl
-
     def close(self) -> None:
         """Write what is left and close the file (the writer thread ends)."""
         if self._writer.is_alive():
             self._stop.set()
             self._writer.join()
-        if self._raw:  # the writer thread ended early
+        if self._raw or self._defs:  # the writer thread ended early
             self._drain()
         self.enabled = False
         if self._file is not None:
@@ -326,11 +331,174 @@ class Tracer:
             self._file = None
 
 
+def _check_appendable(path: Path) -> None:
+    """A tracer appends only to an empty file or one that begins with a chunk (a device
+    or a pipe, /dev/full or a FIFO, is written as it is: nothing there is read back)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError:
+        return  # absent (created by the open) or unreadable: the open says what is wrong
+    if head and head != MAGIC[:len(head)]:
+        raise TraceError(f"{path}: not a binary CDB trace (an old JSON-lines trace?); "
+                         f"give --trace a new file")
+
+
 def _write_all(file: BinaryIO, data: bytes) -> None:
     """All of `data` to an unbuffered file (a regular file takes it in one write())."""
     view = memoryview(data)
     while view:
         view = view[file.write(view) or 0:]
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+class Reader:
+    """Decodes chunks into record dicts (RECORD FIELDS); keeps each writer's definitions.
+
+    feed() takes whole chunks (the live stream); records() a file's bytes."""
+
+    def __init__(self, name: str = "trace") -> None:
+        self.name = name
+        self._defs: dict[int, dict[int, dict]] = {}  # writer -> number -> definition
+        self.truncated = False  # the last chunk was cut short (still being written?)
+
+    def feed(self, chunk: bytes) -> list[dict]:
+        return list(self.records(chunk))
+
+    def records(self, data: bytes | memoryview) -> Iterator[dict]:
+        view = memoryview(data)
+        at = 0
+        self.truncated = False
+        while at < len(view):
+            head = bytes(view[at:at + len(MAGIC)])
+            if head != MAGIC[:len(head)]:
+                raise TraceError(f"{self.name}: byte {at}: not a trace chunk")
+            if len(view) - at < CHUNK.size:
+                self.truncated = True
+                return
+            _, version, writer, epoch, n_defs, n_recs = CHUNK.unpack_from(view, at)
+            if version != VERSION:
+                raise TraceError(f"{self.name}: byte {at}: trace version {version}, "
+                                 f"this reader knows {VERSION}")
+            body = at + CHUNK.size
+            if len(view) - body < n_defs + n_recs:
+                self.truncated = True
+                return
+            defs = self._defs.setdefault(writer, {})
+            self._definitions(view[body:body + n_defs], defs, body)
+            yield from self._records(view[body + n_defs:body + n_defs + n_recs], defs,
+                                     epoch, body + n_defs)
+            at = body + n_defs + n_recs
+
+    def _definitions(self, view: memoryview, defs: dict, base: int) -> None:
+        at = 0
+        while at < len(view):
+            if len(view) - at < _DEFINITION.size:
+                raise TraceError(f"{self.name}: byte {base + at}: definition cut short")
+            (n,) = _DEFINITION.unpack_from(view, at)
+            text = view[at + _DEFINITION.size:at + _DEFINITION.size + n]
+            if len(text) != n:
+                raise TraceError(f"{self.name}: byte {base + at}: definition cut short")
+            try:
+                item = json.loads(bytes(text))
+                if "source" in item:
+                    number = item["source"]
+                    item = {"initiator": str(item["initiator"]),
+                            "target": str(item["target"]), "peer": str(item["peer"])}
+                else:
+                    number = item["command"]
+                    flags = item["flags"]
+                    item = {"op": item["op"], "sa": item["sa"],
+                            "flags": None if flags is None else
+                            [(int(bit), str(name)) for bit, name in flags]}
+                    if item["op"] is not None:
+                        item["op"] = str(item["op"])
+                if not isinstance(number, int):
+                    raise TypeError("its number is not an integer")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TraceError(f"{self.name}: byte {base + at}: not a trace definition "
+                                 f"({exc})") from None
+            defs[number] = item
+            at += _DEFINITION.size + n
+
+    def _records(self, view: memoryview, defs: dict, epoch: int,
+                 base: int) -> Iterator[dict]:
+        at = 0
+        size = RECORD.size
+        while at < len(view):
+            if len(view) - at < size:
+                raise TraceError(f"{self.name}: byte {base + at}: record cut short")
+            (source, command, lun, tag, attr, status, lba, blocks, n_in, expected_in, n_out,
+             start, end, queued, n_cdb, n_sense, cdb16) = RECORD.unpack_from(view, at)
+            tail = max(0, n_cdb - CDB_IN_RECORD)
+            if len(view) - at - size < n_sense + tail:
+                raise TraceError(f"{self.name}: byte {base + at}: record cut short")
+            sense = bytes(view[at + size:at + size + n_sense])
+            cdb = cdb16[:n_cdb] + bytes(view[at + size + n_sense:at + size + n_sense + tail])
+            src = defs.get(source)
+            entry = defs.get(command)
+            if src is None or "peer" not in src or entry is None or "op" not in entry:
+                raise TraceError(f"{self.name}: byte {base + at}: a record names an "
+                                 f"undefined source or command")
+            at += size + n_sense + tail
+            rec = {"t": ((end + epoch + 500) // 1000) / 1e6, "initiator": src["initiator"]}
+            if src["target"]:
+                rec["target"] = src["target"]
+            rec["peer"] = src["peer"]
+            rec["lun"] = lun
+            rec["tag"] = tag
+            rec["attr"] = _attr_name(attr)
+            rec["op"] = entry["op"] if entry["op"] is not None else (
+                f"opcode 0x{cdb[0]:02X}" if cdb else "opcode ?")
+            if entry["sa"] is not None:
+                rec["sa"] = entry["sa"]
+            if lba >= 0:
+                rec["lba"] = lba
+                rec["blocks"] = blocks
+                flags = [name for bit, name in entry["flags"] or ()
+                         if len(cdb) > 1 and cdb[1] & bit]
+                if flags:
+                    rec["flags"] = flags
+            rec["cdb"] = cdb.hex()
+            rec["status"] = _status_name(status)
+            rec.update(sense_fields(sense))
+            rec["in"] = min(n_in, expected_in) if status in (0, 4) else 0  # GOOD, COND. MET
+            rec["out"] = n_out
+            rec["us"] = ((end - start + 50) // 100) / 10
+            if queued >= 0:
+                rec["queued"] = queued
+            yield rec
+
+
+def read(path: Path | str) -> Iterator[dict]:
+    """The records of a trace file, as dicts (RECORD FIELDS); a JSON-lines trace (the
+    format before the binary one) is read line by line."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TraceError(f"{path}: {exc.strerror}") from None
+    if data[:1] == b"{":
+        for number, line in enumerate(data.splitlines(), 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except ValueError as exc:
+                    raise TraceError(f"{path}:{number}: not a trace record ({exc})") from None
+                if not isinstance(rec, dict):
+                    raise TraceError(f"{path}:{number}: not a trace record")
+                yield rec
+        return
+    yield from Reader(str(path)).records(data)
+
+
+def json_lines(path: Path | str) -> Iterator[str]:
+    """The records of a trace file as JSON lines (`scsi-target trace --json`)."""
+    for rec in read(path):
+        yield json.dumps(rec, separators=(",", ":"))
 
 
 def render(rec: dict) -> str:
@@ -365,20 +533,15 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def summarize(path: Path | str) -> str:
     """Per-opcode summary of a trace file."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise TraceError(f"{path}: {exc.strerror}") from None
     per_op: dict[str, dict] = defaultdict(lambda: {"n": 0, "blocks": 0, "in": 0, "out": 0,
                                                    "status": Counter(), "sense": Counter(),
                                                    "us": []})
     first = last = None
     queued: list[int] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
+    number = 0
+    try:
+        for rec in read(path):
+            number += 1
             op = rec["op"]
             s = per_op[op]
             s["n"] += 1
@@ -392,10 +555,12 @@ def summarize(path: Path | str) -> str:
             if "queued" in rec:
                 queued.append(int(rec["queued"]))
             t = float(rec["t"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TraceError(f"{path}:{number}: not a trace record ({exc})") from None
-        first = t if first is None else min(first, t)
-        last = t if last is None else max(last, t)
+            first = t if first is None else min(first, t)
+            last = t if last is None else max(last, t)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, TraceError):
+            raise
+        raise TraceError(f"{path}: record {number}: not a trace record ({exc})") from None
     if not per_op:
         return f"{path}: no commands"
     w = max(24, *(len(op) for op in per_op))

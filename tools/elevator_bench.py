@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from target.testing.servers import OurTarget, ServerError
+from target.trace import read as read_trace
 
 POLICIES = ("fifo", "disksort")
 PERF_RE = re.compile(r"iops average (\d+)")
@@ -42,8 +43,7 @@ def seeks(trace: Path) -> dict:
     head = None
     total = 0
     lat: list[float] = []
-    for line in trace.read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_trace(trace):
         if rec.get("op") not in READS or "lba" not in rec or rec.get("status") != "GOOD":
             continue
         lba = int(rec["lba"])
@@ -64,7 +64,7 @@ def seeks(trace: Path) -> dict:
 
 
 def run_policy(policy: str, backing: Path, args: argparse.Namespace, workdir: Path) -> dict:
-    trace = workdir / f"trace-{policy}.jsonl"
+    trace = workdir / f"trace-{policy}.trace"
     extra = ["--backing", str(backing), "--rotational", "--dispatch-depth", "1",
              "--elevator", policy, "--trace", str(trace), *shlex.split(args.ours_args)]
     with OurTarget(extra, workdir=workdir / policy) as server:

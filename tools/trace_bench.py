@@ -1,11 +1,12 @@
 """Micro-benchmark of the CDB trace: the CPU cost per record of Tracer.record and close().
 
 Rules:
-- Feeds N realistic completed tasks through one Tracer writing JSON lines to a file in a
-  temporary directory: 4 KiB READ(10) (Data-In of 4096 bytes) and WRITE(10) (Data-Out of
-  4096 bytes) at random LBAs, 512-byte blocks, half of them through the task set (a
-  `queued` count), and one in CHECK_EVERY ending in CHECK CONDITION (LOGICAL BLOCK ADDRESS
-  OUT OF RANGE, fixed sense), as target/shell/dispatch.py records them.
+- Feeds N realistic completed tasks through one Tracer writing its file in a temporary
+  directory (binary chunks; an old trace.py given by --module, JSON lines): 4 KiB
+  READ(10) (Data-In of 4096 bytes) and WRITE(10) (Data-Out of 4096 bytes) at random LBAs,
+  512-byte blocks, half of them through the task set (a `queued` count), and one in
+  CHECK_EVERY ending in CHECK CONDITION (LOGICAL BLOCK ADDRESS OUT OF RANGE, fixed
+  sense), as target/shell/dispatch.py records them.
 - Reports, per record, CPU time (not wall time: the machine is shared): `record` is the
   calling thread's CPU in record() (time.thread_time: the event loop's share), `close` the
   calling thread's CPU in close(), `total` the whole process's CPU from the first record to
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from target.scsi.disk import DISK_COMMANDS  # noqa: E402
 from target.scsi.sense import LBA_OUT_OF_RANGE, CheckCondition, SenseKey  # noqa: E402
 from target.scsi.task import Nexus, ScsiTask, Status, TaskAttr  # noqa: E402
+from target.trace import read as read_trace  # noqa: E402
 
 CHECK_EVERY = 64
 BLOCKS = 8  # 4 KiB of 512-byte blocks
@@ -81,7 +83,7 @@ def tasks(n: int) -> list[tuple[ScsiTask, int, int, int | None]]:
 
 def run(trace, work: list, directory: Path) -> tuple[float, float, float]:
     """ns per record: (record, close, total), CPU time."""
-    path = directory / "bench.jsonl"
+    path = directory / "bench.trace"
     path.unlink(missing_ok=True)
     tracer = trace.Tracer(path)
     record = tracer.record
@@ -93,9 +95,9 @@ def run(trace, work: list, directory: Path) -> tuple[float, float, float]:
     tracer.close()
     t2 = time.thread_time_ns()
     p1 = time.process_time_ns()
-    lines = path.read_text().count("\n")
-    if lines != len(work):
-        raise SystemExit(f"{path}: {lines} lines for {len(work)} records")
+    got = sum(1 for _ in read_trace(path))  # this tree's reader reads either format
+    if got != len(work):
+        raise SystemExit(f"{path}: {got} records read back for {len(work)} recorded")
     n = len(work)
     return (t1 - t0) / n, (t2 - t1) / n, (p1 - p0) / n
 

@@ -19,6 +19,7 @@ import pytest
 
 from qemu.illumos import dump_hbas
 from target.testing.plugin import Lun
+from target.trace import read as read_trace
 
 pytestmark = pytest.mark.guest
 
@@ -35,7 +36,7 @@ DUMPS = [(h.model, "reboot") for h in dump_hbas()] + [(dump_hbas()[0].model, "nm
 
 @pytest.mark.parametrize("hba,how", DUMPS)
 def test_illumos_crash_dump_onto_the_lun(scsi_target, illumos_guest, tmp_path, hba, how):
-    trace = tmp_path / "trace.jsonl"
+    trace = tmp_path / "trace.bin"
     target = scsi_target(LUN, args=["--trace", str(trace)])
     vm = illumos_guest(target, hba=hba)
     disk = vm.find_disk(LUN.vendor)
@@ -50,6 +51,5 @@ def test_illumos_crash_dump_onto_the_lun(scsi_target, illumos_guest, tmp_path, h
     assert found["os"] == "illumos" and found["details"]["complete"] is True
     assert PANICS[how] in found["panic"]
     target.server.stop()
-    writes = [json.loads(line) for line in trace.read_text().splitlines()
-              if '"WRITE(' in line]
+    writes = [r for r in read_trace(trace) if r["op"].startswith("WRITE(")]
     assert writes and all(w["status"] == "GOOD" for w in writes)

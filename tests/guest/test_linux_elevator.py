@@ -18,7 +18,6 @@ readers of 40 scattered 4 KiB reads each): disksort 101 of 325 READs, fifo 0 of 
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pytest
 
 from qemu.smoke import PATTERN_OFFSET, PATTERN_SIZE, check_backing, pattern
 from target.testing.plugin import Lun
+from target.trace import read as read_trace
 
 pytestmark = pytest.mark.guest
 
@@ -35,9 +35,9 @@ READERS = 8
 def reads(trace: Path) -> list[dict]:
     """The trace's records of READ commands (a block range, no Data-Out to wait for: a
     write whose data is still arriving is parked and may be passed under any policy,
-    taskset.py), in completion order (target.trace writes one line per completed
+    taskset.py), in completion order (target.trace writes one record per completed
     command)."""
-    records = [json.loads(line) for line in trace.read_text().splitlines() if line]
+    records = list(read_trace(trace))
     return [r for r in records
             if "lba" in r and r["op"].startswith("READ(") and r["status"] == "GOOD"]
 
@@ -60,7 +60,7 @@ def overtaken(records: list[dict]) -> int:
 def test_guest_on_a_seeking_depth1_lu(scsi_target, guest, policy, tmp_path):
     lun = Lun(size=64 << 20, vendor="STSEEK", product="ROTATIONAL",
               scheduler={"elevator": policy, "dispatch_depth": 1, "disk": {"rpm": 7200}})
-    trace = tmp_path / f"trace-{policy}.jsonl"
+    trace = tmp_path / f"trace-{policy}.trace"
     target = scsi_target(lun, args=("--trace", str(trace)))
     vm = guest(target, hba="virtio-scsi-pci", mode="scsi-block")
     assert vm.sysfs("device/vendor") == "STSEEK"

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 from guest_bench import FIO_VARIANT, Workload, checked_job, fio_command, parse_fio_json  # noqa: E402
 
+from target.trace import read as read_trace
+
 pytestmark = pytest.mark.guest
 
 LUN = Lun(size=256 << 20, vendor="STFIO", product="GUEST-FIO")
@@ -63,7 +65,7 @@ def fio_guest(tmp_path: Path, linux_image, scsi_target):
 
 
 def test_fio_randread_reaches_our_target(scsi_target, fio_guest, tmp_path):
-    trace = tmp_path / "trace.jsonl"
+    trace = tmp_path / "trace.bin"
     target = scsi_target(LUN, kind="ours", args=("--trace", str(trace)))
     vm = fio_guest(target)
     assert vm.sysfs("device/vendor") == LUN.vendor
@@ -79,7 +81,7 @@ def test_fio_randread_reaches_our_target(scsi_target, fio_guest, tmp_path):
     assert parse_fio_json(text)[0] == "fio-3.33"
     assert vm.poweroff() == 0
     target.server.stop()  # the tracer writes out what it holds at shutdown
-    records = [json.loads(line) for line in trace.read_text().splitlines() if line]
+    records = list(read_trace(trace))
     reads = [r for r in records if re.fullmatch(r"READ\((10|16)\)", r["op"])
              and r.get("blocks") == BLOCKS_PER_IO and r["status"] == "GOOD"]
     assert len(reads) >= kernel_reads, (

@@ -25,6 +25,7 @@ import pytest
 from qemu import kdump
 from target.dump import formats
 from target.testing.plugin import Lun
+from target.trace import read as read_trace
 
 pytestmark = [
     pytest.mark.guest,
@@ -53,8 +54,7 @@ def dump_bytes(backing: Path, seek_mib: int, length: int, out: Path) -> Path:
 
 def trace_writes_after(trace: Path, since: float) -> list[tuple[int, int]]:
     ranges = []
-    for line in trace.read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_trace(trace):
         if rec["t"] >= since and rec["op"].startswith("WRITE") and rec["status"] == "GOOD":
             ranges.append((rec["lba"], rec["lba"] + rec["blocks"]))
     return ranges
@@ -73,7 +73,7 @@ def covered(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("hba,how", [("virtio-scsi-pci", "sysrq"), ("megasas", "sysrq"),
                                      ("mptsas1068", "sysrq"), ("virtio-scsi-pci", "nmi")])
 def test_kdump_onto_the_lun(scsi_target, guest, tmp_path, hba, how, record_property):
-    trace = tmp_path / "trace.jsonl"
+    trace = tmp_path / "trace.bin"
     target = scsi_target(LUN, args=["--trace", str(trace)])
     vm = guest(target, hba=hba, mode="scsi-block", kdump=True,
                memory_mib=kdump.GUEST_MEMORY_MIB)

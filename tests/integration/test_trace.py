@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import sys
 import pytest
 
 from target.testing.servers import OurTarget
+from target.trace import read as read_trace
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not shutil.which("qemu-io"),
@@ -21,12 +21,12 @@ def test_trace_records_what_qemu_sent(tmp_path):
     READ at LBA 2048 for 128 blocks (512-byte blocks), the INQUIRY and READ CAPACITY of
     QEMU's probe, all GOOD; it is complete after SIGINT (flushed at shutdown), and
     `scsi-target trace` summarises it per opcode."""
-    trace = tmp_path / "t.jsonl"
+    trace = tmp_path / "t.trace"
     with OurTarget(["--size", "64M", "--trace", str(trace)], workdir=tmp_path) as t:
         subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 64k",
                         "-c", "read -P 0x5a 1M 64k", t.url], check=True, capture_output=True,
                        timeout=60)
-    recs = [json.loads(line) for line in trace.read_text().splitlines()]
+    recs = list(read_trace(trace))
     ops = {r["op"] for r in recs}
     assert {"INQUIRY", "READ CAPACITY(16)"} <= ops
     writes = [r for r in recs if r["op"].startswith("WRITE(") and r.get("lba") == 2048]

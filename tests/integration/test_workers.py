@@ -23,6 +23,7 @@ import pytest
 
 from target.shell.initiator import Initiator
 from target.testing.servers import HOST, OurTarget, find_program
+from target.trace import read as read_trace
 
 pytestmark = pytest.mark.integration
 
@@ -122,9 +123,9 @@ def test_each_target_in_its_worker(tmp_path):
 def test_fault_and_trace_across_workers(tmp_path):
     """A fault rule added through the portal reaches the worker of its target (MEDIUM ERROR
     03/11/00 for one READ, SBC-4 4.18 / SPC-4 4.5.6: qemu-io sees an I/O error); its hit
-    is counted in `fault list`; both workers append to the one trace, whole lines."""
+    is counted in `fault list`; both workers append to the one trace, whole chunks."""
     control = tmp_path / "ctl.sock"
-    trace = tmp_path / "trace.jsonl"
+    trace = tmp_path / "trace.bin"
     server = OurTarget(["--workers", "2", "--control", str(control), "--trace", str(trace)],
                        config=config(tmp_path), workdir=tmp_path, iqn=IQNS[0])
     with server:
@@ -140,7 +141,7 @@ def test_fault_and_trace_across_workers(tmp_path):
         listed = cli("fault", "list", "--control", str(control))
         assert listed.returncode == 0
         assert re.search(r"\bid=1 .*\bhits=1\b", listed.stdout), listed.stdout
-    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    records = list(read_trace(trace))
     reads = [r for r in records if r["op"] == "READ(10)" and r["cdb"][4:12] == "00000000"]
     # The three qemu-io connections (three targets, two workers), one READ of LBA 0 each at
     # least; the one on the faulted target ended in CHECK CONDITION, MEDIUM ERROR.

@@ -232,7 +232,7 @@ class Shell:
     """A SCSI device with its LUs' Dispatchers on a FakeLoop; `workers` run the medium
     access of every LU (offloaded, whatever its store, unless inline_luns names it)."""
 
-    def __init__(self, lus, *, inline_luns=()) -> None:
+    def __init__(self, lus, *, inline_luns=(), tracer=None) -> None:
         self.loop = FakeLoop()
         self.workers = FakeWorkers()
         self.device = ScsiDevice("iqn.2026-12.local.test:t", lus)
@@ -242,9 +242,9 @@ class Shell:
         for lu in lus:
             if lu.lun in inline_luns:
                 lu.io_threads = 0
-                self.dispatchers[lu] = Dispatcher(self.loop, lu)
+                self.dispatchers[lu] = Dispatcher(self.loop, lu, tracer)
             else:
-                self.dispatchers[lu] = Dispatcher(self.loop, lu, executor=self.workers)
+                self.dispatchers[lu] = Dispatcher(self.loop, lu, tracer, executor=self.workers)
 
     def initiator(self, number: int, **params) -> Initiator:
         return Initiator(self, number, **params)

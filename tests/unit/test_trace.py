@@ -1,4 +1,5 @@
-"""The CDB trace: field decoding by CDB layout (SBC-4), records, the per-opcode summary."""
+"""The CDB trace: the fields of block CDBs by their layout (SBC-4) as a record gives
+them, a failed command's record, the per-opcode summary."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import struct
 
 import pytest
 
-from target.scsi import extent
+from target import trace
 from target.scsi.disk import DISK_COMMANDS
 from target.scsi.sense import LBA_OUT_OF_RANGE, CheckCondition, SenseKey
 from target.scsi.task import Nexus, ScsiTask, Status
-from target.trace import TraceError, Tracer, decode_cdb, summarize
+from target.trace import TraceError, Tracer, summarize
 
 pytestmark = pytest.mark.unit
 
@@ -20,11 +21,17 @@ NEXUS = Nexus("iqn.2026-11.local.test:host,i,0x1", "iqn.2026-11.local.test:t,t,0
               initiator_name="iqn.2026-11.local.test:host")
 
 
-def parsed(cdb: bytes):
-    """(entry, extent) as the LU's table looks the CDB up on arrival (CommandSet.parse)."""
+def traced(cdb: bytes, tmp_path) -> dict:
+    """The trace record of a command with this CDB, looked up as the LU's table does on
+    arrival (CommandSet.parse)."""
     task = ScsiTask(NEXUS, 0, cdb)
     DISK_COMMANDS.parse(task)
-    return task.command, extent.of_task(task)
+    path = tmp_path / "t.trace"
+    tracer = Tracer(path)
+    tracer.record("127.0.0.1:1", task, 0, 1_000)
+    tracer.close()
+    (rec,) = trace.read(path)
+    return rec
 
 
 @pytest.mark.parametrize("cdb,expected", [
@@ -39,17 +46,20 @@ def parsed(cdb: bytes):
     (struct.pack(">BBQxxxBBB", 0x89, 0, 5, 1, 0, 0),
      {"op": "COMPARE AND WRITE", "lba": 5, "blocks": 1}),
 ])
-def test_decode_block_commands(cdb, expected):
+def test_fields_of_block_commands(cdb, expected, tmp_path):
     """SBC-4 field positions: 6-byte (21-bit LBA, 0 = 256 blocks), 10, 12, 16-byte and
-    COMPARE AND WRITE's one-byte NUMBER OF LOGICAL BLOCKS."""
-    got = decode_cdb(cdb, *parsed(cdb))
+    COMPARE AND WRITE's one-byte NUMBER OF LOGICAL BLOCKS; flags only when set."""
+    got = traced(cdb, tmp_path)
     assert {k: got[k] for k in expected} == expected
+    assert ("flags" in got) == ("flags" in expected)
 
 
-def test_decode_unknown_opcode_and_service_action():
-    assert decode_cdb(bytes([0xC5]) + bytes(9)) == {"op": "opcode 0xC5"}
-    rc16 = struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0)
-    assert decode_cdb(rc16, *parsed(rc16)) == {"op": "READ CAPACITY(16)", "sa": 0x10}
+def test_unknown_opcode_and_service_action(tmp_path):
+    got = traced(bytes([0xC5]) + bytes(9), tmp_path)
+    assert got["op"] == "opcode 0xC5" and "sa" not in got and "lba" not in got
+    (tmp_path / "t.trace").unlink()
+    got = traced(struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0), tmp_path)
+    assert (got["op"], got["sa"]) == ("READ CAPACITY(16)", 0x10) and "lba" not in got
 
 
 def test_record_of_a_failed_command(tmp_path):
@@ -60,10 +70,10 @@ def test_record_of_a_failed_command(tmp_path):
     task.status = Status.CHECK_CONDITION
     task.sense = CheckCondition(SenseKey.ILLEGAL_REQUEST, LBA_OUT_OF_RANGE).sense(False)
     live = io.StringIO()
-    tracer = Tracer(tmp_path / "t.jsonl", live)
+    tracer = Tracer(tmp_path / "t.trace", live)
     tracer.record("127.0.0.1:1", task, 1_000_000, 1_250_000)
     tracer.close()
-    rec = json.loads((tmp_path / "t.jsonl").read_text())
+    (rec,) = trace.read(tmp_path / "t.trace")
     assert rec["op"] == "READ(10)" and rec["lba"] == 99999 and rec["tag"] == 7
     assert rec["status"] == "CHECK CONDITION" and rec["sense_key"] == "ILLEGAL REQUEST"
     assert rec["asc"] == "21/00" and rec["asc_name"] == "LOGICAL BLOCK ADDRESS OUT OF RANGE"
@@ -89,9 +99,19 @@ def test_summary_per_opcode(tmp_path):
 
 
 def test_summary_of_a_malformed_trace(tmp_path):
+    """A record with fields missing, a line that is not JSON, bytes that are neither JSON
+    lines nor chunks, a missing file: each a TraceError that says where."""
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"op": "READ(10)"}\nnot json\n')
-    with pytest.raises(TraceError, match=r"bad.jsonl:1: not a trace record"):
+    path.write_text('{"op": "READ(10)"}\n')
+    with pytest.raises(TraceError, match=r"bad.jsonl: record 1: not a trace record"):
+        summarize(path)
+    good = json.dumps({"t": 1.0, "op": "READ(10)", "status": "GOOD", "in": 0, "out": 0,
+                       "us": 1.0})
+    path.write_text(good + "\nnot json\n")
+    with pytest.raises(TraceError, match=r"bad.jsonl:2: not a trace record"):
+        summarize(path)
+    path.write_bytes(b"garbage, not a trace at all")
+    with pytest.raises(TraceError, match=r"bad.jsonl: byte 0: not a trace chunk"):
         summarize(path)
     with pytest.raises(TraceError, match="absent"):
         summarize(tmp_path / "absent.jsonl")

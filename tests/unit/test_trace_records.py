@@ -1,12 +1,14 @@
-"""The trace's batch encoder against the record fields target/trace.py's header defines.
+"""The trace's records against the RECORD FIELDS target/trace.py's header defines.
 
 The expected records are written here by hand from those rules (the names of SAM-5 table
 38 statuses and RFC 7143 11.3.1.1 attributes, the SBC-4 CDB fields, SPC-4 sense keys and
 ASC/ASCQ, Data-In only for GOOD/CONDITION MET and at most the Expected Data Transfer
-Length), in the key order of today's json.dumps of the record dict: the encoder's lines
-must json.loads to exactly these. Also: records reach the file while the tracer runs (a
-time-based flush, issue 16 item 4), and a write error turns the tracer off with one
-warning and never raises into the caller.
+Length), in the key order the header gives: what trace.read() gives back from the file,
+and what `scsi-target trace --json` prints, must be exactly these. The file's layout is
+checked byte by byte against the header's table (struct formats written here, not
+imported). Also: records reach the file while the tracer runs (a time-based flush, issue
+16 item 4), a write error turns the tracer off with one warning and never raises into the
+caller, and a file that is not a binary trace is refused, not appended to.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import io
 import json
 import logging
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -164,7 +168,7 @@ def cases() -> list[tuple[ScsiTask, str, int, int | None, dict]]:
 
 
 def test_lines_are_the_records_of_the_field_rules(tmp_path: Path):
-    path = tmp_path / "t.jsonl"
+    path = tmp_path / "t.trace"
     live = io.StringIO()
     tracer = Tracer(path, live)
     work = cases()
@@ -174,14 +178,19 @@ def test_lines_are_the_records_of_the_field_rules(tmp_path: Path):
         end = time.perf_counter_ns()  # the dispatcher's clock (target/shell/dispatch.py)
         tracer.record(peer, t, end - latency, end, queued)
     tracer.close()
-    lines = path.read_bytes().decode("ascii").splitlines()  # json.dumps escapes to ASCII
-    assert len(lines) == len(work)
-    for line, wall, (_, _, _, _, expected) in zip(lines, walls, work, strict=True):
-        rec = json.loads(line)
+    recs = list(trace.read(path))
+    assert len(recs) == len(work)
+    for rec, wall, (_, _, _, _, expected) in zip(recs, walls, work, strict=True):
         t = rec.pop("t")
         assert wall - 0.01 <= t <= time.time() and round(t, 6) == t  # microseconds
         assert rec == expected
-        assert list(rec) == list(expected)  # and json.dumps's key order of the old dict
+        assert list(rec) == list(expected)  # and the header's key order
+    # `scsi-target trace --json`: the same records, one JSON line each.
+    out = subprocess.run([sys.executable, "-m", "target", "trace", "--json", str(path)],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    lines = out.splitlines()
+    assert [{k: v for k, v in json.loads(line).items() if k != "t"} for line in lines] == [
+        expected for *_, expected in work]
     # --trace-live: the rendered line of each record.
     rendered = [render(json.loads(line)) for line in lines]
     assert live.getvalue().splitlines() == rendered
@@ -192,7 +201,7 @@ def test_unknown_opcodes_of_one_shape_keep_their_own_names(tmp_path: Path):
     """An opcode the table has no entry for is named by its code ("opcode 0xC0", trace.py's
     header), each its own: C0h, C1h and C2h (vendor specific, SPC-4 table 81) ending alike
     in INVALID COMMAND OPERATION CODE must not share the first one's name."""
-    path = tmp_path / "t.jsonl"
+    path = tmp_path / "t.trace"
     tracer = Tracer(path)
     sense = CheckCondition(SenseKey.ILLEGAL_REQUEST, invalid_opcode().code).sense(False)
     for tag in range(6):
@@ -201,7 +210,7 @@ def test_unknown_opcodes_of_one_shape_keep_their_own_names(tmp_path: Path):
         tracer.record(PEER, task(cdb, tag=tag, status=Status.CHECK_CONDITION, sense=sense),
                       end - 1000, end)
     tracer.close()
-    ops = [json.loads(line)["op"] for line in path.read_text().splitlines()]
+    ops = [rec["op"] for rec in trace.read(path)]
     assert ops == [f"opcode 0x{0xC0 + tag % 3:02X}" for tag in range(6)]
 
 
@@ -209,21 +218,22 @@ def test_t_is_the_wall_clock_time_of_the_completion(tmp_path: Path):
     """"t" is when the command completed (its end_ns, on time.perf_counter_ns's clock), as
     seconds since the epoch to the microsecond: here one that ended 50 ms after a whole
     second, so that the six decimals must keep their leading zeros (.050000)."""
-    path = tmp_path / "t.jsonl"
+    path = tmp_path / "t.trace"
     tracer = Tracer(path)
     wall_ns, perf_ns = time.time_ns(), time.perf_counter_ns()
     when_ns = (wall_ns // 10**9 - 1) * 10**9 + 50_000_000
     end = perf_ns - (wall_ns - when_ns)
     tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
     tracer.close()
-    t = json.loads(path.read_bytes())["t"]
+    (rec,) = trace.read(path)
+    t = rec["t"]
     assert abs(t - when_ns / 1e9) < 0.005
 
 
 def test_records_reach_the_file_while_the_tracer_runs(tmp_path: Path):
     """Issue 16 item 4: `scsi-target trace FILE` on a running target sees its commands
     within about a second (a time-based flush, not only at close)."""
-    path = tmp_path / "t.jsonl"
+    path = tmp_path / "t.trace"
     tracer = Tracer(path)
     try:
         end = time.perf_counter_ns()
@@ -231,8 +241,8 @@ def test_records_reach_the_file_while_the_tracer_runs(tmp_path: Path):
         deadline = time.monotonic() + trace.FLUSH_INTERVAL + 1.0
         while time.monotonic() < deadline and not path.read_bytes():
             time.sleep(0.05)
-        lines = path.read_bytes().splitlines()
-        assert len(lines) == 1 and json.loads(lines[0])["op"] == "READ(10)"
+        recs = list(trace.read(path))
+        assert len(recs) == 1 and recs[0]["op"] == "READ(10)"
         assert "READ(10)" in trace.summarize(path)
     finally:
         tracer.close()
@@ -250,7 +260,7 @@ def test_a_write_error_turns_the_tracer_off_once(tmp_path: Path, caplog, where):
     if where == "file":
         tracer = Tracer(Path("/dev/full"))
     else:
-        tracer = Tracer(tmp_path / "t.jsonl", BrokenStream())
+        tracer = Tracer(tmp_path / "t.trace", BrokenStream())
     with caplog.at_level(logging.WARNING, logger="target.trace"):
         end = time.perf_counter_ns()
         tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
@@ -261,5 +271,122 @@ def test_a_write_error_turns_the_tracer_off_once(tmp_path: Path, caplog, where):
         for _ in range(3):
             tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), end - 1000, end)
         tracer.close()
+    warnings = [r for r in caplog.records if r.name == "target.trace"]
+    assert len(warnings) == 1 and "trace disabled" in warnings[0].getMessage()
+
+
+def test_the_file_is_the_layout_of_the_header(tmp_path: Path):
+    """One READ(10) through a task set, read back with struct formats written here from
+    the header's table (not trace.py's own): a chunk header, two definitions (the source,
+    the command) and one record, with the sense bytes after it."""
+    path = tmp_path / "t.trace"
+    tracer = Tracer(path)
+    sense = CheckCondition(SenseKey.ILLEGAL_REQUEST, LBA_OUT_OF_RANGE).sense(False)
+    cdb = rw10(0x28, 0x08, 99999, 1)[:10]  # READ(10) is ten bytes: six of padding
+    t = task(cdb, nexus=NAMED, lun=5, tag=0x1234, expected_in=512,
+             status=Status.CHECK_CONDITION, sense=sense)
+    before = time.time_ns() - time.perf_counter_ns()
+    tracer.record(PEER, t, 1_000, 251_000, 9)
+    tracer.close()
+    data = path.read_bytes()
+    magic, version, _writer, epoch, n_defs, n_recs = struct.unpack_from("<4sB3xQqII", data)
+    assert (magic, version) == (b"SCTR", 1)
+    assert abs(epoch - before) < 10**9
+    assert len(data) == 32 + n_defs + n_recs
+    defs, at = [], 32
+    while at < 32 + n_defs:
+        (n,) = struct.unpack_from("<I", data, at)
+        defs.append(json.loads(data[at + 4:at + 4 + n]))
+        at += 4 + n
+    assert defs == [{"source": 0, "initiator": NAME, "target": TARGET, "peer": PEER},
+                    {"command": 1, "op": "READ(10)", "sa": None,
+                     "flags": [[8, "FUA"], [16, "DPO"]]}]
+    fixed = "<IIQIBBqQQQQqqiHH16s"
+    assert struct.calcsize(fixed) == 102
+    assert n_recs == 102 + len(sense)
+    assert struct.unpack_from(fixed, data, at) == (
+        0, 1, 5, 0x1234, TaskAttr.SIMPLE, Status.CHECK_CONDITION, 99999, 1, 0, 512, 0,
+        1_000, 251_000, 9, 10, len(sense), cdb + bytes(6))
+    assert data[at + 102:] == sense
+
+
+def test_a_cdb_longer_than_16_bytes_and_no_block_range(tmp_path: Path):
+    """A 32-byte variable-length CDB (SPC-4 4.2.3, opcode 7Fh) keeps all its bytes: 16 in
+    the record, the rest after the sense; -1 for "no LBA" and for "not queued"."""
+    path = tmp_path / "t.trace"
+    tracer = Tracer(path)
+    cdb = bytes([0x7F, 0, 0, 0, 0, 0, 0, 0x18, 0x00, 0x09]) + bytes(range(22))
+    sense = invalid_opcode().sense(False)
+    tracer.record(PEER, task(cdb, tag=1, status=Status.CHECK_CONDITION, sense=sense),
+                  0, 1_000)
+    tracer.close()
+    (rec,) = trace.read(path)
+    assert rec["cdb"] == cdb.hex() and "lba" not in rec and "queued" not in rec
+    assert rec["asc"] == "20/00" and rec["us"] == 1.0
+
+
+def test_two_tracers_share_one_file(tmp_path: Path):
+    """Two workers append to one trace (O_APPEND), each numbering its own definitions:
+    the reader keeps them apart by writer."""
+    path = tmp_path / "t.trace"
+    a, b = Tracer(path), Tracer(path)
+    other = Nexus("iqn.2026-11.local.test:other,i,0x9", "iqn.2026-11.local.test:u,t,0x1",
+                  initiator_name="iqn.2026-11.local.test:other",
+                  target_name="iqn.2026-11.local.test:u")
+    a.record(PEER, task(rw10(0x28, 0, 1, 8), nexus=NAMED, tag=1), 0, 1_000)
+    b.record("127.0.0.1:40001", task(rw10(0x2A, 0, 2, 8), nexus=other, tag=2), 0, 1_000)
+    a.close()
+    b.record("127.0.0.1:40001", task(rw10(0x35, 0, 0, 0), nexus=other, tag=3), 0, 1_000)
+    b.close()
+    got = {(r["target"], r["tag"], r["op"]) for r in trace.read(path)}
+    assert got == {(TARGET, 1, "READ(10)"), ("iqn.2026-11.local.test:u", 2, "WRITE(10)"),
+                   ("iqn.2026-11.local.test:u", 3, "SYNCHRONIZE CACHE(10)")}
+
+
+def test_a_chunk_cut_short_is_left_out_and_garbage_is_named(tmp_path: Path):
+    """A chunk still being written at the end of the file is not read (Reader.truncated);
+    bytes that are not a chunk are a TraceError naming where they are."""
+    path = tmp_path / "t.trace"
+    tracer = Tracer(path)
+    tracer.record(PEER, task(rw10(0x28, 0, 1, 8)), 0, 1_000)
+    tracer.close()
+    whole = path.read_bytes()
+    reader = trace.Reader()
+    assert len(list(reader.records(whole + whole[:40]))) == 1 and reader.truncated
+    assert len(list(reader.records(whole + whole))) == 2 and not reader.truncated
+    with pytest.raises(trace.TraceError, match=f"byte {len(whole)}: not a trace chunk"):
+        list(reader.records(whole + b"X" * 40))
+    bad = bytearray(whole)
+    bad[len(bad) - 10] ^= 0xFF  # inside the record: a CDB byte, still a record
+    bad[32 + 4] = ord("[")  # the first definition is no longer JSON of a definition
+    with pytest.raises(trace.TraceError, match="byte 32: not a trace definition"):
+        list(trace.Reader().records(bytes(bad)))
+
+
+def test_a_file_that_is_not_a_binary_trace_is_refused(tmp_path: Path):
+    """An old JSON-lines trace is not appended to (it could not be read back): the error
+    names the file; read() and the summary still read JSON lines."""
+    path = tmp_path / "old.jsonl"
+    path.write_text('{"t": 1.5, "op": "READ(10)", "lun": 0, "status": "GOOD", "in": 512, '
+                    '"out": 0, "us": 3.0}\n')
+    with pytest.raises(trace.TraceError, match="old.jsonl: not a binary CDB trace"):
+        Tracer(path)
+    assert [r["op"] for r in trace.read(path)] == ["READ(10)"]
+    assert "READ(10)" in trace.summarize(path)
+    out = subprocess.run([sys.executable, "-m", "target", "serve", "--portal",
+                          "127.0.0.1:0", "--trace", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "not a binary CDB trace" in out.stderr
+
+
+def test_an_error_in_record_turns_the_tracer_off(tmp_path: Path, caplog):
+    """A value the layout cannot hold (a negative LUN, which no transport gives) is the
+    trace's own error: one warning, the tracer off, and record() does not raise."""
+    tracer = Tracer(tmp_path / "t.trace")
+    with caplog.at_level(logging.WARNING, logger="target.trace"):
+        tracer.record(PEER, task(rw10(0x28, 0, 0, 8), lun=-1), 0, 1_000)
+        tracer.record(PEER, task(rw10(0x28, 0, 0, 8)), 0, 1_000)
+        tracer.close()
+    assert not tracer.enabled
     warnings = [r for r in caplog.records if r.name == "target.trace"]
     assert len(warnings) == 1 and "trace disabled" in warnings[0].getMessage()
