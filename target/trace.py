@@ -21,8 +21,8 @@ Rules:
   bytes object of fixed layout (RECORD); its source (initiator, target, peer) and its
   table entry are numbers, each defined once by a definition item; nothing is decoded or
   formatted while the target runs. This is issue 14's "binary ring that the summary
-  decodes": a JSON line per command cost ~17k instructions (a tuple on the loop, then the
-  writer thread's encoding, which holds the GIL), a packed record ~6k in all (callgrind,
+  decodes": a JSON line per command cost ~16k instructions (a tuple on the loop, then the
+  writer thread's encoding, which holds the GIL), a packed record ~5k in all (callgrind,
   docs/COST.md).
 - A writer thread writes what record() kept every FLUSH_INTERVAL seconds (and at close),
   so a running target's trace is at most that old: one chunk per write(), to a file opened
