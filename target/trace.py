@@ -37,7 +37,7 @@ Rules:
     definition  u32 length, then a JSON object: {"source": n, "initiator", "target",
                 "peer"} or {"command": n, "op" (null: no table entry, named by its opcode),
                 "sa" (or null), "flags" ([[bit, name], ...] of CDB byte 1, null for an
-                entry with no block layout)}.
+                entry with no block layout)}, or {"dropped": n}.
     RECORD      source u32, command u32, LUN u64, tag u32, attribute u8, status u8, LBA
                 i64 (-1: no block range), blocks u64, Data-In bytes u64, Expected Data
                 Transfer Length u64, Data-Out bytes u64, start i64 and end i64
@@ -60,6 +60,10 @@ Rules:
   CONDITION MET only, at most the Expected Data Transfer Length), "out", "us" the latency
   in microseconds to a tenth (rounded half up), and "queued" when it went through a task
   set.
+- Bounded: at most MAX_PENDING records wait for the writer (a file on a stalled disk);
+  beyond, record() drops them, counts them (one warning), and the next chunk carries the
+  count in a definition {"dropped": n} (the writer's total so far); Reader.dropped and
+  the summary report it.
 - Write errors (file or live stream): one warning, the tracer turns itself off and drops
   what it held; it never fails I/O. So does any error in record() or the writer.
 - `summarize()` reads a trace back and reports per opcode: count, blocks, bytes, status
@@ -88,6 +92,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.5  # seconds between the writer's batches: records reach the file by then
 CHUNK_RECORDS = 4096  # records written at a time (one chunk, one write())
 MAX_DEFINED = 4096  # sources and table entries kept numbered; then numbered afresh
+MAX_PENDING = 1 << 18  # records held for the writer (~40 MiB); beyond: dropped, counted
 
 MAGIC = b"SCTR"
 VERSION = 1
@@ -183,6 +188,8 @@ class Tracer:
         self._next = 0  # the next definition number
         self._live_reader = Reader("live trace") if live is not None else None
         self.enabled = True
+        self.dropped = 0  # records not kept: the writer had MAX_PENDING waiting
+        self._dropped_written = 0
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._run, name="trace-writer", daemon=True)
         self._writer.start()
@@ -193,6 +200,9 @@ class Tracer:
         `queued`: tasks left in its LU's task set as it completed, for one that went
         through it). Buffers and lengths are measured now: the task is not kept."""
         if self.enabled:
+            if len(self._raw) >= MAX_PENDING:
+                self._drop()
+                return
             try:
                 source = self._sources.get(peer)
                 if source is None or source[0] is not task.nexus:
@@ -225,6 +235,13 @@ class Tracer:
                 self._append(rec)
             except Exception as exc:  # noqa: BLE001 - the trace never fails I/O
                 self._fail(exc)
+
+    def _drop(self) -> None:
+        """The writer is behind by MAX_PENDING records (a stalled file): count, warn once."""
+        if not self.dropped:
+            log.warning("trace: %d records wait for the writer; dropping (and counting) "
+                        "the next ones until it catches up", MAX_PENDING)
+        self.dropped += 1
 
     def _define_source(self, peer: str, nexus) -> tuple:
         if len(self._sources) >= MAX_DEFINED:
@@ -276,10 +293,16 @@ class Tracer:
         tracer is off."""
         raw, defs = self._raw, self._defs
         pop, pop_def = raw.popleft, defs.popleft
-        while self.enabled and (raw or defs):
+        while self.enabled and (raw or defs or self.dropped != self._dropped_written):
             records = b"".join([pop() for _ in range(min(len(raw), CHUNK_RECORDS))])
             # After the records: every definition they name was queued before them.
-            definitions = b"".join([pop_def() for _ in range(len(defs))])
+            items = [pop_def() for _ in range(len(defs))]
+            dropped = self.dropped
+            if dropped != self._dropped_written:
+                self._dropped_written = dropped
+                text = json.dumps({"dropped": dropped}).encode("ascii")
+                items.append(_DEFINITION.pack(len(text)) + text)
+            definitions = b"".join(items)
             epoch = time.time_ns() - time.perf_counter_ns()
             chunk = b"".join((CHUNK.pack(MAGIC, VERSION, self._writer_id, epoch,
                                          len(definitions), len(records)),
@@ -320,7 +343,8 @@ class Tracer:
         if self._writer.is_alive():
             self._stop.set()
             self._writer.join()
-        if self._raw or self._defs:  # the writer thread ended early
+        if self._raw or self._defs or self.dropped != self._dropped_written:
+            # (the writer thread ended early)
             self._drain()
         self.enabled = False
         if self._file is not None:
@@ -365,6 +389,12 @@ class Reader:
         self.name = name
         self._defs: dict[int, dict[int, dict]] = {}  # writer -> number -> definition
         self.truncated = False  # the last chunk was cut short (still being written?)
+        self._dropped: dict[int, int] = {}  # writer -> records it dropped (its last count)
+
+    @property
+    def dropped(self) -> int:
+        """Records the writers of what was read counted as dropped (MAX_PENDING)."""
+        return sum(self._dropped.values())
 
     def feed(self, chunk: bytes) -> list[dict]:
         return list(self.records(chunk))
@@ -389,13 +419,17 @@ class Reader:
                 self.truncated = True
                 return
             defs = self._defs.setdefault(writer, {})
-            self._definitions(view[body:body + n_defs], defs, body)
+            dropped = self._definitions(view[body:body + n_defs], defs, body)
+            if dropped is not None:
+                self._dropped[writer] = dropped
             yield from self._records(view[body + n_defs:body + n_defs + n_recs], defs,
                                      epoch, body + n_defs)
             at = body + n_defs + n_recs
 
-    def _definitions(self, view: memoryview, defs: dict, base: int) -> None:
+    def _definitions(self, view: memoryview, defs: dict, base: int) -> int | None:
+        """Read a chunk's definitions into defs; the writer's dropped count, if given."""
         at = 0
+        dropped = None
         while at < len(view):
             if len(view) - at < _DEFINITION.size:
                 raise TraceError(f"{self.name}: byte {base + at}: definition cut short")
@@ -405,6 +439,12 @@ class Reader:
                 raise TraceError(f"{self.name}: byte {base + at}: definition cut short")
             try:
                 item = json.loads(bytes(text))
+                if "dropped" in item:
+                    dropped = item["dropped"]
+                    if not isinstance(dropped, int):
+                        raise TypeError("the dropped count is not an integer")
+                    at += _DEFINITION.size + n
+                    continue
                 if "source" in item:
                     number = item["source"]
                     item = {"initiator": str(item["initiator"]),
@@ -424,6 +464,7 @@ class Reader:
                                  f"({exc})") from None
             defs[number] = item
             at += _DEFINITION.size + n
+        return dropped
 
     def _records(self, view: memoryview, defs: dict, epoch: int,
                  base: int) -> Iterator[dict]:
@@ -474,9 +515,10 @@ class Reader:
             yield rec
 
 
-def read(path: Path | str) -> Iterator[dict]:
-    """The records of a trace file, as dicts (RECORD FIELDS); a JSON-lines trace (the
-    format before the binary one) is read line by line."""
+def read(path: Path | str, reader: Reader | None = None) -> Iterator[dict]:
+    """The records of a trace file, as dicts (RECORD FIELDS), decoded by `reader` (then
+    its .dropped and .truncated tell the rest); a JSON-lines trace (the format before the
+    binary one) is read line by line."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -492,13 +534,7 @@ def read(path: Path | str) -> Iterator[dict]:
                     raise TraceError(f"{path}:{number}: not a trace record")
                 yield rec
         return
-    yield from Reader(str(path)).records(data)
-
-
-def json_lines(path: Path | str) -> Iterator[str]:
-    """The records of a trace file as JSON lines (`scsi-target trace --json`)."""
-    for rec in read(path):
-        yield json.dumps(rec, separators=(",", ":"))
+    yield from (reader or Reader(str(path))).records(data)
 
 
 def render(rec: dict) -> str:
@@ -539,8 +575,9 @@ def summarize(path: Path | str) -> str:
     first = last = None
     queued: list[int] = []
     number = 0
+    reader = Reader(str(path))
     try:
-        for rec in read(path):
+        for rec in read(path, reader):
             number += 1
             op = rec["op"]
             s = per_op[op]
@@ -561,8 +598,10 @@ def summarize(path: Path | str) -> str:
         if isinstance(exc, TraceError):
             raise
         raise TraceError(f"{path}: record {number}: not a trace record ({exc})") from None
+    lost = (f"{reader.dropped} records dropped: the trace's writer fell behind by "
+            f"{MAX_PENDING} (the file's disk was slow or stalled)" if reader.dropped else "")
     if not per_op:
-        return f"{path}: no commands"
+        return f"{path}: no commands" + (f"\n{lost}" if lost else "")
     w = max(24, *(len(op) for op in per_op))
     rows = [f"{'command':<{w}} {'count':>7} {'blocks':>9} {'MiB in':>8} {'MiB out':>8} "
             f"{'mean us':>8} {'p50':>7} {'p99':>7} {'max':>8}  status"]
@@ -581,4 +620,6 @@ def summarize(path: Path | str) -> str:
         rows.append(f"task set: {len(queued)} commands went through the queue; tasks left "
                     f"queued at completion: mean {sum(queued) / len(queued):.1f}, "
                     f"max {max(queued)}")
+    if lost:
+        rows.append(lost)
     return "\n".join(rows)

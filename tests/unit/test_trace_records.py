@@ -390,3 +390,23 @@ def test_an_error_in_record_turns_the_tracer_off(tmp_path: Path, caplog):
     assert not tracer.enabled
     warnings = [r for r in caplog.records if r.name == "target.trace"]
     assert len(warnings) == 1 and "trace disabled" in warnings[0].getMessage()
+
+
+def test_records_beyond_the_bound_are_dropped_and_counted(tmp_path: Path, monkeypatch,
+                                                          caplog):
+    """A writer that falls behind (here: stopped, with a bound of 3 records) holds no more
+    than MAX_PENDING: the rest are counted, one warning, and the count reaches the file
+    and the summary."""
+    monkeypatch.setattr(trace, "MAX_PENDING", 3)
+    path = tmp_path / "t.trace"
+    tracer = Tracer(path, interval=3600)  # the writer waits an hour: nothing is drained
+    with caplog.at_level(logging.WARNING, logger="target.trace"):
+        for tag in range(10):
+            tracer.record(PEER, task(rw10(0x28, 0, tag, 8), tag=tag), 0, 1_000)
+        assert tracer.dropped == 7
+        tracer.close()
+    assert len([r for r in caplog.records if "dropping" in r.getMessage()]) == 1
+    reader = trace.Reader()
+    assert [r["tag"] for r in trace.read(path, reader)] == [0, 1, 2]
+    assert reader.dropped == 7
+    assert "7 records dropped" in trace.summarize(path)
