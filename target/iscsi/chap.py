@@ -280,6 +280,7 @@ class InitiatorChap:
     target_user: str = ""
     target_secret: bytes = b""
     algorithms: str = "7,8,6,5"
+    auth_method: str = "CHAP"  # the AuthMethod list we offer
 
     def __repr__(self) -> str:
         return f"InitiatorChap(user={self.user!r}, algorithms={self.algorithms!r}, ...)"
