@@ -61,6 +61,7 @@ _STATUS_OPCODES = frozenset({Op.SCSI_RESPONSE, Op.NOP_IN, Op.TASK_MGMT_RESPONSE,
                              Op.LOGOUT_RESPONSE, Op.TEXT_RESPONSE, Op.REJECT, Op.LOGIN_RESPONSE})
 _SENSE_LENGTH = struct.Struct(">H")
 _FULL_FEATURE = 3  # the NSG/CSG code of the full feature phase (11.12.3)
+_LOGIN_MAX_DATA = 8192  # MaxRecvDataSegmentLength during login (13.12)
 
 
 class InitiatorError(Exception):
@@ -176,6 +177,7 @@ class _Login:
     identifier: int = 0  # ours, for mutual CHAP
     challenge: bytes = b""
     sent: dict[str, str] = field(default_factory=dict)  # our last CHAP keys
+    pending: bytes = b""  # the rest of a text longer than one PDU (C=1 pieces)
 
 
 @dataclass(eq=False)
@@ -272,7 +274,13 @@ class InitiatorConnection:
         return itt
 
     def _login_request(self, itt: int, login: _Login, text: bytes = b"") -> None:
-        self.send_pdu(pdu.login_request(flags=login.flags, dsl=len(text), isid=login.isid,
+        """A Login Request; a text over 8192 bytes (the login-phase
+        MaxRecvDataSegmentLength, 13.12) goes in pieces with C=1 and T=0 (11.12.2)."""
+        flags = login.flags
+        if len(text) > _LOGIN_MAX_DATA:
+            text, login.pending = text[:_LOGIN_MAX_DATA], text[_LOGIN_MAX_DATA:]
+            flags = pdu.F_CONTINUE | flags & 0x0C
+        self.send_pdu(pdu.login_request(flags=flags, dsl=len(text), isid=login.isid,
                                         tsih=login.tsih, itt=itt, cmdsn=self.cmdsn,
                                         exp_statsn=self.exp_stat_sn), text)
 
@@ -511,6 +519,10 @@ class InitiatorConnection:
         if status:
             self.forget(itt)
             self._events.append(LoginFailed(itt, status))
+            return
+        if login.pending:  # the target took a C=1 piece: the next one
+            text, login.pending = login.pending, b""
+            self._login_request(itt, login, text)
             return
         pairs = _pairs(bytes(data)) if data is not None else []
         login.keys.update(pairs)
