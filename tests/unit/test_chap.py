@@ -446,3 +446,28 @@ mutual_secret = "initiator-secret-1"
 ''')
     with pytest.raises(cfgmod.ConfigError, match="MUST NOT"):
         cfgmod.load(cfg)
+
+
+def test_chap_a_with_auth_method_in_one_request():
+    """CHAP_A in the request that offers AuthMethod=CHAP is taken there (12.1.3)."""
+    login = Login(make_portal())
+    step, r = send(login, fl(True, SEC, OPER), IDENTITY + [("AuthMethod", "CHAP"),
+                                                         ("CHAP_A", "8,5")])
+    assert r.status == (0, 0) and not r.t, step.message
+    assert r.pairs["AuthMethod"] == "CHAP" and r.pairs["CHAP_A"] == "8"
+    step, r = send(login, fl(True, SEC, FFP), answer(r.pairs))  # straight to FFP (6.3)
+    assert step.outcome == "complete" and r.status == (0, 0), step.message
+
+
+def test_new_connection_of_a_session_needs_chap_too():
+    """A login with the TSIH of an existing session still authenticates (6.3, 12)."""
+    portal = make_portal(mutual=False)
+    login = Login(portal)
+    got = challenge(login)
+    step, _ = send(login, fl(True, SEC, FFP), answer(got))
+    assert step.outcome == "complete"
+    tsih = step.session.params.tsih
+    again = Login(portal)
+    step = again.receive(*request(fl(True, SEC, OPER), IDENTITY + [("AuthMethod", "None")],
+                                  tsih=tsih))
+    assert Response(step.pdus[0]).status == (2, 1)
