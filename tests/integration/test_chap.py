@@ -158,8 +158,11 @@ def test_libiscsi_wrong_secret_and_no_chap_refused(server):
 def test_libiscsi_discovery_chap(server):
     p = libiscsi("iscsi-ls", f"iscsi://{DUSER}%{DSECRET}@127.0.0.1:{server.port}")
     assert p.returncode == 0 and IQN in p.stdout and OPEN in p.stdout, p.stderr
-    p = libiscsi("iscsi-ls", f"iscsi://127.0.0.1:{server.port}")
-    assert p.returncode != 0, p.stdout
+    # none, a wrong secret, and a target's credentials (not discovery's)
+    for auth in ("", f"{DUSER}%wrong-secret-99@", f"{USER}%{SECRET}@"):
+        p = libiscsi("iscsi-ls", f"iscsi://{auth}127.0.0.1:{server.port}")
+        assert p.returncode != 0 and "Authentication failure" in p.stderr, p.stdout
+        assert IQN not in p.stdout
 
 
 @needs_libiscsi
