@@ -38,6 +38,8 @@ import secrets
 from dataclasses import dataclass
 from enum import Enum
 
+from target.iscsi.keys import parse_number
+
 MAX_BINARY = 1024  # RFC 7143 12.1.3: CHAP_C and CHAP_R binary length
 MAX_TEXT = 8192  # RFC 7143 6.1 / 12.1.3: a large binary value's text (keys.py)
 MIN_CHALLENGE = 16
@@ -103,8 +105,6 @@ def encode_base64(data: bytes) -> str:
 
 def parse_identifier(value: str) -> int:
     """CHAP_I: a number 0..255 (12.1.3), decimal or 0x hex; raises BinaryValueError."""
-    from target.iscsi.keys import parse_number
-
     n = parse_number(value)
     if n is None or n > 255:
         raise BinaryValueError("not a number 0..255")
