@@ -15,7 +15,8 @@ Rules:
   PATH is relative to the config file). A target with CHAP requires it. A secret is its
   UTF-8 bytes, 12 to 255 of them: RFC 7143 9.2.1 says an implementation SHOULD NOT send
   a CHAP response unless the secret is at least 96 bits or IPsec protects the
-  connection, and this target has no IPsec, so shorter secrets are refused. A secret
+  connection (Microsoft's SetIScsiInitiatorCHAPSharedSecret documents the same 12-byte
+  minimum without IPsec), and this target has no IPsec: shorter secrets are refused. A secret
   for initiators is never also a target's mutual_secret (9.2.1: MUST NOT). A file that
   holds a secret (the config itself, or a secrets file) must not be readable by group
   or others (mode & 0o077 == 0), or loading fails naming the file.

@@ -10,9 +10,10 @@ Rules:
   Each value is a whole decimal number: "56" is 56, not 5 followed by junk.
 - Binary values (6.1, binary-value): "0x"/"0X" then hex digits (an odd count gets an
   implied leading zero), or "0b"/"0B" then base64 with its padding. CHAP_C and CHAP_R
-  decode to 1..1024 bytes (12.1.3: their binary length MUST NOT exceed 1024 bytes; LIO
-  enforces the same, iscsi_target_auth.c chap_server_compute_hash); a text value over
-  8192 bytes (keys.MAX_LARGE_VALUE_LEN) is refused before decoding.
+  decode to 1..1024 bytes (12.1.3, from RFC 3720 11.1.4: "their binary length ... MUST
+  not exceed 1024 bytes", as quoted by LIO's commit e4fae2318b5d, which enforces it in
+  iscsi_target_auth.c chap_server_compute_md5); a text value over 8192 bytes
+  (keys.MAX_LARGE_VALUE_LEN) is refused before decoding.
 - Our challenges are at least 16 random bytes from `secrets` (RFC 1994 2.3: the
   challenge is unique and unpredictable), as long as the digest when that is longer;
   the identifier comes from an Identifiers source, a fresh one for every challenge.
