@@ -4,6 +4,8 @@ Rules:
 - Every store is opened before anything listens, so a missing image or a bad size is
   reported (naming the LUN and the path) before a single initiator can connect.
 - close() flushes and closes every store; it is safe to call twice.
+- CHAP: a target's [target.chap] becomes its TargetEntry.chap, [discovery.chap] the
+  portal's discovery_chap (target.iscsi.chap.Credentials): those sessions require CHAP.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass, field
 
 from target.backing.base import Store
 from target.backing.memory import MemoryStore
-from target.config import Config, ConfigError, LunConfig, TargetConfig
+from target.config import ChapConfig, Config, ConfigError, LunConfig, TargetConfig
+from target.iscsi.chap import Credentials
 from target.iscsi.portal import Portal, TargetEntry
 from target.iscsi.session import SessionRegistry
 from target.scsi.device import ScsiDevice
@@ -88,6 +91,13 @@ def build_device(t: TargetConfig, source: str) -> ScsiDevice:
     return device
 
 
+def credentials(c: ChapConfig | None) -> Credentials | None:
+    """A [target.chap] / [discovery.chap] table as the login's CHAP credentials."""
+    if c is None:
+        return None
+    return Credentials(c.user, c.secret, c.mutual_user, c.mutual_secret)
+
+
 def build(config: Config) -> App:
     devices: list[ScsiDevice] = []
     try:
@@ -98,8 +108,10 @@ def build(config: Config) -> App:
             d.close()
         raise
     targets = {
-        t.iqn: TargetEntry(t.iqn, d, alias=t.alias, tpgt=t.tpgt, initiators=t.initiators)
+        t.iqn: TargetEntry(t.iqn, d, alias=t.alias, tpgt=t.tpgt, initiators=t.initiators,
+                           chap=credentials(t.chap))
         for t, d in zip(config.targets, devices, strict=True)
     }
-    portal = Portal(targets=targets, addresses=list(config.listen), registry=SessionRegistry())
+    portal = Portal(targets=targets, addresses=list(config.listen), registry=SessionRegistry(),
+                    discovery_chap=credentials(config.discovery_chap))
     return App(config, portal, devices)

@@ -8,6 +8,18 @@ Rules:
   512-byte blocks.
 - Sizes take K/M/G/T suffixes (powers of 1024) or plain bytes, and must be a whole
   number of blocks.
+- CHAP (RFC 7143 12.1.3): `[target.chap]` (that target's Normal sessions) and
+  `[discovery.chap]` (Discovery sessions) hold `user` and `secret` (the initiator's) and
+  optionally `mutual_user` and `mutual_secret` (the target's own, for mutual CHAP; both
+  or neither), or only `secrets_file = PATH`, a TOML file with those keys (a relative
+  PATH is relative to the config file). A target with CHAP requires it. A secret is its
+  UTF-8 bytes, 12 to 255 of them: RFC 7143 9.2.1 says an implementation SHOULD NOT send
+  a CHAP response unless the secret is at least 96 bits or IPsec protects the
+  connection (Microsoft's SetIScsiInitiatorCHAPSharedSecret documents the same 12-byte
+  minimum without IPsec), and this target has no IPsec: shorter secrets are refused. A secret
+  for initiators is never also a target's mutual_secret (9.2.1: MUST NOT). A file that
+  holds a secret (the config itself, or a secrets file) must not be readable by group
+  or others (mode & 0o077 == 0), or loading fails naming the file.
 
 Example:
 
@@ -62,12 +74,23 @@ Example:
     lba = "131072-140000"       # FROM-TO (TO exclusive)
     first = 3                   # or every = N, or once = true
     sense = "03/0C/00"          # KEY/ASC/ASCQ; default MEDIUM ERROR
+
+    [target.chap]               # optional: CHAP required for this target (the config
+    user = "guest"              # file must then be mode 0600; or secrets_file = PATH)
+    secret = "twelve+ bytes secret"
+    mutual_user = "disk1"       # optional: the target proves itself (mutual CHAP)
+    mutual_secret = "another 12+ bytes"
+
+    [discovery.chap]            # optional: CHAP required for discovery sessions
+    secrets_file = "/etc/scsi-target/discovery-chap.toml"   # mode 0600, same keys
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +106,9 @@ _IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:.+)?|eui\.[0-9A-Fa-
                   r"|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MIN_CHAP_SECRET = 12  # bytes: RFC 7143 9.2.1, 96 bits without IPsec (SHOULD)
+MAX_CHAP_SECRET = 255  # bytes
+MAX_CHAP_NAME = 255  # characters of CHAP_N
 
 
 class ConfigError(ValueError):
@@ -134,11 +160,28 @@ class LunConfig:
 
 
 @dataclass
+class ChapConfig:
+    """CHAP credentials (RFC 7143 12.1.3): the initiator's user and secret, and the
+    target's own mutual_user and mutual_secret for mutual CHAP. repr hides secrets."""
+
+    user: str
+    secret: bytes
+    mutual_user: str = ""
+    mutual_secret: bytes = b""
+    where: str = ""  # the table or secrets file it came from (for messages)
+    secrets_file: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ChapConfig(user={self.user!r}, mutual_user={self.mutual_user!r}, ...)"
+
+
+@dataclass
 class TargetConfig:
     iqn: str = DEFAULT_IQN
     alias: str = ""
     tpgt: int = 1
     initiators: list[str] | None = None
+    chap: ChapConfig | None = None
     luns: list[LunConfig] = field(default_factory=lambda: [
         LunConfig(size=DEFAULT_SIZE, serial=default_serial(DEFAULT_IQN, 0))])
 
@@ -150,7 +193,12 @@ class Config:
     nop_interval: float = 0.0  # seconds between NOP-In pings; 0 disables them
     busy_poll_us: float = 50.0  # target.shell.server's busy polling budget; 0 disables it
     faults: list = field(default_factory=list)  # target.faults.FaultRule, from [[fault]]
+    discovery_chap: ChapConfig | None = None  # [discovery.chap]
     source: str = "<embedded default>"
+
+    def chap_tables(self) -> list[ChapConfig]:
+        found = [t.chap for t in self.targets if t.chap is not None]
+        return found + ([self.discovery_chap] if self.discovery_chap else [])
 
 
 def parse_size(value: Any, where: str) -> int:
@@ -327,6 +375,67 @@ def _scheduler(table: dict, where: str, source: str) -> SchedulerConfig:
     return s
 
 
+def check_private(path: str | Path, what: str = "holds CHAP secrets") -> None:
+    """A file holding secrets must not be readable by group or others (mode & 0o077)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot stat: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{path}: {what} and is open to group or others (mode "
+                          f"{stat.S_IMODE(mode):04o}); chmod 600 {path}")
+
+
+def _chap_values(r: _Reader, where: str) -> ChapConfig:
+    def name(key: str) -> str:
+        value = r.get(key, str, "")
+        if len(value) > MAX_CHAP_NAME or not value.isprintable():
+            raise ConfigError(f"{r.path(key)}: at most {MAX_CHAP_NAME} printable characters")
+        return value
+
+    def secret(key: str) -> bytes:
+        value = r.get(key, str, "").encode()
+        if value and not MIN_CHAP_SECRET <= len(value) <= MAX_CHAP_SECRET:
+            raise ConfigError(f"{r.path(key)}: a CHAP secret of {len(value)} bytes; "
+                              f"{MIN_CHAP_SECRET} to {MAX_CHAP_SECRET} bytes are accepted "
+                              "(RFC 7143 9.2.1: at least 96 bits without IPsec, SHOULD)")
+        return value
+
+    c = ChapConfig(name("user"), secret("secret"), name("mutual_user"),
+                   secret("mutual_secret"), where=where)
+    if not c.user or not c.secret:
+        raise ConfigError(f"{r.path('user')}: CHAP needs both user and secret")
+    if bool(c.mutual_user) != bool(c.mutual_secret):
+        raise ConfigError(f"{r.path('mutual_user')}: mutual CHAP needs both mutual_user "
+                          "and mutual_secret")
+    if c.mutual_secret and c.mutual_secret == c.secret:
+        raise ConfigError(f"{r.path('mutual_secret')}: the same secret in both directions "
+                          "(RFC 7143 9.2.1: MUST NOT)")
+    r.done()
+    return c
+
+
+def _chap(table: dict, where: str, source: str) -> ChapConfig:
+    r = _Reader(table, where, source)
+    path = r.get("secrets_file", str, None)
+    if path is None:
+        return _chap_values(r, where)
+    r.done()
+    if not os.path.isabs(path) and not source.startswith("<"):
+        path = str(Path(source).parent / path)
+    check_private(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{r.path('secrets_file')}: {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    c = _chap_values(_Reader(data, "", path), path)
+    c.secrets_file = path
+    return c
+
+
 def _target(table: dict, where: str, source: str) -> TargetConfig:
     r = _Reader(table, where, source)
     t = TargetConfig()
@@ -346,6 +455,9 @@ def _target(table: dict, where: str, source: str) -> TargetConfig:
             if not isinstance(name, str) or not _IQN.match(name):
                 raise ConfigError(f"{r.path(f'initiators[{i}]')}: {name!r} is not an iSCSI name")
     t.initiators = initiators
+    chap = r.get("chap", dict, None)
+    if chap is not None:
+        t.chap = _chap(chap, f"{where}.chap", source)
     luns = r.get("lun", list, None)
     if not luns:
         raise ConfigError(f"{r.path('lun')}: a target needs at least one [[target.lun]]")
@@ -371,7 +483,10 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return from_dict(data, source)
+    cfg = from_dict(data, source)
+    if any(c.secrets_file is None for c in cfg.chap_tables()):
+        check_private(source, "holds a CHAP secret")
+    return cfg
 
 
 def from_dict(data: dict, source: str = "<config>") -> Config:
@@ -410,5 +525,18 @@ def from_dict(data: dict, source: str = "<config>") -> Config:
         names = [t.iqn for t in cfg.targets]
         if len(set(names)) != len(names):
             raise ConfigError(f"{source}: target: an iqn is used by two targets")
+    discovery = r.get("discovery", dict, None)
+    if discovery is not None:
+        dr = _Reader(discovery, "discovery", source)
+        chap = dr.get("chap", dict, None)
+        if chap is not None:
+            cfg.discovery_chap = _chap(chap, "discovery.chap", source)
+        dr.done()
     r.done()
+    tables = cfg.chap_tables()
+    initiator_secrets = {c.secret for c in tables}
+    for c in tables:
+        if c.mutual_secret in initiator_secrets:
+            raise ConfigError(f"{source}: {c.where}: mutual_secret is also a secret for "
+                              "initiators (RFC 7143 9.2.1: MUST NOT)")
     return cfg

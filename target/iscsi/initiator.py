@@ -18,6 +18,14 @@ Rules:
   security stage may be skipped when the target requires no authentication), offering
   ImmediateData=Yes and InitialR2T=Yes; what the target answers is what is used: header
   digests (13.1) start with the first PDU after the final Login Response.
+- With CHAP (login(chap=chap.InitiatorChap)), login starts in the security stage
+  (12.1.3): AuthMethod=CHAP, then CHAP_A with our list, then CHAP_N and CHAP_R (RFC 1994
+  4.1, chap.response) and, for mutual CHAP, our CHAP_I and a fresh CHAP_C of 16+ random
+  bytes; each request asks to move to stage 1 (T=1), which the target grants when it is
+  done. The target's CHAP_A must be one we offered, and its mutual CHAP_N and CHAP_R must
+  verify (and not be the response our own secret gives, RFC 7143 9.2.1), else the login
+  ends with InitiatorError. Then the operational keys go as without CHAP. `chap_hook`,
+  for tests, may rewrite our CHAP keys before they are sent (target's keys, ours -> ours).
 - Write data goes as immediate data up to FirstBurstLength and the target's
   MaxRecvDataSegmentLength (13.12, 13.14), then as Data-Out PDUs answering each R2T,
   which the object sends itself for the commands it tracks: DataSN from 0 per R2T, F on
@@ -37,10 +45,14 @@ Rules:
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from target.iscsi import chap as chapmod
 from target.iscsi import pdu
 from target.iscsi.pdu import BHS_LEN, DIGEST_LEN, RESERVED_TAG, Bhs, Op
 from target.scsi.task import encode_lun
@@ -49,6 +61,7 @@ _STATUS_OPCODES = frozenset({Op.SCSI_RESPONSE, Op.NOP_IN, Op.TASK_MGMT_RESPONSE,
                              Op.LOGOUT_RESPONSE, Op.TEXT_RESPONSE, Op.REJECT, Op.LOGIN_RESPONSE})
 _SENSE_LENGTH = struct.Struct(">H")
 _FULL_FEATURE = 3  # the NSG/CSG code of the full feature phase (11.12.3)
+_LOGIN_MAX_DATA = 8192  # MaxRecvDataSegmentLength during login (13.12)
 
 
 class InitiatorError(Exception):
@@ -147,12 +160,24 @@ class _Command:
     received: int = 0
 
 
+ChapHook = Callable[[dict[str, str], dict[str, str]], dict[str, str]]
+
+
 @dataclass(eq=False)
 class _Login:
     isid: int
     tsih: int
     flags: int
     keys: dict[str, str] = field(default_factory=dict)
+    chap: chapmod.InitiatorChap | None = None
+    chap_hook: ChapHook | None = None
+    phase: str = "operational"  # security stage: "method", "challenge", "response"
+    operational: bytes = b""  # the operational-stage text, sent after the security stage
+    algorithm: int = 0
+    identifier: int = 0  # ours, for mutual CHAP
+    challenge: bytes = b""
+    sent: dict[str, str] = field(default_factory=dict)  # our last CHAP keys
+    pending: bytes = b""  # the rest of a text longer than one PDU (C=1 pieces)
 
 
 @dataclass(eq=False)
@@ -218,8 +243,10 @@ class InitiatorConnection:
 
     def login(self, *, initiator_name: str, target_name: str, isid: int,
               session_type: str = "Normal", header_digest: bool = False,
-              params: dict[str, str] | None = None) -> int:
-        """The first Login Request, operational stage to full feature phase (6.3)."""
+              params: dict[str, str] | None = None, chap: chapmod.InitiatorChap | None = None,
+              chap_hook: ChapHook | None = None) -> int:
+        """The first Login Request: operational stage to full feature phase (6.3), or
+        with `chap` the security stage first (12.1.3)."""
         keys = {"InitiatorName": initiator_name, "SessionType": session_type,
                 "HeaderDigest": "CRC32C" if header_digest else "None",
                 "DataDigest": "None", "MaxRecvDataSegmentLength": "262144",
@@ -228,17 +255,32 @@ class InitiatorConnection:
                 "DefaultTime2Retain": "0", "ErrorRecoveryLevel": "0", **(params or {})}
         if session_type == "Normal":
             keys["TargetName"] = target_name
-        text = "".join(f"{k}={v}\0" for k, v in keys.items()).encode()
         itt = self.next_itt()
-        # T, CSG 1, NSG 3
-        login = _Login(isid, self.tsih, pdu.LOGIN_TRANSIT | 1 << 2 | _FULL_FEATURE)
+        if chap is None:
+            text = _text(keys)
+            # T, CSG 1, NSG 3
+            login = _Login(isid, self.tsih, pdu.LOGIN_TRANSIT | 1 << 2 | _FULL_FEATURE)
+        else:
+            first = {k: keys.pop(k) for k in ("InitiatorName", "SessionType", "TargetName")
+                     if k in keys}
+            first["AuthMethod"] = chap.auth_method
+            text = _text(first)
+            # T, CSG 0, NSG 1: the target answers T=0 until CHAP is done
+            login = _Login(isid, self.tsih, pdu.LOGIN_TRANSIT | 1, chap=chap,
+                           chap_hook=chap_hook, phase="method", operational=_text(keys))
         self._requests[itt] = login
         self._login_itt = itt
         self._login_request(itt, login, text)
         return itt
 
     def _login_request(self, itt: int, login: _Login, text: bytes = b"") -> None:
-        self.send_pdu(pdu.login_request(flags=login.flags, dsl=len(text), isid=login.isid,
+        """A Login Request; a text over 8192 bytes (the login-phase
+        MaxRecvDataSegmentLength, 13.12) goes in pieces with C=1 and T=0 (11.12.2)."""
+        flags = login.flags
+        if len(text) > _LOGIN_MAX_DATA:
+            text, login.pending = text[:_LOGIN_MAX_DATA], text[_LOGIN_MAX_DATA:]
+            flags = pdu.F_CONTINUE | flags & 0x0C
+        self.send_pdu(pdu.login_request(flags=flags, dsl=len(text), isid=login.isid,
                                         tsih=login.tsih, itt=itt, cmdsn=self.cmdsn,
                                         exp_statsn=self.exp_stat_sn), text)
 
@@ -478,8 +520,18 @@ class InitiatorConnection:
             self.forget(itt)
             self._events.append(LoginFailed(itt, status))
             return
-        if data is not None:
-            login.keys.update(_pairs(bytes(data)))
+        if login.pending:  # the target took a C=1 piece: the next one
+            text, login.pending = login.pending, b""
+            self._login_request(itt, login, text)
+            return
+        pairs = _pairs(bytes(data)) if data is not None else []
+        login.keys.update(pairs)
+        if login.phase != "operational":
+            if bhs.flags & pdu.F_CONTINUE:
+                self._login_request(itt, login)  # the rest of the target's text
+                return
+            self._security_response(bhs, dict(pairs), login, itt)
+            return
         if not (bhs.flags & pdu.LOGIN_TRANSIT and bhs.flags & 3 == _FULL_FEATURE):
             self._login_request(itt, login)  # the target is not done: go on (11.12.2)
             return
@@ -491,3 +543,83 @@ class InitiatorConnection:
         self.first_burst = int(answer.get("FirstBurstLength", "65536"))
         self.immediate_data = answer.get("ImmediateData", "Yes") == "Yes"
         self._events.append(LoginComplete(itt, answer))
+
+    def _security_response(self, bhs: Bhs, got: dict[str, str], login: _Login,
+                           itt: int) -> None:
+        """One Login Response of the security stage with CHAP (12.1.3)."""
+        chap = login.chap
+        assert chap is not None
+        transit = bool(bhs.flags & pdu.LOGIN_TRANSIT)
+        if login.phase == "method":
+            if got.get("AuthMethod") != "CHAP" or transit:
+                self._fail(f"the target answered AuthMethod={got.get('AuthMethod')} "
+                           f"{'and moved on ' if transit else ''}to our AuthMethod=CHAP")
+                return
+            login.phase = "challenge"
+            self._chap_send(itt, login, got, {"CHAP_A": chap.algorithms})
+            return
+        if login.phase == "challenge":
+            offered = chapmod.parse_algorithms(chap.algorithms)
+            try:
+                algorithm = int(got.get("CHAP_A", ""))
+                identifier = chapmod.parse_identifier(got.get("CHAP_I", ""))
+                challenge = chapmod.decode_binary(got.get("CHAP_C", ""))
+            except ValueError as exc:
+                self._fail(f"the target's CHAP_A/CHAP_I/CHAP_C: {exc or 'missing'}")
+                return
+            if algorithm not in offered or algorithm not in chapmod.ALGORITHMS:
+                self._fail(f"the target chose CHAP_A={algorithm}, not one we offered")
+                return
+            login.algorithm = algorithm
+            keys = {"CHAP_N": chap.user, "CHAP_R": chapmod.encode_hex(
+                chapmod.response(algorithm, identifier, chap.secret, challenge))}
+            if chap.mutual:
+                login.identifier = secrets.randbelow(256)
+                login.challenge = chapmod.new_challenge(algorithm)
+                keys["CHAP_I"] = str(login.identifier)
+                keys["CHAP_C"] = chapmod.encode_hex(login.challenge)
+            login.phase = "response"
+            self._chap_send(itt, login, got, keys)
+            return
+        # "response": the target moves to stage 1 when it has verified us
+        if not transit:
+            self._login_request(itt, login)
+            return
+        if chap.mutual and not self._target_verified(got, login, chap):
+            return
+        login.phase = "operational"
+        login.flags = pdu.LOGIN_TRANSIT | 1 << 2 | _FULL_FEATURE
+        self._login_request(itt, login, login.operational)
+
+    def _target_verified(self, got: dict[str, str], login: _Login,
+                         chap: chapmod.InitiatorChap) -> bool:
+        """Mutual CHAP: the target's CHAP_N and CHAP_R (12.1.3, RFC 7143 9.2.1)."""
+        try:
+            answer = chapmod.decode_binary(got.get("CHAP_R", ""))
+        except ValueError as exc:
+            self._fail(f"the target's CHAP_R: {exc}")
+            return False
+        ours = chapmod.response(login.algorithm, login.identifier, chap.secret,
+                                login.challenge)
+        expected = chapmod.response(login.algorithm, login.identifier, chap.target_secret,
+                                    login.challenge)
+        if got.get("CHAP_N") != chap.target_user:
+            self._fail(f"the target's CHAP_N {got.get('CHAP_N')!r} is not the one expected")
+        elif hmac.compare_digest(answer, ours):
+            self._fail("the target's CHAP_R is made with our own secret")
+        elif not hmac.compare_digest(answer, expected):
+            self._fail("the target's CHAP_R does not verify (mutual CHAP)")
+        else:
+            return True
+        return False
+
+    def _chap_send(self, itt: int, login: _Login, got: dict[str, str],
+                   keys: dict[str, str]) -> None:
+        if login.chap_hook is not None:
+            keys = login.chap_hook(dict(got), dict(keys))
+        login.sent = dict(keys)
+        self._login_request(itt, login, _text(keys))
+
+
+def _text(keys: dict[str, str]) -> bytes:
+    return "".join(f"{k}={v}\0" for k, v in keys.items()).encode()

@@ -31,7 +31,10 @@ Rules:
 - Obsolete marker keys (13.25 / appendix of RFC 7143): IFMarker and OFMarker are
   answered `No` (allowed), IFMarkInt and OFMarkInt `Reject`.
 - We support one connection per session and ErrorRecoveryLevel 0 (min: any offer gives
-  0), digests None and CRC32C, AuthMethod None (CHAP later, in login's security stage).
+  0), digests None and CRC32C, AuthMethod None and CHAP: the AuthMethod list a session
+  allows is login.py's choice (CHAP where it has credentials), and the CHAP_* keys of the
+  security stage go to chap.ChapTarget, not through respond() (their rows stay here for
+  the stage rules and the 8192-byte value limit).
 """
 
 from __future__ import annotations

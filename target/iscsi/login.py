@@ -10,9 +10,15 @@ Rules:
   reserved); T and C together are an initiator error (11.12.2). The target answers with
   the request's CSG and moves only when the initiator asked to (T=1) and it agrees; the
   final response (T=1, NSG=3) carries the new TSIH and ends the login (11.13.4).
-- Security stage: AuthMethod is negotiated as a list (12.1); we offer None only for now.
-  `_authenticate` is where CHAP (12.1.3) will run its exchanges; leaving the security
-  stage before authentication is done, when it is required, fails 02/01.
+- Security stage: AuthMethod is negotiated as a list (12.1): the target answers the first
+  method of the initiator's list it allows, CHAP when the session has CHAP credentials
+  (a Normal session: its target's TargetEntry.chap; a Discovery session:
+  Portal.discovery_chap), else None; no common method fails 02/01. With CHAP, the
+  CHAP_* keys of each request go to chap.ChapTarget (12.1.3), whose answers join ours;
+  while the exchange runs, a request with T=1 is answered T=0 (the target is not ready
+  to move, 6.3); any CHAP failure ends the login 02/01 (11.13.5), logged with its rule
+  and no secret. Leaving the security stage unauthenticated when authentication is
+  required fails 02/01.
 - Text spanning PDUs (6.2, 11.12.2): a request with C=1 is answered with an empty
   response and its text kept until the request with C=0; our answer, when longer than
   8192 bytes (the login-phase MaxRecvDataSegmentLength, 13.12), goes out in pieces with
@@ -35,18 +41,20 @@ Rules:
   (6.3.5): its connection's close_for_reinstatement() is called (session.SessionConnection,
   when it has one) and it leaves the registry; the new Session gets a TSIH and enters the
   registry.
-- Authentication is the portal's (Portal.auth_required, a portal group's setting as
-  LIO's tpg_attrib.authentication is): when required, a login that starts in stage 1, or
-  leaves stage 0 unauthenticated, fails 02/01. No CHAP yet, so no portal requires it.
+- Authentication is required when the portal says so (Portal.auth_required, a portal
+  group's setting as LIO's tpg_attrib.authentication is) or the session has CHAP
+  credentials: then a login that starts in stage 1, or leaves stage 0 unauthenticated,
+  fails 02/01 (a login to a CHAP target offering only AuthMethod=None included).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 
 from target.iscsi import pdu
+from target.iscsi.chap import CHAP_KEYS, ChapFailure, ChapTarget, Credentials
 from target.iscsi.keys import (
     AUTHENTICATION_FAILURE,
     AUTHORIZATION_FAILURE,
@@ -131,6 +139,8 @@ class Login:
         self.auth_method: str | None = None
         self.authenticated = False
         self.auth_required = portal.auth_required
+        self.credentials: Credentials | None = None  # CHAP: this session's (after _identify)
+        self.chap: ChapTarget | None = None  # the CHAP exchange, once AuthMethod=CHAP
         self._identified = False
         self._replace: Session | None = None  # TSIH != 0: the session this connection joins
         self._text_in = bytearray()
@@ -199,17 +209,26 @@ class Login:
         text = bytes(self._text_in) + data
         self._text_in.clear()
         pairs = parse(text)
-        answers: list[tuple[str, str]] = []
-        declarations = self._identify(pairs) if not self._identified else []
-        if self._identified and any(k == "SessionType" and v != self.params.session_type
-                                    for k, v in pairs):
+        names = [k for k, _ in pairs]
+        if len(set(names)) != len(names):
+            dup = next(k for k in names if names.count(k) > 1)
+            raise NegotiationError(INITIATOR_ERROR, f"key {dup} sent twice")
+        declarations: list[tuple[str, str]] = []
+        if not self._identified:
+            declarations = self._identify(pairs)
+            self._require_chap()
+        elif any(k == "SessionType" and v != self.params.session_type for k, v in pairs):
             raise NegotiationError(INITIATOR_ERROR, "SessionType changed during login")
         self._identified = True
+        chap_keys: dict[str, str] = {}
+        if csg == SECURITY:  # the CHAP keys are the exchange's; elsewhere an error (keys)
+            chap_keys = {k: v for k, v in pairs if k in CHAP_KEYS}
+            pairs = [(k, v) for k, v in pairs if k not in CHAP_KEYS]
         answers = self.negotiation.respond(pairs, _STAGES[csg], self.params.session_type)
         # The target's own spelling of its name; none in discovery sessions (13.4).
         self.params.target_name = self.target.name if self.target is not None else ""
         if csg == SECURITY:
-            self._authenticate(pairs)
+            answers += self._authenticate(chap_keys)
         if csg == OPERATIONAL and not self._declared_mrdsl:
             self._declared_mrdsl = True
             declarations.append(self.negotiation.declare(
@@ -246,6 +265,7 @@ class Login:
                                        f"{name} is served by a worker process and this "
                                        "login did not name it in its first PDU")
             self.target = entry
+            self.credentials = entry.chap
             target_name = entry.name
             p.tpgt = entry.tpgt
         if self.tsih:
@@ -257,6 +277,8 @@ class Login:
             if old.params.cid != self.cid:
                 raise NegotiationError(TOO_MANY_CONNECTIONS, "MaxConnections is 1")
             self._replace = old
+        if session_type == "Discovery":
+            self.credentials = self.portal.discovery_chap
         p.initiator_name = initiator
         p.session_type = session_type
         p.target_name = target_name
@@ -269,15 +291,45 @@ class Login:
                 declared.append(("TargetAlias", self.target.alias))  # 13.6
         return declared
 
-    def _authenticate(self, pairs: list[tuple[str, str]]) -> None:
-        """The security stage (12): AuthMethod=None; CHAP will slot in here."""
+    def _require_chap(self) -> None:
+        """A session with CHAP credentials must authenticate with CHAP (12.1, 6.3)."""
+        if self.credentials is None:
+            return
+        self.auth_required = True
+        self.negotiation.offers = replace(self.negotiation.offers, auth_methods=("CHAP",))
+        if self.stage == OPERATIONAL:
+            raise NegotiationError(AUTHENTICATION_FAILURE,
+                                   "CHAP is required: the login must start in stage 0")
+
+    def _authenticate(self, chap_keys: dict[str, str]) -> list[tuple[str, str]]:
+        """The security stage (12): AuthMethod None or CHAP (12.1.3, chap.ChapTarget)."""
         if "AuthMethod" in self.negotiation.rejected:
             raise NegotiationError(AUTHENTICATION_FAILURE, "no acceptable AuthMethod")
         method = self.negotiation.results.get("AuthMethod")
+        decided_now = False
         if method is not None and self.auth_method is None:
             self.auth_method = method
+            decided_now = True
             if method == "None":
                 self.authenticated = not self.auth_required
+            elif method == "CHAP" and self.credentials is not None:
+                self.chap = ChapTarget(self.credentials, self.portal.chap_identifiers)
+        if self.chap is None:
+            if chap_keys:
+                raise NegotiationError(AUTHENTICATION_FAILURE,
+                                       "CHAP keys without AuthMethod=CHAP")
+            return []
+        if decided_now and not chap_keys:
+            return []  # CHAP_A comes in the next request
+        try:
+            answers = self.chap.step(chap_keys)
+        except ChapFailure as exc:
+            raise NegotiationError(AUTHENTICATION_FAILURE, f"CHAP: {exc}") from None
+        if self.chap.done:
+            self.authenticated = True
+            log.info("CHAP: %s authenticated (CHAP_A=%d%s)", self.params.initiator_name,
+                     self.chap.algorithm, ", mutual" if self.chap.mutual else "")
+        return answers
 
     def _emit(self, bhs: Bhs, transit: bool, nsg: int) -> LoginStep:
         """Send the next piece of our answer; the last piece may move the stage."""
@@ -288,8 +340,8 @@ class Login:
             self._pending = rest
             return LoginStep([self._response(bhs, F_CONTINUE | csg << 2, piece)])
         self._pending = None
-        if not transit:
-            return LoginStep([self._response(bhs, csg << 2, piece)])
+        if not transit or (csg == SECURITY and self.chap is not None and not self.chap.done):
+            return LoginStep([self._response(bhs, csg << 2, piece)])  # not ready (6.3)
         if csg == SECURITY and self.auth_required and not self.authenticated:
             raise NegotiationError(AUTHENTICATION_FAILURE, "not authenticated")
         if nsg == FULL_FEATURE:

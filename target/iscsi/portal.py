@@ -15,12 +15,16 @@ Rules (RFC 7143):
 - `discovery`: whether discovery sessions are allowed (02/09 otherwise, 11.13.5);
   `auth_required`: whether a login must authenticate in the security stage (02/01
   otherwise). Both are the portal group's, as LIO keeps them per TPG.
+- CHAP (RFC 7143 12.1.3): a target with `chap` credentials requires CHAP of its Normal
+  sessions, and `discovery_chap` of the Discovery sessions (as LIO's discovery_auth);
+  `chap_identifiers` hands out the CHAP_I of every challenge this portal sends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from target.iscsi.chap import Credentials, Identifiers
 from target.iscsi.keys import Offers
 from target.iscsi.session import SessionRegistry
 from target.scsi.device import ScsiDevice
@@ -33,6 +37,7 @@ class TargetEntry:
     alias: str = ""
     tpgt: int = 1
     initiators: list[str] | None = None  # InitiatorNames allowed; None allows all
+    chap: Credentials | None = None  # CHAP required with these credentials (12.1.3)
 
     def allows(self, initiator_name: str) -> bool:
         if self.initiators is None:
@@ -63,15 +68,18 @@ class Portal:
         cmd_window: int = 128,
         discovery: bool = True,
         auth_required: bool = False,
+        discovery_chap: Credentials | None = None,
     ) -> None:
         self.targets = targets
         self.addresses = addresses
         self.registry = registry
         self.cmd_window = cmd_window  # MaxCmdSN = ExpCmdSN + cmd_window - 1
         self.discovery = discovery  # discovery sessions allowed
-        # Logins must authenticate in the security stage (RFC 7143 6.3, 12); False until
-        # CHAP (12.1.3) is there, as only AuthMethod=None can be negotiated today.
+        # Every login must authenticate in the security stage (RFC 7143 6.3, 12); CHAP
+        # credentials (a target's, discovery_chap) require it of their sessions anyway.
         self.auth_required = auth_required
+        self.discovery_chap = discovery_chap
+        self.chap_identifiers = Identifiers()
         self.offers = Offers(
             max_recv_data_segment_length=max_recv_data_segment_length,
             max_burst_length=max_burst_length,

@@ -14,6 +14,8 @@ Rules:
   (NOP-In with the reserved ITT) is answered and any Reject ends the command with
   InitiatorError. A request given up (timeout, error) is forgotten by the core, so its
   later PDUs come to recv_pdu() as they are.
+- CHAP (chap.InitiatorChap, `chap`): the core runs the exchange; a refusal of the target
+  is InitiatorError("login failed: status 02/01").
 - send_raw() writes any bytes, for tests that break the protocol on purpose; send_pdu()
   and recv_pdu() let callers frame their own PDUs with the session's numbers.
 """
@@ -23,7 +25,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+from target.iscsi.chap import InitiatorChap
 from target.iscsi.initiator import (
+    ChapHook,
     CommandDone,
     Event,
     InitiatorConnection,
@@ -52,6 +56,8 @@ class Initiator:
     timeout: float = 10.0
     header_digest: bool = False
     params: dict[str, str] = field(default_factory=dict)
+    chap: InitiatorChap | None = None  # CHAP (one-way, or mutual with target_secret)
+    chap_hook: ChapHook | None = None  # tests: rewrite our CHAP keys before sending
 
     def __post_init__(self) -> None:
         self.sock: socket.socket | None = None
@@ -187,12 +193,14 @@ class Initiator:
     # --- login / logout ----------------------------------------------------------------
 
     def login(self, session_type: str = "Normal") -> dict[str, str]:
-        """Operational-stage login straight to full feature phase; returns the target's keys."""
+        """Login to full feature phase (with `chap`, through the security stage first);
+        returns the target's keys."""
         if self.sock is None:
             self.connect()
         itt = self.core.login(initiator_name=self.initiator_name, target_name=self.target_name,
                               isid=self.isid, session_type=session_type,
-                              header_digest=self.header_digest, params=self.params)
+                              header_digest=self.header_digest, params=self.params,
+                              chap=self.chap, chap_hook=self.chap_hook)
         self._flush()
         event = self._wait(itt, LoginComplete)
         assert type(event) is LoginComplete
