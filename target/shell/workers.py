@@ -612,5 +612,10 @@ def named_targets(config: Config) -> dict[str, TargetEntry]:
 
 
 def portal_of(config: Config) -> Portal:
+    """The portal process's Portal: it answers discovery sessions itself, so it holds the
+    discovery CHAP credentials (a normal session's CHAP runs in its target's worker)."""
+    from target.app import credentials
+
     return Portal(targets=named_targets(config), addresses=list(config.listen),
-                  registry=SessionRegistry())
+                  registry=SessionRegistry(),
+                  discovery_chap=credentials(config.discovery_chap))

@@ -166,6 +166,27 @@ def test_libiscsi_discovery_chap(server):
 
 
 @needs_libiscsi
+def test_discovery_and_target_chap_with_workers(tmp_path):
+    """serve --workers 2: the portal process answers discovery, so it must ask for the
+    discovery credentials too; a normal session's CHAP runs in its target's worker."""
+    cfg = tmp_path / "chap.toml"
+    cfg.write_text(CONFIG)
+    cfg.chmod(0o600)
+    disc = tmp_path / "discovery.toml"
+    disc.write_text(f'user = "{DUSER}"\nsecret = "{DSECRET}"\n')
+    disc.chmod(0o600)
+    with OurTarget(["--workers", "2"], config=cfg, workdir=tmp_path, iqn=IQN) as t:
+        p = libiscsi("iscsi-ls", f"iscsi://{DUSER}%{DSECRET}@127.0.0.1:{t.port}")
+        assert p.returncode == 0 and IQN in p.stdout and OPEN in p.stdout, p.stderr
+        p = libiscsi("iscsi-ls", f"iscsi://127.0.0.1:{t.port}")
+        assert p.returncode != 0 and "Authentication failure" in p.stderr, p.stdout
+        p = libiscsi("iscsi-inq", f"iscsi://{USER}%{SECRET}@127.0.0.1:{t.port}/{IQN}/0")
+        assert p.returncode == 0 and "DIRECT_ACCESS" in p.stdout, p.stderr
+        p = libiscsi("iscsi-inq", f"iscsi://{USER}%wrong-secret-99@127.0.0.1:{t.port}/{IQN}/0")
+        assert p.returncode != 0 and "Authentication failure" in p.stderr, p.stderr
+
+
+@needs_libiscsi
 def test_target_without_chap_still_open(server):
     p = libiscsi("iscsi-inq", f"iscsi://127.0.0.1:{server.port}/{OPEN}/0")
     assert p.returncode == 0 and "DIRECT_ACCESS" in p.stdout, p.stderr
