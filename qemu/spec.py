@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 import time
 from dataclasses import dataclass
@@ -64,6 +65,12 @@ class AttachSpec:
     wwn: str | None = None         # scsi-hd only: e.g. "0x5000c50015ea71ac"
     memory_mib: int = 512
     kdump: bool = False            # reserve crash kernel memory, hand over vmlinuz + initrd
+    # "initiator" mode only: iscsistart's CHAP (user, secret) (-u/-w), and the target's own
+    # (user, secret) that the initiator checks in mutual CHAP (-U/-W).
+    chap: tuple[str, str] | None = None
+    mutual_chap: tuple[str, str] | None = None
+    login: bool = True             # "initiator" mode: False brings eth0 up only (the test
+                                   # logs in itself, AttachedGuest.login)
 
     def validate(self) -> None:
         if self.guest not in GUESTS:
@@ -130,11 +137,31 @@ def guest_config(spec: AttachSpec, target: TargetAddress, image: linux.LinuxImag
                        memory_mib=spec.memory_mib, append=append, payload=payload)
 
 
-def login_command(target: TargetAddress, initiator_iqn: str = GUEST_INITIATOR_IQN) -> str:
-    """The guest shell command that brings eth0 up and logs in with iscsistart."""
-    return (f"ip addr add {GUEST_ADDRESS} dev eth0 && ip link set eth0 up && "
-            f"iscsistart -i {initiator_iqn} -t {target.iqn} -g 1 -a {GUEST_PORTAL} "
-            f"-p {ISCSI_PORT}")
+def login_command(target: TargetAddress, initiator_iqn: str = GUEST_INITIATOR_IQN,
+                  chap: tuple[str, str] | None = None,
+                  mutual_chap: tuple[str, str] | None = None, setup: bool = True) -> str:
+    """The guest shell command that brings eth0 up (`setup`) and logs in with iscsistart,
+    with CHAP (-u/-w) and mutual CHAP (-U/-W, the target's name and secret) when given."""
+    cmd = iscsistart(target, initiator_iqn, chap, mutual_chap)
+    return f"{network_command()} && {cmd}" if setup else cmd
+
+
+def network_command() -> str:
+    """The guest shell command that brings eth0 up on QEMU's user network."""
+    return f"ip addr add {GUEST_ADDRESS} dev eth0 && ip link set eth0 up"
+
+
+def iscsistart(target: TargetAddress, initiator_iqn: str = GUEST_INITIATOR_IQN,
+               chap: tuple[str, str] | None = None,
+               mutual_chap: tuple[str, str] | None = None) -> str:
+    """open-iscsi's iscsistart command line for one login (iscsistart(8))."""
+    cmd = (f"iscsistart -i {initiator_iqn} -t {target.iqn} -g 1 -a {GUEST_PORTAL} "
+           f"-p {ISCSI_PORT}")
+    if chap is not None:
+        cmd += f" -u {shlex.quote(chap[0])} -w {shlex.quote(chap[1])}"
+    if mutual_chap is not None:
+        cmd += f" -U {shlex.quote(mutual_chap[0])} -W {shlex.quote(mutual_chap[1])}"
+    return cmd
 
 
 class AttachedGuest:
@@ -182,8 +209,13 @@ class AttachedGuest:
         try:
             self.boot_seconds = self.guest.start(timeout=boot_timeout)
             if self.spec.mode == "initiator":
+                if not self.spec.login:
+                    self.guest.check(network_command())
+                    return self
                 t0 = time.monotonic()
-                self.guest.check(login_command(self.target), timeout=LOGIN_TIMEOUT_S)
+                self.guest.check(login_command(self.target, chap=self.spec.chap,
+                                               mutual_chap=self.spec.mutual_chap),
+                                 timeout=LOGIN_TIMEOUT_S)
                 self.login_seconds = time.monotonic() - t0
             t0 = time.monotonic()
             self.wait_disk()

@@ -95,6 +95,8 @@ def credentials(c: ChapConfig | None) -> Credentials | None:
     """A [target.chap] / [discovery.chap] table as the login's CHAP credentials."""
     if c is None:
         return None
+    if c.algorithms:
+        return Credentials(c.user, c.secret, c.mutual_user, c.mutual_secret, c.algorithms)
     return Credentials(c.user, c.secret, c.mutual_user, c.mutual_secret)
 
 

@@ -11,7 +11,8 @@ Rules:
 - CHAP (RFC 7143 12.1.3): `[target.chap]` (that target's Normal sessions) and
   `[discovery.chap]` (Discovery sessions) hold `user` and `secret` (the initiator's) and
   optionally `mutual_user` and `mutual_secret` (the target's own, for mutual CHAP; both
-  or neither), or only `secrets_file = PATH`, a TOML file with those keys (a relative
+  or neither) and `algorithms` (the CHAP_A values accepted: names of MD5, SHA-1, SHA-256,
+  SHA3-256; default all), or only `secrets_file = PATH`, a TOML file with those keys (a relative
   PATH is relative to the config file). A target with CHAP requires it. A secret is its
   UTF-8 bytes, 12 to 255 of them: RFC 7143 9.2.1 says an implementation SHOULD NOT send
   a CHAP response unless the secret is at least 96 bits or IPsec protects the
@@ -80,6 +81,8 @@ Example:
     secret = "twelve+ bytes secret"
     mutual_user = "disk1"       # optional: the target proves itself (mutual CHAP)
     mutual_secret = "another 12+ bytes"
+    algorithms = ["SHA-256", "MD5"]  # optional: the CHAP_A values accepted (default: MD5,
+                                # SHA-1, SHA-256, SHA3-256), to make an initiator use one
 
     [discovery.chap]            # optional: CHAP required for discovery sessions
     secrets_file = "/etc/scsi-target/discovery-chap.toml"   # mode 0600, same keys
@@ -168,6 +171,7 @@ class ChapConfig:
     secret: bytes
     mutual_user: str = ""
     mutual_secret: bytes = b""
+    algorithms: tuple[int, ...] = ()  # CHAP_A values accepted, in our order; () = all
     where: str = ""  # the table or secrets file it came from (for messages)
     secrets_file: str | None = None
 
@@ -403,6 +407,7 @@ def _chap_values(r: _Reader, where: str) -> ChapConfig:
 
     c = ChapConfig(name("user"), secret("secret"), name("mutual_user"),
                    secret("mutual_secret"), where=where)
+    c.algorithms = _chap_algorithms(r)
     if not c.user or not c.secret:
         raise ConfigError(f"{r.path('user')}: CHAP needs both user and secret")
     if bool(c.mutual_user) != bool(c.mutual_secret):
@@ -413,6 +418,27 @@ def _chap_values(r: _Reader, where: str) -> ChapConfig:
                           "(RFC 7143 9.2.1: MUST NOT)")
     r.done()
     return c
+
+
+CHAP_ALGORITHMS = {"MD5": 5, "SHA1": 6, "SHA-1": 6, "SHA256": 7, "SHA-256": 7,
+                   "SHA3-256": 8}  # RFC 1994 / the CHAP_A numbers of target.iscsi.chap
+
+
+def _chap_algorithms(r: _Reader) -> tuple[int, ...]:
+    names = r.get("algorithms", list, None)
+    if names is None:
+        return ()
+    out = []
+    for i, name in enumerate(names):
+        number = CHAP_ALGORITHMS.get(name.upper()) if isinstance(name, str) else None
+        if number is None:
+            raise ConfigError(f"{r.path(f'algorithms[{i}]')}: {name!r} is not a CHAP "
+                              f"algorithm (MD5, SHA-1, SHA-256, SHA3-256)")
+        if number not in out:
+            out.append(number)
+    if not out:
+        raise ConfigError(f"{r.path('algorithms')}: an empty list accepts no login")
+    return tuple(out)
 
 
 def _chap(table: dict, where: str, source: str) -> ChapConfig:

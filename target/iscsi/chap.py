@@ -27,6 +27,8 @@ Rules:
   MUST be treated as an authentication failure); an initiator challenge equal to ours
   (a reflection); mutual CHAP asked of a target that has no secret of its own; values
   too long or not in a binary encoding.
+- A target may accept fewer algorithms (Credentials.algorithms, config `algorithms`), to
+  make an initiator use the one under test.
 - Responses are compared in constant time (hmac.compare_digest).
 """
 
@@ -68,6 +70,8 @@ class Credentials:
     secret: bytes
     mutual_user: str = ""
     mutual_secret: bytes = b""
+    # The CHAP_A values this target accepts (config `algorithms`); all by default.
+    algorithms: tuple[int, ...] = tuple(ALGORITHMS)
 
     def __repr__(self) -> str:
         mutual = f", mutual_user={self.mutual_user!r}" if self.mutual_user else ""
@@ -202,10 +206,11 @@ class ChapTarget:
                                   "the target's challenge")
             if "CHAP_A" not in keys:
                 raise ChapFailure("no CHAP_A after AuthMethod=CHAP")
-            algorithm = choose_algorithm(keys["CHAP_A"])
+            accepted = self.credentials.algorithms
+            algorithm = choose_algorithm(keys["CHAP_A"], accepted)
             if algorithm is None:
                 raise ChapFailure(f"no supported algorithm in CHAP_A={keys['CHAP_A'][:64]!r} "
-                                  f"(supported: {', '.join(map(str, ALGORITHMS))})")
+                                  f"(accepted: {', '.join(map(str, accepted))})")
             self.algorithm = algorithm
             self.identifier = self.identifiers.next()
             self.challenge = new_challenge(algorithm)

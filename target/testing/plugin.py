@@ -120,8 +120,10 @@ def _sparse(path: Path, size: int) -> None:
             f.truncate(size)
 
 
-def _our_config(iqn: str, luns: list[Lun]) -> str:
+def _our_config(iqn: str, luns: list[Lun], chap: dict | None = None) -> str:
     lines = [f'[[target]]\niqn = "{iqn}"\n']
+    if chap:
+        lines.append(_toml_table("target.chap", chap))
     for lun in luns:
         lines.append(f'[[target.lun]]\nlun = {lun.number}\nstore = "file"\n'
                      f'path = "{lun.backing}"\nblock_size = {lun.block_size}\n'
@@ -142,6 +144,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise ValueError(f"cannot write {value!r} into a TOML config")
 
 
@@ -157,10 +161,11 @@ def _toml_table(name: str, table: dict) -> str:
     return "".join(out + subs)
 
 
-def _start_ours(iqn: str, luns: list[Lun], workdir: Path, args: tuple[str, ...] = ()
-                ) -> OurTarget:
+def _start_ours(iqn: str, luns: list[Lun], workdir: Path, args: tuple[str, ...] = (),
+                chap: dict | None = None) -> OurTarget:
     cfg = workdir / f"target-{len(list(workdir.glob('target-*.toml')))}.toml"
-    cfg.write_text(_our_config(iqn, luns))
+    cfg.touch(mode=0o600)  # it may hold CHAP secrets: the target refuses them readable
+    cfg.write_text(_our_config(iqn, luns, chap))
     server = OurTarget(args, config=cfg, workdir=workdir, iqn=iqn, lun=luns[0].number)
     server.__enter__()
     return server
@@ -197,11 +202,13 @@ def scsi_target_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def scsi_target(tmp_path: Path, scsi_target_kind: str) -> Iterator[Callable[..., RunningTarget]]:
-    """Factory: scsi_target(*luns, kind=None, iqn=None) -> RunningTarget (stopped at teardown)."""
+    """Factory: scsi_target(*luns, kind=None, iqn=None, args=(), chap=None) -> RunningTarget
+    (stopped at teardown); `chap` is our config's [target.chap] table (ours only)."""
     started: list[RunningTarget] = []
 
     def start(*luns: Lun, kind: str | None = None, iqn: str | None = None,
-              args: tuple[str, ...] | list[str] = ()) -> RunningTarget:
+              args: tuple[str, ...] | list[str] = (), chap: dict | None = None
+              ) -> RunningTarget:
         kind = kind or scsi_target_kind
         if kind not in KINDS:
             raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(KINDS)}")
@@ -230,8 +237,11 @@ def scsi_target(tmp_path: Path, scsi_target_kind: str) -> Iterator[Callable[...,
         if kind == "tgtd" and args:
             pytest.skip(f"tgtd takes none of our server's options ({' '.join(args)}): "
                         "run this test with --scsi-target=ours")
+        if kind == "tgtd" and chap:
+            pytest.skip("CHAP is set up in our target's config here; run this test with "
+                        "--scsi-target=ours")
         if kind == "ours":
-            server: OurTarget | Tgtd = _start_ours(iqn, placed, workdir, tuple(args))
+            server: OurTarget | Tgtd = _start_ours(iqn, placed, workdir, tuple(args), chap)
         else:
             server = _start_tgtd(iqn, placed, workdir)
         target = RunningTarget(kind, server, placed)

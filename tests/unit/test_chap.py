@@ -423,11 +423,40 @@ def test_secrets_file_open_to_others_refused(tmp_path):
     ('user = "u"\nsecret = "initiator-secret-1"\nmutual_user = "t"\n', "mutual_secret"),
     ('secret = "initiator-secret-1"\n', "user and secret"),
     ('user = "u"\nsecret = "initiator-secret-1"\npassword = "x"\n', "unknown key"),
+    ('user = "u"\nsecret = "initiator-secret-1"\nalgorithms = ["MD4"]\n',
+     r"algorithms\[0\]: 'MD4' is not a CHAP algorithm"),
+    ('user = "u"\nsecret = "initiator-secret-1"\nalgorithms = []\n', "accepts no login"),
 ])
 def test_config_chap_rules(tmp_path, body, error):
     cfg = write(tmp_path / "c.toml", f"[discovery.chap]\n{body}")
     with pytest.raises(cfgmod.ConfigError, match=error):
         cfgmod.load(cfg)
+
+
+def test_accepted_algorithms_from_the_config(tmp_path):
+    """`algorithms = ["MD5"]`: an initiator that prefers SHA-256 (CHAP_A=7,6,5, as
+    open-iscsi sends) is answered with MD5, its last choice; one offering SHA-256 only is
+    refused 02/01 (12.1.3: the target picks from the initiator's list what it accepts)."""
+    cfg = write(tmp_path / "c.toml", f'[[target]]\niqn = "{TNAME}"\n{LUN}[target.chap]\n'
+                'user = "guest"\nsecret = "initiator-secret-1"\n'
+                'algorithms = ["md5", "MD5"]\n')
+    c = cfgmod.load(cfg)
+    assert c.targets[0].chap.algorithms == (5,)
+    from target.app import build
+
+    app = build(c)
+    try:
+        assert app.portal.targets[TNAME].chap.algorithms == (5,)
+        login = Login(app.portal)
+        got = challenge(login, "7,6,5")
+        assert got["CHAP_A"] == "5"
+        step, r = send(login, fl(True, SEC, OPER), answer(got))
+        assert r.status == (0, 0), step.message
+        login = Login(app.portal)
+        step, r = send(login, fl(True, SEC, OPER), IDENTITY + [("AuthMethod", "CHAP")])
+        refused(login, [("CHAP_A", "7")])
+    finally:
+        app.close()
 
 
 def test_mutual_secret_never_an_initiator_secret(tmp_path):
