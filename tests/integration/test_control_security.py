@@ -135,7 +135,10 @@ try:
 except OSError as exc:
     print(json.dumps({"connect": exc.errno}))
     sys.exit(0)
-s.sendall(b'{"command": "status"}\n')
+try:
+    s.sendall(b'{"command": "status"}\n')
+except OSError:  # refused and closed before the request went out; its answer is there
+    pass
 data = b""
 while True:
     chunk = s.recv(65536)
