@@ -624,7 +624,7 @@ def _non_login_during_login(c: Ctx, op: int) -> None:
 # -- full feature phase: opcodes (11.2.1.2, 11.17.1)
 
 for _op in (*range(0x07, 0x10), *range(0x11, 0x1C), 0x1C, 0x1D, 0x1F):
-    add(f"ffp-reserved-opcode-{_op:02x}", "RFC 7143 10.2.1.2 opcodes / 11.17.1: an opcode we "
+    add(f"ffp-reserved-opcode-{_op:02x}", "RFC 7143 11.2.1.2 opcodes / 11.17.1: an opcode we "
         "do not support is Rejected 05h (command not supported); the connection goes on",
         lambda c, op=_op: _reserved_opcode(c, op))
 
@@ -866,7 +866,7 @@ def _data_out(ini: Initiator, r2t: Bhs, *, itt: int | None = None, ttt: int | No
                         datasn=datasn, buffer_offset=offset)
 
 
-def _data_fails(c: Ctx, reason: int, asc: int, **kw) -> None:
+def _data_fails(c: Ctx, reason: int, sense: set[tuple[int, int]], **kw) -> None:
     """A Data-Out out of sequence or range: Reject `reason` and the command ends CHECK
     CONDITION, ABORTED COMMAND with `asc` (11.4.7.2, SAM-5 / SPC-4 table of ASCs)."""
     ini = rogue_ready(c)
@@ -878,33 +878,38 @@ def _data_fails(c: Ctx, reason: int, asc: int, **kw) -> None:
                                                     for b, _ in g))
         rejects = [b for b, _ in got if b.opcode == Op.REJECT]
         assert rejects and rejects[0].b2 == reason, got
-        responses = [(b, d) for b, d in got if b.opcode == Op.SCSI_RESPONSE]
-        if responses:
-            b, d = responses[0]
-            sense = d[2:2 + struct.unpack_from(">H", d)[0]]
-            assert b.b3 == CHECK_CONDITION and sense_of(sense)[:2] == (ABORTED_COMMAND, asc)
+        (b, d), = [(b, d) for b, d in got if b.opcode == Op.SCSI_RESPONSE]
+        key, asc, ascq = sense_of(d[2:2 + struct.unpack_from(">H", d)[0]])
+        assert b.b3 == CHECK_CONDITION and key == ABORTED_COMMAND and (asc, ascq) in sense
     finally:
         ini.close()
 
 
+TTT_ASC = {(0x4B, 0x01)}  # INVALID TARGET PORT TRANSFER TAG RECEIVED (SPC-4; 11.4.7.2)
+PHASE_ASC = {(0x4B, 0x00)}  # DATA PHASE ERROR
+OFFSET_ASC = {(0x4B, 0x05), (0x4B, 0x02)}  # DATA OFFSET ERROR, TOO MUCH WRITE DATA
+
 add("data-out-unknown-ttt", "RFC 7143 11.7.4 / 11.17.1: a Data-Out whose TTT is no R2T's: "
     "Reject 09h; the WRITE ends ABORTED COMMAND, INVALID TARGET PORT TRANSFER TAG "
-    "RECEIVED (49h... SPC-4: 4Bh/01h)",
-    lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, 0x4B, ttt=0x12345))
+    "RECEIVED (4Bh/01h, 11.4.7.2)",
+    lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, TTT_ASC, ttt=0x12345))
 add("data-out-datasn-gap", "RFC 7143 11.7.5 DataSN / 7.1.5 (ERL 0): DataSN 1 where 0 is "
     "due: Reject 04h, the WRITE ends ABORTED COMMAND, DATA PHASE ERROR (4Bh/00h)",
-    lambda c: _data_fails(c, RejectReason.PROTOCOL_ERROR, 0x4B, datasn=1))
-add("data-out-datasn-far", "RFC 7143 11.7.5: DataSN ffffffff: Reject 04h, ABORTED COMMAND",
-    lambda c: _data_fails(c, RejectReason.PROTOCOL_ERROR, 0x4B, datasn=0xFFFFFFFF))
+    lambda c: _data_fails(c, RejectReason.PROTOCOL_ERROR, PHASE_ASC, datasn=1))
+add("data-out-datasn-far", "RFC 7143 11.7.5: DataSN ffffffff: Reject 04h, ABORTED COMMAND, "
+    "DATA PHASE ERROR (4Bh/00h)",
+    lambda c: _data_fails(c, RejectReason.PROTOCOL_ERROR, PHASE_ASC, datasn=0xFFFFFFFF))
 add("data-out-offset-beyond-edtl", "RFC 7143 11.7.6 Buffer Offset / 11.8: data at an offset "
-    "past the EDTL and the R2T: Reject 09h, ABORTED COMMAND (4Bh)",
-    lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, 0x4B, offset=1 << 20))
+    "past the EDTL and the R2T: Reject 09h, ABORTED COMMAND, DATA OFFSET ERROR (4Bh/05h) "
+    "or TOO MUCH WRITE DATA (4Bh/02h)",
+    lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, OFFSET_ASC, offset=1 << 20))
 add("data-out-length-beyond-r2t", "RFC 7143 11.8.4 Desired Data Transfer Length: more data "
-    "than the R2T asked for (beyond the EDTL): Reject 09h, ABORTED COMMAND",
-    lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, 0x4B, length=2048))
+    "than the R2T asked for (beyond the EDTL): Reject 09h, ABORTED COMMAND 4Bh/05h or "
+    "4Bh/02h", lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, OFFSET_ASC,
+                                     length=2048))
 add("data-out-offset-out-of-order", "RFC 7143 13.19 DataPDUInOrder=Yes: a Data-Out at "
-    "offset 512 before offset 0: Reject 09h, ABORTED COMMAND",
-    lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, 0x4B, offset=512))
+    "offset 512 before offset 0: Reject 09h, ABORTED COMMAND 4Bh/05h",
+    lambda c: _data_fails(c, RejectReason.INVALID_PDU_FIELD, OFFSET_ASC, offset=512))
 
 
 @case("data-out-unknown-itt-nonzero-ttt", "RFC 7143 11.7 / 11.5.1: a Data-Out for an ITT "
@@ -1644,6 +1649,179 @@ def _(c: Ctx) -> None:
         got = recv_pdu(s)
         assert got is not None and got[0].opcode == Op.TEXT_RESPONSE
         assert b"TargetName=" not in got[1]
+
+
+# -- digests, ImmediateData=No, InitialR2T=No (13.1, 13.11, 13.13, 13.14, 7.8)
+
+def _raw_session(c: Ctx, *extra: str) -> tuple[socket.socket, dict[str, str], int]:
+    """A raw full feature session (no digests on our side unless negotiated); its socket,
+    the target's keys and the next ExpStatSN."""
+    s = connect(c)
+    s.sendall(login_request(login_keys(c, *extra)))
+    got = recv_pdu(s)
+    assert got is not None and got[0].opcode == Op.LOGIN_RESPONSE and got[0].w36 >> 16 == 0
+    return s, parse_keys(got[1]), (got[0].statsn + 1) & 0xFFFFFFFF
+
+
+def _recv_digested(s: socket.socket) -> tuple[Bhs, bytes] | None:
+    """A PDU with a data digest after its (padded) data segment, the digest checked."""
+    head = recv_exact(s, pdu.BHS_LEN)
+    if head is None:
+        return None
+    bhs = Bhs(head)
+    if not bhs.dsl:
+        return bhs, b""
+    body = recv_exact(s, bhs.dsl + pdu.pad_len(bhs.dsl) + pdu.DIGEST_LEN)
+    if body is None:
+        return None
+    assert pdu.digest(body[:-pdu.DIGEST_LEN]) == body[-pdu.DIGEST_LEN:]
+    return bhs, body[:bhs.dsl]
+
+
+def _nop_digested(s: socket.socket, exp_statsn: int, payload: bytes, *,
+                  corrupt: bool) -> None:
+    padded = payload + pdu.padding(len(payload))
+    d = pdu.digest(padded)
+    if corrupt:
+        d = bytes([d[0] ^ 0xFF]) + d[1:]
+    s.sendall(pdu.nop_out(immediate=True, dsl=len(payload), itt=0x5800, cmdsn=0,
+                          exp_statsn=exp_statsn) + padded + d)
+
+
+@case("data-digest-ping-ok", "RFC 7143 13.1 / 11.18: with DataDigest=CRC32C a ping whose "
+      "data digest is right (CRC32C, crc32c library as the oracle) is echoed, its own "
+      "digest right (the control for the next case)")
+def _(c: Ctx) -> None:
+    s, answer, exp = _raw_session(c, "DataDigest=CRC32C")
+    with s:
+        assert answer.get("DataDigest") == "CRC32C"
+        _nop_digested(s, exp, b"digest-me", corrupt=False)
+        s.settimeout(5)
+        got = _recv_digested(s)
+        assert got is not None and got[0].opcode == Op.NOP_IN and got[1] == b"digest-me"
+
+
+@case("data-digest-error-nop", "RFC 7143 7.8 / 11.17.1: a PDU whose data digest fails is "
+      "discarded and Rejected 02h (data digest error), the header returned; the connection "
+      "may then end at ErrorRecoveryLevel 0")
+def _(c: Ctx) -> None:
+    s, answer, exp = _raw_session(c, "DataDigest=CRC32C")
+    with s:
+        assert answer.get("DataDigest") == "CRC32C"
+        _nop_digested(s, exp, b"digest-me", corrupt=True)
+        s.settimeout(5)
+        got = _recv_digested(s)
+        assert got is not None and got[0].opcode == Op.REJECT, got
+        assert got[0].b2 == RejectReason.DATA_DIGEST_ERROR and got[1][:1] == b"\x40"
+        assert not [b for b, _ in drain(s)[0] if b.opcode == Op.NOP_IN and b.itt == 0x5800]
+
+
+@case("immediate-data-with-immediatedata-no", "RFC 7143 13.11 ImmediateData=No: the "
+      "initiator MUST NOT send immediate data; a command that does is a protocol error: "
+      "Reject, the connection ends")
+def _(c: Ctx) -> None:
+    ini = rogue(c, params={"ImmediateData": "No"})
+    try:
+        head = pdu.scsi_command(flags=pdu.F_FINAL | pdu.F_WRITE | 1, dsl=c.block_size,
+                                lun=bytes(8), itt=0x5900, edtl=c.block_size, cmdsn=ini.cmdsn,
+                                exp_statsn=ini.exp_stat_sn, cdb=cdbs.write10(0, 1))
+        expect_closed(ini, head, bytes(c.block_size), reject={
+            RejectReason.PROTOCOL_ERROR, RejectReason.INVALID_PDU_FIELD})
+    finally:
+        ini.close()
+
+
+FIRST_BURST = 4096
+
+
+def _unsolicited(c: Ctx, *, final: bool, datasn: int, offset: int, length: int,
+                 reason: int, sense: set[tuple[int, int, int]]) -> None:
+    """InitialR2T=No, FirstBurstLength 4096: a WRITE of 4 bursts, then one unsolicited
+    Data-Out out of its rules: Reject `reason` and the WRITE ends CHECK CONDITION with
+    one of `sense` (RFC 7143 11.4.7.2 sense table)."""
+    ini = rogue(c, params={"InitialR2T": "No", "ImmediateData": "No",
+                           "FirstBurstLength": str(FIRST_BURST)})
+    try:
+        assert ini.first_burst == FIRST_BURST
+        for _ in range(8):
+            if ini.command(cdbs.TEST_UNIT_READY).status == GOOD:
+                break
+        edtl = 4 * FIRST_BURST
+        head = pdu.scsi_command(flags=(pdu.F_FINAL if final else 0) | pdu.F_WRITE | 1, dsl=0,
+                                lun=bytes(8), itt=0x5A00, edtl=edtl, cmdsn=ini.cmdsn,
+                                exp_statsn=ini.exp_stat_sn,
+                                cdb=cdbs.write10(300, edtl // c.block_size))
+        ini.cmdsn += 1
+        ini.send_pdu(head)
+        ini.send_pdu(pdu.data_out(final=True, dsl=length, lun=bytes(8), itt=0x5A00,
+                                  exp_statsn=ini.exp_stat_sn, datasn=datasn,
+                                  buffer_offset=offset), bytes(length))
+        got, _ = pdus_then(ini, until=lambda g: any(b.opcode == Op.SCSI_RESPONSE
+                                                    for b, _ in g))
+        rejects = [b for b, _ in got if b.opcode == Op.REJECT]
+        assert rejects and rejects[0].b2 == reason, got
+        (b, d), = [(b, d) for b, d in got if b.opcode == Op.SCSI_RESPONSE]
+        assert b.b3 == CHECK_CONDITION
+        assert sense_of(d[2:2 + struct.unpack_from(">H", d)[0]]) in sense, d
+    finally:
+        ini.close()
+
+
+add("unsolicited-beyond-first-burst", "RFC 7143 13.14 FirstBurstLength: unsolicited data "
+    "past it: Reject 09h; ABORTED COMMAND, DATA OFFSET ERROR 4Bh/05h or TOO MUCH WRITE "
+    "DATA 4Bh/02h", lambda c: _unsolicited(c, final=False, datasn=0, offset=0,
+                                           length=FIRST_BURST + 512,
+                                           reason=RejectReason.INVALID_PDU_FIELD,
+                                           sense={(ABORTED_COMMAND, 0x4B, 5),
+                                                  (ABORTED_COMMAND, 0x4B, 2)}))
+add("unsolicited-datasn-gap", "RFC 7143 11.7.5 DataSN (from 0 in the unsolicited "
+    "sequence): DataSN 3 first: Reject 04h; ABORTED COMMAND, DATA PHASE ERROR 4Bh/00h",
+    lambda c: _unsolicited(c, final=False, datasn=3, offset=0, length=512,
+                           reason=RejectReason.PROTOCOL_ERROR,
+                           sense={(ABORTED_COMMAND, 0x4B, 0)}))
+add("unsolicited-after-f-bit", "RFC 7143 11.3.1 (F=1: no unsolicited Data-Out follows): "
+    "one that does: Reject 09h/04h; ABORTED COMMAND 4Bh/05h or 4Bh/00h",
+    lambda c: _unsolicited(c, final=True, datasn=0, offset=0, length=512,
+                           reason=RejectReason.INVALID_PDU_FIELD,
+                           sense={(ABORTED_COMMAND, 0x4B, 5), (ABORTED_COMMAND, 0x4B, 0)}))
+
+
+@case("login-cid-changes-mid-login", "RFC 7143 11.12.7 / 6.3: the CID must not change "
+      "within a login: 02/00")
+def _(c: Ctx) -> None:
+    isid = next(_isids)
+    with connect(c) as s:
+        s.sendall(login_request(login_keys(c), flags=0 << 2 | 1, isid=isid, cid=1))
+        assert login_status_and_text(s)[:2] == (0, 0)
+        s.sendall(login_request(b"", flags=OP_TO_FFP, isid=isid, cid=2))
+        assert login_status_and_text(s)[:2] == (2, 0)
+        assert drain(s)[1]
+
+
+@case("login-tsih-changes-mid-login", "RFC 7143 11.12.6 / 6.3: the TSIH must not change "
+      "within a login: 02/00 (or 02/0A for a TSIH of no session)")
+def _(c: Ctx) -> None:
+    isid = next(_isids)
+    with connect(c) as s:
+        s.sendall(login_request(login_keys(c), flags=0 << 2 | 1, isid=isid))
+        assert login_status_and_text(s)[:2] == (0, 0)
+        s.sendall(login_request(b"", flags=OP_TO_FFP, isid=isid, tsih=0x0505))
+        assert login_status_and_text(s)[:2] in ((2, 0), (2, 0x0A))
+        assert drain(s)[1]
+
+
+@case("text-f-and-c", "RFC 7143 11.10.2: F and C both 1 in a Text Request is a protocol "
+      "error: Reject 04h (the connection may end)")
+def _(c: Ctx) -> None:
+    ini = rogue(c)
+    try:
+        text = keys("X-a=1")
+        header = pdu.text_request(flags=pdu.F_FINAL | pdu.F_CONTINUE, dsl=len(text),
+                                  itt=0x5B00, cmdsn=ini.cmdsn, exp_statsn=ini.exp_stat_sn)
+        ini.cmdsn += 1
+        expect_reject(ini, header, text, reasons={RejectReason.PROTOCOL_ERROR}, closes=None)
+    finally:
+        ini.close()
 
 
 # --- the test ---------------------------------------------------------------------------
