@@ -1194,41 +1194,62 @@ def _(c: Ctx) -> None:
 # -- allocation lengths of ffffffffh / ffffh (SPC-4 4.2.5.6: the device server returns
 #    what it has, up to the ALLOCATION LENGTH; iSCSI sends at most the EDTL, 11.4.5.1)
 
-def _alloc_cases() -> list[tuple[str, Callable[[Ctx], bytes], int]]:
-    return [
-        ("report-luns", lambda c: bytes([0xA0, 0, 0, 0, 0, 0]) + b"\xff" * 4 + bytes(2), 16),
-        ("report-luns-select-2", lambda c: bytes([0xA0, 0, 2, 0, 0, 0]) + b"\xff" * 4
-         + bytes(2), 16),
-        ("read-capacity16", lambda c: bytes([0x9E, 0x10]) + bytes(8) + b"\xff" * 4
-         + bytes(2), 32),
-        ("rsoc-all", lambda c: bytes([0xA3, 0x0C, 0, 0, 0, 0]) + b"\xff" * 4 + bytes(2), 4),
-        ("rsoc-one", lambda c: bytes([0xA3, 0x0C, 1, 0x28, 0, 0]) + b"\xff" * 4 + bytes(2),
-         4),
-        ("inquiry-std", lambda c: bytes([0x12, 0, 0, 0xFF, 0xFF, 0]), 36),
-        ("inquiry-vpd-00", lambda c: bytes([0x12, 1, 0x00, 0xFF, 0xFF, 0]), 4),
-        ("inquiry-vpd-83", lambda c: bytes([0x12, 1, 0x83, 0xFF, 0xFF, 0]), 4),
-        ("inquiry-vpd-b0", lambda c: bytes([0x12, 1, 0xB0, 0xFF, 0xFF, 0]), 4),
-        ("mode-sense10-all", lambda c: bytes([0x5A, 0, 0x3F, 0, 0, 0, 0, 0xFF, 0xFF, 0]), 8),
-        ("mode-sense6-all", lambda c: bytes([0x1A, 0, 0x3F, 0, 0xFF, 0]), 4),
-        ("request-sense", lambda c: bytes([0x03, 0, 0, 0, 0xFF, 0]), 8),
-        ("pr-in-read-keys", lambda c: bytes([0x5E, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]), 8),
-        ("pr-in-read-full", lambda c: bytes([0x5E, 3, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]), 8),
-        ("get-lba-status", lambda c: bytes([0x9E, 0x12]) + bytes(8) + b"\xff" * 4
-         + bytes(2), 8),
-    ]
+def _u16(d: bytes, at: int) -> int:
+    return int.from_bytes(d[at:at + 2], "big")
 
 
-for _label, _cdb_fn, _min in _alloc_cases():
+def _u32(d: bytes, at: int) -> int:
+    return int.from_bytes(d[at:at + 4], "big")
+
+
+# (label, CDB, its ALLOCATION LENGTH, the smallest parameter data, how long the whole
+# parameter data is by its own header: the clause's length field)
+ALLOC_CASES: list[tuple[str, bytes, int, int, Callable[[bytes], int]]] = [
+    ("report-luns", bytes([0xA0, 0, 0, 0, 0, 0]) + b"\xff" * 4 + bytes(2), 0xFFFFFFFF, 16,
+     lambda d: 8 + _u32(d, 0)),  # SPC-4 6.33: LUN LIST LENGTH, bytes 0-3
+    ("report-luns-select-2", bytes([0xA0, 0, 2, 0, 0, 0]) + b"\xff" * 4 + bytes(2),
+     0xFFFFFFFF, 8, lambda d: 8 + _u32(d, 0)),
+    ("read-capacity16", bytes([0x9E, 0x10]) + bytes(8) + b"\xff" * 4 + bytes(2), 0xFFFFFFFF,
+     32, lambda d: 32),  # SBC-4 5.20.2: 32 bytes of parameter data
+    ("rsoc-all", bytes([0xA3, 0x0C, 0, 0, 0, 0]) + b"\xff" * 4 + bytes(2), 0xFFFFFFFF, 4,
+     lambda d: 4 + _u32(d, 0)),  # SPC-4 6.35.2: COMMAND DATA LENGTH
+    ("rsoc-one-read10", bytes([0xA3, 0x0C, 1, 0x28, 0, 0]) + b"\xff" * 4 + bytes(2),
+     0xFFFFFFFF, 4, lambda d: 4 + _u16(d, 2)),  # 6.35.3: CDB SIZE, bytes 2-3 (CTDP 0)
+    ("inquiry-std", bytes([0x12, 0, 0, 0xFF, 0xFF, 0]), 0xFFFF, 36,
+     lambda d: 5 + d[4]),  # SPC-4 6.6.2: ADDITIONAL LENGTH, byte 4
+    ("inquiry-vpd-00", bytes([0x12, 1, 0x00, 0xFF, 0xFF, 0]), 0xFFFF, 4,
+     lambda d: 4 + _u16(d, 2)),  # SPC-4 7.8.1: PAGE LENGTH, bytes 2-3
+    ("inquiry-vpd-83", bytes([0x12, 1, 0x83, 0xFF, 0xFF, 0]), 0xFFFF, 4,
+     lambda d: 4 + _u16(d, 2)),
+    ("inquiry-vpd-b0", bytes([0x12, 1, 0xB0, 0xFF, 0xFF, 0]), 0xFFFF, 4,
+     lambda d: 4 + _u16(d, 2)),
+    ("mode-sense10-all", bytes([0x5A, 0, 0x3F, 0, 0, 0, 0, 0xFF, 0xFF, 0]), 0xFFFF, 8,
+     lambda d: 2 + _u16(d, 0)),  # SPC-4 7.5.5: MODE DATA LENGTH
+    ("mode-sense6-all", bytes([0x1A, 0, 0x3F, 0, 0xFF, 0]), 0xFF, 4,
+     lambda d: 1 + d[0]),
+    ("request-sense", bytes([0x03, 0, 0, 0, 0xFF, 0]), 0xFF, 8,
+     lambda d: 8 + d[7]),  # SPC-4 4.5.2 / 4.5.3: ADDITIONAL SENSE LENGTH, byte 7
+    ("pr-in-read-keys", bytes([0x5E, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]), 0xFFFF, 8,
+     lambda d: 8 + _u32(d, 4)),  # SPC-4 6.15.2: ADDITIONAL LENGTH, bytes 4-7
+    ("pr-in-read-full", bytes([0x5E, 3, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]), 0xFFFF, 8,
+     lambda d: 8 + _u32(d, 4)),  # 6.15.5
+    ("get-lba-status", bytes([0x9E, 0x12]) + bytes(8) + b"\xff" * 4 + bytes(2), 0xFFFFFFFF,
+     8, lambda d: 4 + _u32(d, 0)),  # SBC-4 5.7.2: PARAMETER DATA LENGTH
+]
+
+for _label, _cdb, _alloc_len, _min, _total in ALLOC_CASES:
     for _edtl_label, _edtl in (("edtl-4k", 4096), ("edtl-4g", 0xFFFFFFFF)):
-        add(f"alloc-ffffffff-{_label}-{_edtl_label}", "SPC-4 4.2.5.6 allocation length / "
-            "RFC 7143 11.4.5.1: GOOD with the data the device has (at least its header, "
-            "no more than the EDTL) and an underflow residual, or CHECK CONDITION ILLEGAL "
-            "REQUEST for a command or field we do not support; never a buffer the size of "
-            "the allocation length",
-            lambda c, f=_cdb_fn, m=_min, e=_edtl: _alloc(c, f(c), m, e))
+        add(f"alloc-max-{_label}-{_edtl_label}", "SPC-4 4.2.5.6 allocation length / RFC "
+            "7143 11.4.5.1: GOOD with min(the parameter data's own length, ALLOCATION "
+            "LENGTH, EDTL) bytes and the U bit with the rest of the EDTL as residual, or "
+            "CHECK CONDITION ILLEGAL REQUEST for a command or field we do not support; "
+            "never a buffer the size of the allocation length or the EDTL",
+            lambda c, cdb=_cdb, a=_alloc_len, m=_min, t=_total, e=_edtl:
+            _alloc(c, cdb, a, m, t, e))
 
 
-def _alloc(c: Ctx, cdb: bytes, minimum: int, edtl: int) -> None:
+def _alloc(c: Ctx, cdb: bytes, alloc: int, minimum: int, total: Callable[[bytes], int],
+           edtl: int) -> None:
     ini = rogue_ready(c)
     try:
         bhs, sense, got = scsi(ini, cdb, edtl=edtl, read=True)
@@ -1237,7 +1258,8 @@ def _alloc(c: Ctx, cdb: bytes, minimum: int, edtl: int) -> None:
             assert sense_of(sense)[0] == ILLEGAL_REQUEST, sense_of(sense)
             return
         assert bhs.b3 == GOOD, hex(bhs.b3)
-        assert minimum <= len(data) <= min(edtl, 1 << 20)
+        assert len(data) >= minimum, data
+        assert len(data) == min(total(data), alloc, edtl), (len(data), total(data))
         over, under, count = residual(bhs)
         if len(data) < edtl:
             assert under and not over and count == edtl - len(data)
