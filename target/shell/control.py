@@ -7,10 +7,13 @@ Rules:
   `scsi-target status`, request(), is one blocking unix-socket exchange.
 - Who may reach it, three fences (the helpers here; the server applies them):
   - prepare_directory(): the socket's directory is a real directory (not a symlink) owned
-    by our effective uid and mode 0700. We create it so when it is missing; the default
-    runtime directory is brought to 0700 when it is ours; a directory of someone else's,
-    a symlink, or a `--control` directory that others can use is refused with an OSError
-    naming it (the CLI prints it, the target does not start).
+    by our effective uid. The default runtime directory, and any directory we create for
+    the socket, is mode 0700 (the default one is brought to 0700 when it is ours). A
+    directory named with --control that exists already must be ours and writable by us
+    alone: 0755 is accepted (the socket's 0600 mode and the peer check keep other users
+    out; tools such as tools/droptest make their work directories so), a directory
+    others can write (they could replace the socket), of another uid or a symlink is
+    refused with an OSError naming it (the CLI prints it, the target does not start).
   - bind_socket(): the socket is bound under a temporary name in that directory, made
     0600, then renamed to its path (rename(2) is atomic), so it never exists at its path
     with other modes.
@@ -202,9 +205,9 @@ def check_line(line: bytes) -> tuple[dict[str, Any] | None, bytes]:
 # --- who may reach the socket ------------------------------------------------------------
 
 def prepare_directory(directory: Path, *, ours: bool = False) -> None:
-    """Make `directory` a 0700 directory of our effective uid, or refuse it (OSError naming
-    it). `ours`: the default runtime directory, whose mode we may tighten; a directory the
-    user named for --control that others can use is refused instead."""
+    """Make `directory` fit for the control socket, or refuse it (OSError naming it): a
+    directory of our effective uid; 0700 when we create it or when it is the default
+    runtime directory (`ours`); else at least not writable by group or others."""
     uid = os.geteuid()
     try:
         os.mkdir(directory, 0o700)
@@ -226,10 +229,10 @@ def prepare_directory(directory: Path, *, ours: bool = False) -> None:
     if created or ours:
         if mode != 0o700:
             os.chmod(directory, 0o700)  # mkdir's mode is cut by the umask; or tightened
-    elif mode & 0o077:
+    elif mode & 0o022:
         raise OSError(errno.EPERM, f"the control socket's directory has mode {mode:04o}: "
-                      "other users could reach the socket; use a 0700 directory",
-                      str(directory))
+                      "other users could replace the socket; use a directory only we "
+                      "can write (0700)", str(directory))
 
 
 def bind_socket(path: Path) -> socket.socket:

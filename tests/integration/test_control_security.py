@@ -5,8 +5,11 @@ What is checked, and against what:
   0600 socket (S_ISSOCK), the modes unix(7) says decide who may connect ("connecting to the
   socket object requires write permission on the socket file" and search permission on
   the directories of its path).
-- A directory that others can use, or that belongs to another uid, is refused at start
-  with a message naming it: the target does not start.
+- The default runtime directory is created 0700. A --control directory that others can
+  write (0777, 0775, sticky 1777), or that belongs to another uid, is refused at start
+  with a message naming it and its mode: the target does not start. One of ours that
+  others may only search (0755, as tools/droptest makes its work directory) is used as it
+  is, the socket still 0600.
 - A peer of another uid is refused. Run as uid 65534 ("nobody") the client is stopped by
   the filesystem first (EACCES, unix(7)). Run as nobody but keeping CAP_DAC_OVERRIDE
   (capabilities(7): it bypasses the file permission checks, so the client reaches the
@@ -108,13 +111,43 @@ def _start_refused(tmp_path: Path, sock: Path) -> str:
     return str(info.value)
 
 
-def test_directory_others_can_use_is_refused(tmp_path):
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
+def test_directory_others_can_write_is_refused(tmp_path, mode):
     shared = tmp_path / "shared"
     shared.mkdir()
-    os.chmod(shared, 0o755)
+    os.chmod(shared, mode)
     message = _start_refused(tmp_path, shared / "t.sock")
-    assert str(shared) in message and "0755" in message
+    assert str(shared) in message and f"{mode:04o}" in message
     assert not (shared / "t.sock").exists()
+
+
+def test_named_directory_0755_keeps_its_mode_socket_0600(tmp_path):
+    """A --control directory of ours that others may only search (a tool's work directory)
+    is used as it is; the socket is still 0600 and the peer check still applies."""
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(work, 0o755)
+    sock = work / "t.sock"
+    with OurTarget(["--size", "4M", "--control", str(sock)], workdir=tmp_path):
+        assert stat.S_IMODE(os.stat(work).st_mode) == 0o755
+        s = os.lstat(sock)
+        assert stat.S_ISSOCK(s.st_mode) and stat.S_IMODE(s.st_mode) == 0o600
+        c = Client(sock)
+        try:
+            assert status_ok(c)
+        finally:
+            c.close()
+
+
+def test_default_runtime_directory_is_0700(tmp_path):
+    """Without --control: $XDG_RUNTIME_DIR/scsi-target, created 0700, <pid>.sock 0600."""
+    runtime = tmp_path / "run"
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
+    with OurTarget(["--size", "4M"], workdir=tmp_path, env=env) as t:
+        d = runtime / "scsi-target"
+        assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
+        sock = d / f"{t.pid}.sock"
+        assert stat.S_IMODE(os.lstat(sock).st_mode) == 0o600
 
 
 @root_only
