@@ -1813,6 +1813,32 @@ add("unsolicited-after-f-bit", "RFC 7143 11.3.1 (F=1: no unsolicited Data-Out fo
                            sense={(ABORTED_COMMAND, 0x4B, 5), (ABORTED_COMMAND, 0x4B, 0)}))
 
 
+@case("login-stage-back-to-security", "RFC 7143 6.3 / 11.12.3: once the target moved the "
+      "login to the operational stage, a request with CSG 0 (security) is out of order: "
+      "02/00")
+def _(c: Ctx) -> None:
+    isid = next(_isids)
+    with connect(c) as s:
+        s.sendall(login_request(login_keys(c, "AuthMethod=None"), flags=SEC_TO_OP,
+                                isid=isid))
+        st = login_status_and_text(s)
+        assert st[:2] == (0, 0) and st[3] & T_BIT and st[3] & 0x03 == 1  # now stage 1
+        s.sendall(login_request(b"", flags=SEC_TO_OP, isid=isid))
+        assert login_status_and_text(s)[:2] == (2, 0)
+        assert drain(s)[1]
+
+
+@case("login-skip-stage-unauthenticated-ok", "RFC 7143 6.3.2 (counter-case): with no "
+      "authentication required a login may start in the operational stage and go straight "
+      "to full feature phase; T=1 and TSIH set in the final response (11.13.4)")
+def _(c: Ctx) -> None:
+    with connect(c) as s:
+        s.sendall(login_request(login_keys(c)))
+        got = recv_pdu(s)
+        assert got is not None and got[0].w36 >> 16 == 0 and got[0].flags & T_BIT
+        assert got[0].tsih != 0
+
+
 @case("login-cid-changes-mid-login", "RFC 7143 11.12.7 / 6.3: the CID must not change "
       "within a login: 02/00")
 def _(c: Ctx) -> None:
