@@ -1,19 +1,37 @@
 """The control channel: requests to a running target over a local socket, answered here.
 
 Rules:
-- Transport (in target.shell.server): a unix stream socket, one JSON object per line each way.
-  Only the local user can reach it (the socket lives in a 0700 directory). The answering
-  side is sans-IO: Control.handle(request) -> response, both dicts (handle_line() for one
-  JSON line); the client side of `scsi-target status`, request(), is one blocking
-  unix-socket exchange.
+- Transport (served by target.shell.server's Server.start_control): a unix stream socket,
+  one JSON object per line each way. The answering side is sans-IO: Control.handle(request)
+  -> response, both dicts (handle_line() for one JSON line); the client side of
+  `scsi-target status`, request(), is one blocking unix-socket exchange.
+- Who may reach it, three fences (the helpers here; the server applies them):
+  - prepare_directory(): the socket's directory is a real directory (not a symlink) owned
+    by our effective uid. The default runtime directory, and any directory we create for
+    the socket, is mode 0700 (the default one is brought to 0700 when it is ours). A
+    directory named with --control that exists already must be ours and writable by us
+    alone: 0755 is accepted (the socket's 0600 mode and the peer check keep other users
+    out; tools such as tools/droptest make their work directories so), a directory
+    others can write (they could replace the socket), of another uid or a symlink is
+    refused with an OSError naming it (the CLI prints it, the target does not start).
+  - bind_socket(): the socket is bound under a temporary name in that directory, made
+    0600, then renamed to its path (rename(2) is atomic), so it never exists at its path
+    with other modes.
+  - peer_refusal(): each connection's peer is read with SO_PEERCRED (socket(7), unix(7):
+    the pid, uid, gid of the process that connected); a uid other than ours and root (0)
+    is answered with one error line and closed, and logged.
+- Requests are validated before they are answered (check_line()): a line is at most
+  MAX_REQUEST bytes (a longer one gets an error line and the connection is closed: the
+  rest of it cannot be told from the next request), UTF-8 JSON, an object, whose
+  "command" is a known command (a string) and whose other fields are those of that
+  command (REQUEST_FIELDS) with their types. Any failure is {"ok": false, "error": "..."}
+  naming the problem, and the connection stays usable.
 - Requests: {"command": "fault-add", "rule": {...}} (target.faults.parse_rule),
   {"command": "fault-list"}, {"command": "fault-clear", "id": N} (no id: all).
   {"command": "status"} -> the targets, their LUNs (size, block size, the task
   set's policy, depth and metrics: commands queued, maximum depth, seek distance,
   reorders, starvation-bound hits, TASK SET FULL answers, aborts), the sessions and the
   event loop ("uvloop" or "asyncio").
-  Unknown commands and malformed requests get {"ok": false, "error": "..."} naming the
-  problem; the connection stays usable.
 - With worker processes (target.shell.workers) the portal process answers: "workers"
   lists each worker's pid and targets, and each target has the "pid" of its worker.
 - Where the socket is: `serve --control PATH`, or by default
@@ -25,15 +43,28 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import socket
+import stat
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
-MAX_REQUEST = 64 << 10
+MAX_REQUEST = 64 << 10  # bytes in one request line, its newline included
 COMMANDS = ("status", "fault-add", "fault-list", "fault-clear")
+# Per command: field -> (the JSON types it may have, whether it is required).
+REQUEST_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "status": {},
+    "fault-list": {},
+    "fault-add": {"rule": ((dict,), True)},
+    "fault-clear": {"id": ((int, type(None)), False)},
+}
+_TYPE_NAMES = {dict: "an object", int: "an integer", type(None): "null", str: "a string"}
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (socket(7) SO_PEERCRED)
 
 
 def runtime_dir() -> Path:
@@ -60,14 +91,8 @@ class Control:
         return self.handle_line(line)
 
     def handle_line(self, line: bytes) -> bytes:
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError("a request is a JSON object")
-            response = self.handle(request)
-        except ValueError as exc:
-            response = {"ok": False, "error": f"bad request: {exc}"}
-        return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+        request, error = check_line(line)
+        return error if request is None else encode(self.handle(request))
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
@@ -116,6 +141,133 @@ class Control:
             targets.append({"iqn": tc.iqn, "luns": luns})
         return {**process_status(self.started, app.portal), "targets": targets,
                 "faults": self.faults.describe() if self.faults is not None else []}
+
+
+def encode(response: dict[str, Any]) -> bytes:
+    """One answer line."""
+    return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+
+
+def error_line(message: str) -> bytes:
+    return encode({"ok": False, "error": message})
+
+
+def validate(request: object) -> str | None:
+    """What is wrong with a decoded request (None: nothing): an object, a known command,
+    the fields of that command with their types (REQUEST_FIELDS)."""
+    if not isinstance(request, dict):
+        return f"bad request: a request is a JSON object, not {type(request).__name__}"
+    command = request.get("command")
+    if not isinstance(command, str):
+        return (f"bad request: \"command\" must be a string naming one of "
+                f"{', '.join(COMMANDS)}; got {command!r}")
+    fields = REQUEST_FIELDS.get(command)
+    if fields is None:
+        return unknown_command(command)["error"]
+    extra = sorted(set(request) - set(fields) - {"command"})
+    if extra:
+        known = ", ".join(fields) or "none"
+        return (f"bad request: unknown field(s) {', '.join(map(repr, extra))} for "
+                f"{command!r} (its fields: {known})")
+    for name, (types, required) in fields.items():
+        if name not in request:
+            if required:
+                return f"bad request: {command!r} needs the field {name!r}"
+            continue
+        value = request[name]
+        # JSON true/false decode to bool, a subclass of int: not an integer here.
+        if isinstance(value, bool) or not isinstance(value, types):
+            wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            return (f"bad request: {command!r} field {name!r} must be {wanted}, "
+                    f"not {value!r}"[:300])
+    return None
+
+
+def check_line(line: bytes) -> tuple[dict[str, Any] | None, bytes]:
+    """A request line decoded and validated: (request, b"") or (None, the error line)."""
+    if len(line) > MAX_REQUEST:
+        return None, error_line(f"bad request: a request line is at most {MAX_REQUEST} "
+                                f"bytes, this one has {len(line)}")
+    try:
+        text = bytes(line).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, error_line(f"bad request: not UTF-8 ({exc.reason} at byte {exc.start})")
+    try:
+        request = json.loads(text)
+    except ValueError as exc:
+        return None, error_line(f"bad request: not JSON ({exc})")
+    problem = validate(request)
+    if problem is not None:
+        return None, error_line(problem)
+    return request, b""
+
+
+# --- who may reach the socket ------------------------------------------------------------
+
+def prepare_directory(directory: Path, *, ours: bool = False) -> None:
+    """Make `directory` fit for the control socket, or refuse it (OSError naming it): a
+    directory of our effective uid; 0700 when we create it or when it is the default
+    runtime directory (`ours`); else at least not writable by group or others."""
+    uid = os.geteuid()
+    try:
+        os.mkdir(directory, 0o700)
+        created = True
+    except FileExistsError:
+        created = False
+    except FileNotFoundError:
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.mkdir(directory, 0o700)
+        created = True
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "the control socket's directory is not a directory "
+                      "(a symlink or another file)", str(directory))
+    if st.st_uid != uid:
+        raise OSError(errno.EPERM, f"the control socket's directory belongs to uid "
+                      f"{st.st_uid}, not to us (uid {uid})", str(directory))
+    mode = stat.S_IMODE(st.st_mode)
+    if created or ours:
+        if mode != 0o700:
+            os.chmod(directory, 0o700)  # mkdir's mode is cut by the umask; or tightened
+    elif mode & 0o022:
+        raise OSError(errno.EPERM, f"the control socket's directory has mode {mode:04o}: "
+                      "other users could replace the socket; use a directory only we "
+                      "can write (0700)", str(directory))
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A listening unix socket at `path`, mode 0600 from the moment it has that name."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(temporary))
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+        sock.listen(16)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    return sock
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a unix socket (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return _UCRED.unpack(raw)
+
+
+def peer_refusal(uid: int) -> str | None:
+    """Why a peer of `uid` may not use the socket (None: it may): only our effective uid
+    and root."""
+    ours = os.geteuid()
+    if uid in (ours, 0):
+        return None
+    return f"refused: the control socket serves uid {ours} only, not uid {uid}"
 
 
 def unknown_command(command: object) -> dict[str, Any]:

@@ -467,29 +467,50 @@ class Server:
         return self.bound
 
     async def start_control(self) -> None:
-        """The control socket (target.shell.control): JSON lines, in a directory only we can use."""
+        """The control socket (target.shell.control): JSON lines; a 0700 directory of ours,
+        a 0600 socket, peers other than our uid and root refused (SO_PEERCRED), every
+        request line checked (control.check_line) before it is answered."""
+        from target.shell import control as ctl
+
         path = self.control_path
         if self.control is None or path is None:
             return
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        ctl.prepare_directory(path.parent, ours=path.parent == ctl.runtime_dir())
         control = self.control
 
         async def serve_client(reader: asyncio.StreamReader,
                                writer: asyncio.StreamWriter) -> None:
             try:
-                while line := await reader.readline():
-                    writer.write(await control.answer_line(line))
+                sock = writer.get_extra_info("socket")
+                pid, uid, _ = ctl.peer_credentials(sock)
+                refusal = ctl.peer_refusal(uid)
+                if refusal is not None:
+                    log.warning("control socket: pid %d uid %d refused", pid, uid)
+                    writer.write(ctl.error_line(refusal))
                     await writer.drain()
-            except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+                    return
+                while True:
+                    try:
+                        line = await reader.readline()
+                    except ValueError:  # longer than the limit: the rest is unframed
+                        writer.write(ctl.error_line(
+                            f"bad request: a request line is at most {ctl.MAX_REQUEST} "
+                            "bytes; closing the connection"))
+                        await writer.drain()
+                        return
+                    if not line:
+                        return
+                    request, error = ctl.check_line(line)
+                    writer.write(error if request is None else await control.answer_line(line))
+                    await writer.drain()
+            except (ConnectionError, OSError):
                 pass
             finally:
                 writer.close()
 
-        self._control_server = await asyncio.start_unix_server(serve_client, str(path),
-                                                               limit=64 << 10)
-        os.chmod(path, 0o600)
+        sock = ctl.bind_socket(path)
+        self._control_server = await asyncio.start_unix_server(serve_client, sock=sock,
+                                                               limit=ctl.MAX_REQUEST)
 
     def stop_control(self) -> None:
         if self._control_server is not None:
