@@ -56,8 +56,11 @@ def trim() -> bool:
     """malloc_trim(0): free heap pages back to the system; False when there is no such
     call (not glibc) or nothing was given back."""
     libc = _c_library()
-    fn = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if fn is None:
+    if libc is None:
+        return False
+    try:
+        fn = libc.malloc_trim
+    except AttributeError:  # not glibc
         return False
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
@@ -67,8 +70,11 @@ def trim() -> bool:
 def tune() -> dict[str, int]:
     """Set the thresholds the environment does not; returns what was set (by env name)."""
     libc = _c_library()
-    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
-    if mallopt is None:
+    if libc is None:
+        return {}
+    try:
+        mallopt = libc.mallopt
+    except AttributeError:  # musl
         return {}
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

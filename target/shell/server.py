@@ -55,9 +55,11 @@ Rules:
     none to shed, the listening sockets are not read for ACCEPT_BACKOFF s. Either way the
     log says so once per LOG_INTERVAL s, with the count since the last line (issue 15:
     retrying at once spun at 100% CPU and logged 77,000 lines a second).
-  With --workers the portal process applies the accept() rules and the limits on the
-  links it serves itself (discovery); a connection handed to a worker leaves its counts,
-  and the worker applies login_timeout, max_sessions and max_buffered_bytes.
+  With --workers the portal process applies the accept() rules (shedding the connections
+  still waiting for their first PDU too: shed_hooks, target.shell.workers) but keeps no
+  connection counts (max_connections, max_connections_per_address are not applied
+  there); each worker applies login_timeout, max_sessions and max_buffered_bytes to the
+  connections handed to it.
 - A session that ends gives its memory back: after a link that had a session closes,
   target.malloc.trim() returns the heap's free pages to the system (malloc_trim(3)),
   at most once per TRIM_INTERVAL s.
@@ -438,6 +440,9 @@ class Server:
         # Who takes an accepted socket instead of a Link of its own (the portal
         # process's router), and what else runs with the loop.
         self.accept_hook: Callable[[socket.socket, str], None] | None = None
+        # Who else holds connections not logged in (the router's, before their first
+        # PDU): each call closes its oldest and returns its peer, or None.
+        self.shed_hooks: list[Callable[[], str | None]] = []
         self.attachments: list[Attachment] = []
         self.serving = False
         self.busy_poll = busy_poll_us / 1e6  # seconds a quiescent link polls (0: never)
@@ -617,10 +622,14 @@ class Server:
         shed = []
         for _ in range(SHED_BATCH):
             victim = self._oldest_logging_in()
-            if victim is None:
+            if victim is not None:
+                shed.append(victim.conn.peer)
+                victim.close()
+                continue
+            peer = next((p for hook in self.shed_hooks if (p := hook()) is not None), None)
+            if peer is None:
                 break
-            shed.append(victim.conn.peer)
-            victim.close()
+            shed.append(peer)
         self.shed += len(shed)
         if shed:
             self._tell("no-fds", "accept failed: %s; closed the oldest connections still "

@@ -9,7 +9,8 @@ What this file holds the target (OurTarget, our `serve`, on 127.0.0.1) to, and b
 - test_idle_and_stalled_connections_do_not_lock_out: 1000 connections that send nothing
   and 100 that stall inside a Login PDU's header (20 of its 48 bytes, RFC 7143 11.2),
   with the defaults (the per-address limit sheds them) and under `prlimit --nofile=1024`
-  with limits above 1024 (accept() meets EMFILE and sheds). Then a healthy session (our
+  with limits above 1024 (accept() meets EMFILE and sheds), also with --workers 2 (the
+  portal process sheds connections still waiting for their first PDU). Then a healthy session (our
   initiator) logs in within 1 s and READs and WRITEs; over the next 5 s the server's CPU
   (/proc/PID/stat utime+stime, proc(5)) stays under 15% of a core and its log gains at
   most a few lines.
@@ -63,7 +64,8 @@ READ10, WRITE10, INQUIRY = 0x28, 0x2A, 0x12
 
 
 class LimitedTarget(OurTarget):
-    """OurTarget under `prlimit --nofile=N` (util-linux execs the server: same PID)."""
+    """OurTarget under `prlimit --nofile=N` (util-linux execs the server: same PID; its
+    worker processes, forked, inherit the limit)."""
 
     def __init__(self, nofile: int, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -73,8 +75,17 @@ class LimitedTarget(OurTarget):
         return ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--", *super().command()]
 
 
-def _config(tmp_path: Path, limits: str, size: str = "64M") -> Path:
+def _config(tmp_path: Path, limits: str, size: str = "64M", targets: int = 1) -> Path:
     path = tmp_path / "limits.toml"
+    more = "".join(f"""
+[[target]]
+iqn = "{OUR_DEFAULT_IQN}-{i}"
+
+[[target.lun]]
+lun = 0
+store = "memory"
+size = "16M"
+""" for i in range(1, targets))
     path.write_text(f"""
 [limits]
 {limits}
@@ -86,7 +97,7 @@ iqn = "{OUR_DEFAULT_IQN}"
 lun = 0
 store = "memory"
 size = "{size}"
-""")
+""" + more)
     return path
 
 
@@ -205,16 +216,18 @@ def _closed_by_peer(s: socket.socket, within: float) -> bool:
         return False
 
 
-@pytest.mark.parametrize("nofile", [None, 1024], ids=["default-limits", "nofile-1024"])
-def test_idle_and_stalled_connections_do_not_lock_out(nofile: int | None,
+@pytest.mark.parametrize("nofile, workers", [(None, 0), (1024, 0), (1024, 2)],
+                         ids=["default-limits", "nofile-1024", "nofile-1024-workers-2"])
+def test_idle_and_stalled_connections_do_not_lock_out(nofile: int | None, workers: int,
                                                       tmp_path: Path) -> None:
     _raise_nofile(4096)
+    args = ["--workers", str(workers)] if workers else []
     if nofile is None:  # the defaults: max_connections_per_address (128) sheds them
         target = OurTarget(config=_config(tmp_path, ""), workdir=tmp_path)
-    else:  # limits above the fd limit: accept() meets EMFILE
-        target = LimitedTarget(nofile, config=_config(
-            tmp_path, "max_connections = 4096\nmax_connections_per_address = 4096"),
-            workdir=tmp_path)
+    else:  # limits above the fd limit: accept() meets EMFILE (in the portal process)
+        target = LimitedTarget(nofile, args, config=_config(
+            tmp_path, "max_connections = 4096\nmax_connections_per_address = 4096",
+            targets=max(1, workers)), workdir=tmp_path)
     socks: list[socket.socket] = []
     try:
         with target:
