@@ -57,7 +57,11 @@ Rules:
   smaller ones, at most one per CmdSN in the window, are not counted: the common write
   pays nothing for the bound): a command whose buffer would pass it is answered TASK SET
   FULL (SAM-5 5.3: the logical unit lacks the resources to accept it) when its CmdSN
-  turn comes, with no buffer and no R2T; its data is discarded.
+  turn comes, with no buffer and no R2T; its data is discarded. READs over SMALL_WRITE
+  count their EDTL the same way from arrival until answered (the Data-In they make is
+  held here until the shell sends it; once answered it is the shell's, whose link stops
+  reading past HIGH_WATER), so a window of large READs received at once cannot queue
+  more than the bound; one that would pass it is answered TASK SET FULL too.
 - MAXIMUM TRANSFER LENGTH (the Block Limits VPD page, target.scsi.vpd_sbc; SBC-4 6.6.4:
   a command over it ends in CHECK CONDITION, ILLEGAL REQUEST, INVALID FIELD IN CDB): a
   command whose Data-Out (EDTL) is larger than any LU of the session accepts gets no
@@ -210,7 +214,8 @@ class TaskTransport:
 
     __slots__ = ("task", "itt", "cmdsn", "lun_raw", "edtl", "read", "write", "buf", "view",
                  "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
-                 "outstanding", "admitted", "queued", "aborted", "data_pdus", "gap")
+                 "outstanding", "admitted", "queued", "aborted", "data_pdus", "gap", "held",
+                 "refused")
 
     def __init__(self, task: ScsiTask, bhs: Bhs, cmdsn: int, edtl: int, read: bool,
                  write: bool) -> None:
@@ -237,6 +242,8 @@ class TaskTransport:
         self.aborted = False
         self.data_pdus = 0  # R2Ts or Data-Ins sent, for ExpDataSN
         self.gap: tuple[int, int] | None = None  # unsolicited range left unsent (F bit)
+        self.held = 0  # bytes it counts in Connection.buffered ([limits] max_buffered_bytes)
+        self.refused = False  # a READ over the bound: TASK SET FULL in its turn (aborted too)
 
 
 
@@ -687,6 +694,13 @@ class Connection:
             cmd.unsol_end = max(unsolicited, bhs.dsl)
             cmd.unsol_next = bhs.dsl
             cmd.r2t_next = cmd.unsol_end
+        elif read and edtl > SMALL_WRITE:
+            # Data-In the target will hold until sent: counted as write buffers are.
+            if self.buffered + edtl > self._max_buffered:
+                cmd.aborted = cmd.refused = True  # answered in its turn (_start_command)
+            else:
+                self.buffered += edtl
+                cmd.held = edtl
         elif write:
             task.data_out = memoryview(b"")
         self._cmds[bhs.itt] = cmd
@@ -700,6 +714,7 @@ class Connection:
         if edtl > self._max_write or self.buffered + edtl > self._max_buffered:
             return False
         self.buffered += edtl
+        cmd.held = edtl
         cmd.buf = bytearray(edtl) if edtl < BIG_BUFFER else mmap.mmap(-1, edtl)
         cmd.view = memoryview(cmd.buf)
         return True
@@ -718,6 +733,9 @@ class Connection:
     def _start_command(self, cmd: TaskTransport) -> None:
         cmd.admitted = True
         if cmd.aborted:
+            if cmd.refused:  # a READ over the bound (_new_command)
+                cmd.aborted = False
+                self._refuse(cmd)
             return
         if cmd.write and cmd.received < cmd.edtl:
             if cmd.view is None:
@@ -734,14 +752,14 @@ class Connection:
         turn: over MAXIMUM TRANSFER LENGTH, CHECK CONDITION (SBC-4 6.6.4); over the
         connection's buffer bound, TASK SET FULL (SAM-5 5.3)."""
         task = cmd.task
-        if cmd.edtl > self._max_write:
+        if cmd.write and cmd.edtl > self._max_write:
             log.info("%s: ITT %#x: %d bytes of Data-Out exceed MAXIMUM TRANSFER LENGTH "
                      "(%d bytes); refused", self.peer, cmd.itt, cmd.edtl, self._max_write)
             self.session.device.fail(task, transfer_too_long(task.cdb))
         else:
-            log.info("%s: ITT %#x: %d bytes of write buffers held, %d more would pass "
-                     "[limits] max_buffered_bytes; TASK SET FULL", self.peer, cmd.itt,
-                     self.buffered, cmd.edtl)
+            log.info("%s: ITT %#x: %d bytes of data held, %d more would pass [limits] "
+                     "max_buffered_bytes; TASK SET FULL", self.peer, cmd.itt, self.buffered,
+                     cmd.edtl)
             task.status = Status.TASK_SET_FULL
         task.out_length = None
         self.complete(task)
@@ -872,9 +890,9 @@ class Connection:
         task.transport = None  # no task <-> command cycle once it is answered
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
-        if cmd.buf is not None:  # its data is stored: the bytes leave the bound
-            self.buffered -= cmd.edtl
-            cmd.buf = None
+        if cmd.held:  # its data is stored (or produced): the bytes leave the bound
+            self.buffered -= cmd.held
+            cmd.held = 0
         if cmd.outstanding:  # answered before its data (TASK SET FULL): no more Data-Out
             for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
                 del self._r2ts[ttt]
@@ -1153,9 +1171,9 @@ class Connection:
         the LU's task set (the task manager has done that when it aborted the task)."""
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
-        if cmd.buf is not None:
-            self.buffered -= cmd.edtl
-            cmd.buf = None
+        if cmd.held:
+            self.buffered -= cmd.held
+            cmd.held = 0
         for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
             del self._r2ts[ttt]
         if cmd.queued:

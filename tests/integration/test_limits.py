@@ -30,6 +30,10 @@ What this file holds the target (OurTarget, our `serve`, on 127.0.0.1) to, and b
   (fixed sense, SPC-4 4.5.3: key byte 2, ASC/ASCQ bytes 12-13, field pointer bytes 15-17
   naming CDB byte 7, WRITE(10)'s TRANSFER LENGTH, SBC-4 5.40) and the server's peak RSS
   (VmHWM, proc(5)) rises by less than 32 MiB: no buffer was made for them.
+- test_largest_reads_not_read_rss_bounded: a full CmdSN window of READ(10)s of MAXIMUM
+  TRANSFER LENGTH in one TCP segment to a peer that reads nothing for 2 s: every one ends
+  GOOD or TASK SET FULL, and the queued Data-In holds VmHWM under the start + 64 MiB +
+  48 MiB of slack (the old code queued the whole 1 GiB).
 - test_largest_writes_rss_bounded: a full CmdSN window (128) of WRITE(10)s of MAXIMUM
   TRANSFER LENGTH (8 MiB), the largest a command may carry, pipelined with their R2Ts
   answered: every one ends GOOD or TASK SET FULL (SAM-5 5.3), the bound of
@@ -86,9 +90,7 @@ lun = 0
 store = "memory"
 size = "16M"
 """ for i in range(1, targets))
-    path.write_text(f"""
-[limits]
-{limits}
+    path.write_text(("[limits]\n" + limits if limits else "") + f"""
 
 [[target]]
 iqn = "{OUR_DEFAULT_IQN}"
@@ -383,6 +385,39 @@ def test_write_over_max_transfer_length(tmp_path: Path) -> None:
         assert grew < 32 << 10, f"peak RSS grew {grew} KiB for writes that were refused"
         ini.command(_cdb10(WRITE10, 0, 8), data=bytes(4096))  # the session goes on
         assert ini.logout() == 0
+        ini.close()
+
+
+def test_largest_reads_not_read_rss_bounded(tmp_path: Path) -> None:
+    with OurTarget(config=_config(tmp_path, ""), workdir=tmp_path) as target:
+        ini = _initiator(target.port)
+        ini.login()
+        _clear_unit_attention(ini)
+        mtl = _max_transfer_bytes(ini)
+        time.sleep(0.3)
+        start = max(_status_kib(target.pid, "VmHWM"), _status_kib(target.pid, "VmRSS"))
+        core = ini.core
+        batch = []
+        for _ in range(128):
+            itt = core.next_itt()
+            batch.append(pdu.scsi_command(flags=pdu.F_FINAL | pdu.F_READ | 1, dsl=0,
+                                          lun=bytes(8), itt=itt, edtl=mtl, cmdsn=core.cmdsn,
+                                          exp_statsn=core.exp_stat_sn,
+                                          cdb=_cdb10(READ10, 0, mtl // BLOCK)))
+            core.cmdsn += 1
+        ini.send_raw(b"".join(batch))  # one segment: the target parses all 128 at once
+        time.sleep(2.0)
+        peak = _status_kib(target.pid, "VmHWM")
+        statuses: dict[int, int] = {}
+        while sum(statuses.values()) < 128:
+            bhs, _ = ini.recv_pdu()
+            if bhs.opcode == Op.SCSI_RESPONSE or (bhs.opcode == Op.DATA_IN
+                                                  and bhs.flags & pdu.F_STATUS):
+                statuses[bhs.b3] = statuses.get(bhs.b3, 0) + 1
+        assert set(statuses) <= {0x00, 0x28}, statuses  # GOOD, TASK SET FULL
+        assert statuses.get(0x00, 0) >= 7, statuses
+        bound = start + (64 << 10) + (48 << 10)
+        assert peak < bound, f"peak RSS {peak} KiB over {bound} KiB ({statuses})"
         ini.close()
 
 

@@ -11,6 +11,8 @@ LENGTH, and the scratch buffer of a connection still logging in.
   (SPC-4 4.5.2.4.2: SKSV, C/D, FIELD POINTER).
 - Write buffers beyond max_buffered bytes: TASK SET FULL (SAM-5 5.3), no R2T; the bound's
   bytes come back when a command is answered, so the next write gets its buffer.
+- Large READs count their EDTL from arrival until answered: one that would pass the bound
+  is answered TASK SET FULL in its CmdSN turn, never run.
 - Until full feature phase the scratch buffer is sized for 8192-byte data segments (the
   MaxRecvDataSegmentLength in force during login, 13.12); a command pipelined behind the
   last Login Request in the same receive is still served (the buffer is replaced under
@@ -171,3 +173,25 @@ def test_small_writes_are_not_counted():
     (bhs, _), = h.pdus()
     assert bhs.b3 == 0
 
+
+
+def read10(lba: int, n: int) -> bytes:
+    return struct.pack(">BBIBHB", 0x28, 0, lba, 0, n, 0)
+
+
+def test_reads_beyond_max_buffered_get_task_set_full():
+    h = Harness(max_recv_data_segment_length=262144, max_burst_length=1 << 20)
+    h.conn._max_buffered = 2 << 20
+    size = 1 << 20
+    # Three READs in one receive: all are parsed before any runs (the shell's order).
+    h.conn.receive_data(b"".join(h.command(read10(0, 2048), size, read=True)
+                                 for _ in range(3)))
+    assert h.conn.buffered == 2 << 20
+    h.run()
+    pdus = h.pdus()
+    done = [b for b, _ in pdus if b.opcode == Op.SCSI_RESPONSE
+            or (b.opcode == Op.DATA_IN and b.flags & pdu.F_STATUS)]
+    assert sorted((b.itt, b.b3) for b in done) == [(1, 0x00), (2, 0x00), (3, 0x28)]
+    assert h.conn.buffered == 0
+    h.feed(h.command(read10(0, 2048), size, read=True))  # room again
+    assert [b.b3 for b, _ in h.pdus() if b.flags & pdu.F_STATUS] == [0x00]
