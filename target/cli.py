@@ -403,6 +403,11 @@ def config_command(args: argparse.Namespace) -> int:
         return 0
     print(f"# {cfg.source}")
     print("listen:", ", ".join(cfg.listen))
+    lim = cfg.limits
+    print(f"limits: login within {lim.login_timeout:g} s, {lim.max_connections} connections "
+          f"per portal ({lim.max_connections_per_address} per address), "
+          f"{lim.max_sessions} sessions, {_human(lim.max_buffered_bytes)} buffered "
+          "per connection")
     for t in cfg.targets:
         acl = ", ".join(t.initiators) if t.initiators is not None else "all initiators"
         print(f"target {t.iqn} (tpgt {t.tpgt}; {acl})")

@@ -25,8 +25,9 @@ Example:
     max_connections = 1024      # connections at once per portal (listening address)
     max_connections_per_address = 128  # of them from one initiator IP address
     max_sessions = 256          # sessions at once (normal and discovery); more: 03/02
-    max_buffered_bytes = "64M"  # write data one connection makes the target hold
-                                # (Data-Out buffers); beyond: TASK SET FULL
+    max_buffered_bytes = "64M"  # data of commands over 64 KiB one connection has in
+                                # the target (Data-Out buffers, READs not yet answered);
+                                # a command beyond: TASK SET FULL
 
     [[portal]]
     listen = "127.0.0.1:3260"
@@ -166,7 +167,7 @@ class LimitsConfig:
     max_connections: int = 1024  # per portal (listening socket)
     max_connections_per_address: int = 128  # per initiator IP address, per portal
     max_sessions: int = 256  # sessions at once in one process
-    max_buffered_bytes: int = 64 << 20  # Data-Out buffers one connection holds
+    max_buffered_bytes: int = 64 << 20  # Data-Out buffers and READs one connection holds
 
 
 @dataclass
