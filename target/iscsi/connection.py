@@ -61,7 +61,10 @@ Rules:
   count their EDTL the same way from arrival until answered (the Data-In they make is
   held here until the shell sends it; once answered it is the shell's, whose link stops
   reading past HIGH_WATER), so a window of large READs received at once cannot queue
-  more than the bound; one that would pass it is answered TASK SET FULL too.
+  more than the bound; one that would pass it is answered TASK SET FULL too. The data
+  segments of PDUs held for CmdSN order (NOP-Out, Text: copies) count as well; one that
+  would pass the bound ends the connection after a Reject (11.17: a PDU the target
+  cannot take), as no hole in the CmdSN order can be left.
 - MAXIMUM TRANSFER LENGTH (the Block Limits VPD page, target.scsi.vpd_sbc; SBC-4 6.6.4:
   a command over it ends in CHECK CONDITION, ILLEGAL REQUEST, INVALID FIELD IN CDB): a
   command whose Data-Out (EDTL) is larger than any LU of the session accepts gets no
@@ -490,6 +493,13 @@ class Connection:
         cmdsn = bhs.cmdsn
         if cmdsn != session.exp_cmdsn:
             if self._in_window(cmdsn) and cmdsn not in self._held:
+                if type(data) is bytes and data:  # a copy held here (no command buffer)
+                    if self.buffered + len(data) > self._max_buffered:
+                        raise ProtocolError(
+                            f"{len(data)} more bytes held out of CmdSN order would pass "
+                            f"[limits] max_buffered_bytes ({self._max_buffered})",
+                            header=bhs.raw)
+                    self.buffered += len(data)
                 self._held[cmdsn] = (bhs, data, cmd)
             else:
                 log.info("%s: ignoring CmdSN %#x outside [%#x, %#x] or received already",
@@ -502,7 +512,7 @@ class Connection:
             REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             if not self._held:
                 return
-            entry = self._held.pop(session.exp_cmdsn, None)
+            entry = self._pop_held(session.exp_cmdsn)
             if entry is None:
                 return
             self._advance(entry)
@@ -518,9 +528,18 @@ class Connection:
             if entry is not _RECEIVED:
                 bhs, data, cmd = entry
                 REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
-            entry = self._held.pop(session.exp_cmdsn, None)
+            entry = self._pop_held(session.exp_cmdsn)
             if entry is None:
                 return
+
+    def _pop_held(self, cmdsn: int) -> tuple | None:
+        """The PDU held for `cmdsn`, if any; its copied data leaves the bound."""
+        entry = self._held.pop(cmdsn, None)
+        if entry is not None and entry is not _RECEIVED:
+            data = entry[1]
+            if type(data) is bytes:
+                self.buffered -= len(data)
+        return entry
 
     def _in_window(self, cmdsn: int) -> bool:
         session = self.session
@@ -1222,6 +1241,9 @@ class Connection:
         for cmd in cmds:
             cmd.task.transport = None
         self._r2ts.clear()
+        for entry in self._held.values():
+            if entry is not _RECEIVED and type(entry[1]) is bytes:
+                self.buffered -= len(entry[1])
         self._held.clear()
         self._end_session()
         if self.session is not None and self.session.connection is self:

@@ -195,3 +195,32 @@ def test_reads_beyond_max_buffered_get_task_set_full():
     assert h.conn.buffered == 0
     h.feed(h.command(read10(0, 2048), size, read=True))  # room again
     assert [b.b3 for b, _ in h.pdus() if b.flags & pdu.F_STATUS] == [0x00]
+
+
+def _nop_out(h: Harness, cmdsn: int, itt: int, data: bytes) -> bytes:
+    return h.frame(pdu.nop_out(dsl=len(data), itt=itt, cmdsn=cmdsn, exp_statsn=0), data)
+
+
+def test_data_held_for_cmdsn_order_counts_and_is_returned():
+    """4.2.2.1: PDUs past a CmdSN hole wait; their copied data segments count in the
+    bound and leave it when the hole closes and they are answered (NOP-In, 11.19)."""
+    h = Harness()
+    h.conn._max_buffered = 64 << 10
+    ping = bytes(8192)
+    h.feed(*(_nop_out(h, h.cmdsn + 1 + i, 10 + i, ping) for i in range(4)))
+    assert h.pdus() == [] and h.conn.buffered == 4 * 8192
+    h.feed(_nop_out(h, h.cmdsn, 9, b""))  # the hole closes
+    assert [b.itt for b, _ in h.pdus()] == [9, 10, 11, 12, 13]
+    assert h.conn.buffered == 0
+
+
+def test_data_held_beyond_the_bound_ends_the_connection_with_a_reject():
+    h = Harness()
+    h.conn._max_buffered = 64 << 10
+    ping = bytes(8192)
+    h.feed(*(_nop_out(h, h.cmdsn + 1 + i, 10 + i, ping) for i in range(9)))
+    (bhs, data), = h.pdus()
+    assert bhs.opcode == Op.REJECT and Bhs(data).itt == 18  # the ninth, 11.17
+    assert h.conn.want_close
+    h.conn.connection_lost()
+    assert h.conn.buffered == 0
