@@ -237,13 +237,14 @@ def test_idle_and_stalled_connections_do_not_lock_out(nofile: int | None, worker
             stalled = _connect_many(target.port, 100)
             socks += stalled
             _stall(stalled)
-            time.sleep(1.5)  # the target takes in what it can
+            time.sleep(1.0)  # the target takes in what it can
             took = _healthy_session(target.port)
             assert took < 1.0, f"login took {took:.2f} s"
             lines, cpu = _log_lines(target), _cpu_seconds(target.pid)
             time.sleep(5.0)
             cpu = _cpu_seconds(target.pid) - cpu
             lines = _log_lines(target) - lines
+            print(f"login {took * 1000:.1f} ms; {cpu:.2f} s CPU and {lines} log lines in 5 s")
             assert cpu < 0.15 * 5.0, f"{cpu:.2f} s of CPU in 5 s: the target spins"
             assert lines <= 5, f"{lines} log lines in 5 s:\n" + target.log_path.read_text()[-2000:]
             # Still serving once more, with the attackers' sockets still open.
