@@ -791,7 +791,9 @@ class Server:
             link.conn.request_logout(int(grace) or 1)
             link._flush()
         deadline = self.loop.time() + grace
-        while self.links and self.loop.time() < deadline:
+        # Only the sessions asked to log out are waited for; links still logging in
+        # (an attacker's idle ones among them) are dropped at once.
+        while any(not link.closed for link in asking) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for link in list(self.links):
             link.close()
