@@ -50,11 +50,14 @@ Rules:
     met at accept(), before any PDU, and a peer that sends nothing gets no answer anyway;
   - `max_sessions` and `max_buffered_bytes` are the Connection's (target.iscsi.connection);
   - queued Data-In: a link stops reading while more than HIGH_WATER bytes wait to be sent;
-  - accept() failing with EMFILE/ENFILE (or ENOBUFS/ENOMEM): the oldest links still
-    logging in are shed (SHED_BATCH at a time) and accept() is tried again at once; with
-    none to shed, the listening sockets are not read for ACCEPT_BACKOFF s. Either way the
-    log says so once per LOG_INTERVAL s, with the count since the last line (issue 15:
-    retrying at once spun at 100% CPU and logged 77,000 lines a second).
+  - accept() failing with EMFILE/ENFILE (or ENOBUFS/ENOMEM) while a connection waits in
+    the accept queue (poll(2) says so; Linux takes the descriptor before it looks at the
+    queue, net/socket.c __sys_accept4_file, so accept() fails so with none waiting too,
+    and then nothing is done): the oldest links still logging in are shed (SHED_BATCH at
+    a time) and accept() is tried again at once; with none to shed, the listening
+    sockets are not read for ACCEPT_BACKOFF s. Either way the log says so once per
+    LOG_INTERVAL s, with the count since the last line (issue 15: retrying at once spun
+    at 100% CPU and logged 77,000 lines a second).
   With --workers the portal process applies the accept() rules (shedding the connections
   still waiting for their first PDU too: shed_hooks, target.shell.workers) but keeps no
   connection counts (max_connections, max_connections_per_address are not applied
@@ -79,6 +82,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -561,6 +565,11 @@ class Server:
                 return
             except OSError as exc:
                 if exc.errno in _NO_FDS:
+                    if not _connection_waiting(lsock):
+                        # Linux takes the descriptor before it looks at the queue: an
+                        # accept() with no connection waiting fails so too. Nothing to
+                        # make room for; the loop calls again when one arrives.
+                        return
                     self._out_of_descriptors(exc)
                     if self.accepting:
                         continue  # room was made: the next connection waiting comes in
@@ -803,6 +812,16 @@ class Server:
         for d in self.dispatchers.values():
             await self.loop.run_in_executor(None, d.close)
         await asyncio.sleep(0)  # their completions (dropped: the links are closed)
+
+
+def _connection_waiting(lsock: socket.socket) -> bool:
+    """A connection is in the listening socket's accept queue (poll(2): POLLIN)."""
+    poller = select.poll()
+    poller.register(lsock.fileno(), select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
 
 
 def _address(host: str, port: int) -> str:

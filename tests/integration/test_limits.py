@@ -14,6 +14,10 @@ What this file holds the target (OurTarget, our `serve`, on 127.0.0.1) to, and b
   initiator) logs in within 1 s and READs and WRITEs; over the next 5 s the server's CPU
   (/proc/PID/stat utime+stime, proc(5)) stays under 15% of a core and its log gains at
   most a few lines.
+- test_accept_backs_off_when_nothing_to_shed: under `prlimit --nofile=64`, logged-in
+  sessions take every descriptor and 10 more connections wait: over 3 s the server uses
+  under 15% of a core and logs at most one line; when a session ends a new one logs in
+  within 1 s.
 - test_login_timeout: `login_timeout = 1`: an idle connection and a stalled one are closed
   by the target (the peer reads end of file) after 1 s, not before 0.8 s; the log names
   the peer.
@@ -259,6 +263,38 @@ def test_idle_and_stalled_connections_do_not_lock_out(nofile: int | None, worker
     finally:
         for s in socks:
             s.close()
+
+
+def test_accept_backs_off_when_nothing_to_shed(tmp_path: Path) -> None:
+    """Every descriptor is a logged-in session: accept() fails with EMFILE and there is
+    nothing to shed. The listening socket rests (ACCEPT_BACKOFF) rather than being
+    retried at once: low CPU, one log line; when a session ends, a waiting connection
+    comes in."""
+    with LimitedTarget(64, config=_config(tmp_path, ""), workdir=tmp_path) as target:
+        sessions = []
+        try:
+            while len(os.listdir(f"/proc/{target.pid}/fd")) < 64:
+                ini = _initiator(target.port, isid=0x400000000100 + len(sessions))
+                ini.login()
+                sessions.append(ini)
+            waiting = _connect_many(target.port, 10)
+            time.sleep(0.5)
+            cpu, lines = _cpu_seconds(target.pid), _log_lines(target)
+            time.sleep(3.0)
+            cpu = _cpu_seconds(target.pid) - cpu
+            lines = _log_lines(target) - lines
+            print(f"{len(sessions)} sessions; {cpu:.2f} s CPU and {lines} log lines in 3 s")
+            assert cpu < 0.15 * 3.0, f"{cpu:.2f} s of CPU in 3 s: accept() retried at once"
+            assert lines <= 1, target.log_path.read_text()[-2000:]
+            assert "nothing to shed, not accepting for" in target.log_path.read_text()
+            sessions.pop().close()  # a descriptor comes free
+            took = _healthy_session(target.port)
+            assert took < 1.0, f"login took {took:.2f} s"
+            for s in waiting:
+                s.close()
+        finally:
+            for ini in sessions:
+                ini.close()
 
 
 def test_login_timeout(tmp_path: Path) -> None:
