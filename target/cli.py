@@ -361,7 +361,7 @@ def _serve_workers(args: argparse.Namespace, cfg: Config, listen: list[tuple[str
         print("\n".join(out), flush=True)
 
     portal = srvmod.Server(workers.portal_of(cfg), listen, None, cfg.nop_interval,
-                           control_path=control_path)
+                           control_path=control_path, limits=cfg.limits)
     n = min(len(cfg.targets), srvmod.CPUS) if args.workers == "auto" else args.workers
     return workers.serve(cfg, portal, n, assemble,
                          lambda server: srvmod.run(server, event_loop=args.event_loop),
@@ -390,7 +390,8 @@ def _server(args: argparse.Namespace, cfg: Config, application, listen, on_liste
     faults = Faults(cfg.faults)
     server = srvmod.Server(application.portal, listen, on_listening, cfg.nop_interval, tracer,
                            control=Control(application, faults), control_path=control_path,
-                           faults=faults, announce=announce, busy_poll_us=cfg.busy_poll_us)
+                           faults=faults, announce=announce, busy_poll_us=cfg.busy_poll_us,
+                           limits=cfg.limits)
     return server, tracer
 
 
@@ -402,6 +403,11 @@ def config_command(args: argparse.Namespace) -> int:
         return 0
     print(f"# {cfg.source}")
     print("listen:", ", ".join(cfg.listen))
+    lim = cfg.limits
+    print(f"limits: login within {lim.login_timeout:g} s, {lim.max_connections} connections "
+          f"per portal ({lim.max_connections_per_address} per address), "
+          f"{lim.max_sessions} sessions, {_human(lim.max_buffered_bytes)} buffered "
+          "per connection")
     for t in cfg.targets:
         acl = ", ".join(t.initiators) if t.initiators is not None else "all initiators"
         print(f"target {t.iqn} (tpgt {t.tpgt}; {acl})")

@@ -6,6 +6,10 @@ Rules:
 - The embedded default is one portal on 127.0.0.1:3260 and one target,
   iqn.2026-11.local.scsi-target:default, with LUN 0 an in-memory 1 GiB disk of
   512-byte blocks.
+- [limits] (target.shell.server, target.iscsi.connection enforce them): every value is
+  an integer of at least 1 (login_timeout a number above 0); max_connections_per_address
+  at most max_connections; max_buffered_bytes at least MIN_BUFFERED_BYTES, so that one
+  command of the largest MAXIMUM TRANSFER LENGTH (target.scsi.vpd_sbc) always fits.
 - Sizes take K/M/G/T suffixes (powers of 1024) or plain bytes, and must be a whole
   number of blocks.
 - CHAP (RFC 7143 12.1.3): `[target.chap]` (that target's Normal sessions) and
@@ -28,6 +32,15 @@ Example:
                                 # answering, a connection with nothing outstanding polls
                                 # this long for the next PDU (target.shell.server; 0: off)
     nop_interval = 0            # seconds between NOP-In pings (0: none)
+
+    [limits]                    # optional: what one peer can make the target hold
+    login_timeout = 15          # seconds a connection has to finish its login
+    max_connections = 1024      # connections at once per portal (listening address)
+    max_connections_per_address = 128  # of them from one initiator IP address
+    max_sessions = 256          # sessions at once (normal and discovery); more: 03/02
+    max_buffered_bytes = "64M"  # data of commands over 64 KiB one connection has in
+                                # the target (Data-Out buffers, READs not yet answered);
+                                # a command beyond: TASK SET FULL
 
     [[portal]]
     listen = "127.0.0.1:3260"
@@ -114,6 +127,9 @@ MAX_CHAP_SECRET = 255  # bytes
 MAX_CHAP_NAME = 255  # characters of CHAP_N
 
 
+MIN_BUFFERED_BYTES = 8 << 20  # max_buffered_bytes: one command of MAX_TRANSFER_BYTES
+
+
 class ConfigError(ValueError):
     """A configuration problem, naming where it is and what is wrong."""
 
@@ -191,6 +207,17 @@ class TargetConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """What one peer can make the target hold ([limits])."""
+
+    login_timeout: float = 15.0  # s from accept() to full feature phase
+    max_connections: int = 1024  # per portal (listening socket)
+    max_connections_per_address: int = 128  # per initiator IP address, per portal
+    max_sessions: int = 256  # sessions at once in one process
+    max_buffered_bytes: int = 64 << 20  # Data-Out buffers and READs one connection holds
+
+
+@dataclass
 class Config:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
@@ -198,6 +225,7 @@ class Config:
     busy_poll_us: float = 50.0  # target.shell.server's busy polling budget; 0 disables it
     faults: list = field(default_factory=list)  # target.faults.FaultRule, from [[fault]]
     discovery_chap: ChapConfig | None = None  # [discovery.chap]
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "<embedded default>"
 
     def chap_tables(self) -> list[ChapConfig]:
@@ -343,6 +371,30 @@ def _number(r: _Reader, key: str, default: float, minimum: float, *,
         bound = f"greater than {minimum}" if strict else f"at least {minimum}"
         raise ConfigError(f"{r.path(key)}: expected a number {bound}, not {value!r}")
     return float(value)
+
+
+def _limits(table: dict, source: str) -> LimitsConfig:
+    r = _Reader(table, "limits", source)
+    lim = LimitsConfig()
+    lim.login_timeout = _number(r, "login_timeout", lim.login_timeout, 0, strict=True)
+    lim.max_connections = _at_least(r, "max_connections", 1, lim.max_connections)
+    lim.max_connections_per_address = _at_least(r, "max_connections_per_address", 1,
+                                                min(lim.max_connections_per_address,
+                                                    lim.max_connections))
+    if lim.max_connections_per_address > lim.max_connections:
+        raise ConfigError(f"{r.path('max_connections_per_address')}: "
+                          f"{lim.max_connections_per_address} is more than max_connections "
+                          f"({lim.max_connections})")
+    lim.max_sessions = _at_least(r, "max_sessions", 1, lim.max_sessions)
+    if "max_buffered_bytes" in r.table:
+        where = r.path("max_buffered_bytes")
+        lim.max_buffered_bytes = parse_size(r.table.pop("max_buffered_bytes"), where)
+        if lim.max_buffered_bytes < MIN_BUFFERED_BYTES:
+            raise ConfigError(f"{where}: expected at least {MIN_BUFFERED_BYTES} bytes (one "
+                              f"command of the largest MAXIMUM TRANSFER LENGTH), not "
+                              f"{lim.max_buffered_bytes}")
+    r.done()
+    return lim
 
 
 def _scheduler(table: dict, where: str, source: str) -> SchedulerConfig:
@@ -534,6 +586,9 @@ def from_dict(data: dict, source: str = "<config>") -> Config:
     if not 0 <= cfg.busy_poll_us <= MAX_BUSY_POLL_US:
         raise ConfigError(f"{source}: busy_poll_us: expected 0 to {MAX_BUSY_POLL_US:g} "
                           f"microseconds, not {cfg.busy_poll_us:g}")
+    limits = r.get("limits", dict, None)
+    if limits is not None:
+        cfg.limits = _limits(limits, source)
     faults = r.get("fault", list, None)
     if faults is not None:
         from target.faults import FaultError, parse_rule

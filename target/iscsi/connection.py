@@ -50,6 +50,32 @@ Rules:
   owner of its I_T nexus: tasks() lists its commands (the held ones too) and
   task_management_event() is how it learns which were aborted, by any nexus, and which
   end in TASK ABORTED (TAS=1) or a cold reset ends it.
+- Limits (target.config [limits], given by the shell): a Login Request that would open
+  a session beyond `max_sessions` (TSIH 0 while that many exist) is answered 03/02 OUT OF
+  RESOURCES (RFC 7143 11.13.5) and the connection ends. The write buffers of one
+  connection's commands over SMALL_WRITE bytes hold at most `max_buffered` bytes (the
+  smaller ones, at most one per CmdSN in the window, are not counted: the common write
+  pays nothing for the bound): a command whose buffer would pass it is answered TASK SET
+  FULL (SAM-5 5.3: the logical unit lacks the resources to accept it) when its CmdSN
+  turn comes, with no buffer and no R2T; its data is discarded. READs over SMALL_WRITE
+  count their EDTL the same way from arrival until answered (the Data-In they make is
+  held here until the shell sends it; once answered it is the shell's, whose link stops
+  reading past HIGH_WATER), so a window of large READs received at once cannot queue
+  more than the bound; one that would pass it is answered TASK SET FULL too. The data
+  segments of PDUs held for CmdSN order (NOP-Out, Text: copies) count as well; one that
+  would pass the bound ends the connection after a Reject (11.17: a PDU the target
+  cannot take), as no hole in the CmdSN order can be left.
+- MAXIMUM TRANSFER LENGTH (the Block Limits VPD page, target.scsi.vpd_sbc; SBC-4 6.6.4:
+  a command over it ends in CHECK CONDITION, ILLEGAL REQUEST, INVALID FIELD IN CDB): a
+  command whose Data-Out (EDTL) is larger than any LU of the session accepts gets no
+  buffer and is answered so when its turn comes, pointing at the CDB's TRANSFER LENGTH
+  field (target.scsi.sbc.transfer_too_long). No buffer is allocated before that check.
+- Memory is committed as data arrives: a write buffer of BIG_BUFFER bytes or more is an
+  anonymous mapping (mmap), whose pages the kernel commits only when data is received
+  into them and gives back at once when the last view of it goes; smaller ones come from
+  the heap (target.malloc). The scratch buffer is sized for the login phase's
+  MaxRecvDataSegmentLength (8192, 13.12) until full feature phase, so a connection that
+  never logs in holds about 24 KiB of it, not the negotiated size.
 - An aborted command stays aborted (TaskTransport.aborted) until it is gone, whatever
   answered it (nothing, or TASK ABORTED under TAS=1): one still held behind a CmdSN hole is
   skipped when the hole closes, and its Data-Out is discarded (11.5.1).
@@ -58,6 +84,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -66,6 +93,7 @@ from enum import Enum
 from target.iscsi import pdu
 from target.iscsi.errors import ProtocolError
 from target.iscsi.events import CLOSE_WANTED, TASKSET_CHANGED, Event, TasksReady
+from target.iscsi.keys import OUT_OF_RESOURCES
 from target.iscsi.login import Login, LoginOutcome
 from target.iscsi.pdu import (
     BHS_LEN,
@@ -86,6 +114,7 @@ from target.iscsi.pdu import (
 from target.iscsi.portal import Portal
 from target.iscsi.session import Session, SessionParams
 from target.iscsi.text import TextResponder
+from target.scsi.sbc import transfer_too_long
 from target.scsi.sense import Asc, CheckCondition, SenseKey
 from target.scsi.task import Nexus, ScsiTask, Status, decode_lun
 from target.scsi.tmf import Disposition, Function, ServiceResponse, TmfEvent
@@ -93,7 +122,12 @@ from target.scsi.tmf import Disposition, Function, ServiceResponse, TmfEvent
 log = logging.getLogger(__name__)
 
 LOGIN_MAX_RECV = 8192  # MaxRecvDataSegmentLength before it is negotiated (13.12)
-MAX_EDTL = 64 << 20  # largest write buffer we allocate for one command
+MAX_EDTL = 64 << 20  # largest write buffer of one command before the session's LUs are known
+BIG_BUFFER = 2 << 20  # write buffers from this size are mmap'd: committed as data arrives
+# Write buffers up to this size are not counted against max_buffered_bytes: the CmdSN
+# window bounds them (cmd_window x SMALL_WRITE, 8 MiB at the default 128), and the common
+# small write pays no bookkeeping (issue 14's hot path, docs/COST.md).
+SMALL_WRITE = 64 << 10
 _SENSE_LEN = struct.Struct(">H")
 # ABORTED COMMAND additional sense codes for iSCSI data errors (RFC 7143 11.4.7.2).
 DATA_PHASE_ERROR = Asc(0x4B, 0x00)
@@ -183,7 +217,8 @@ class TaskTransport:
 
     __slots__ = ("task", "itt", "cmdsn", "lun_raw", "edtl", "read", "write", "buf", "view",
                  "received", "unsol_end", "unsol_next", "unsol_datasn", "r2t_next", "r2tsn",
-                 "outstanding", "admitted", "queued", "aborted", "data_pdus", "gap")
+                 "outstanding", "admitted", "queued", "aborted", "data_pdus", "gap", "held",
+                 "refused")
 
     def __init__(self, task: ScsiTask, bhs: Bhs, cmdsn: int, edtl: int, read: bool,
                  write: bool) -> None:
@@ -196,7 +231,7 @@ class TaskTransport:
         self.edtl = edtl
         self.read = read
         self.write = write
-        self.buf: bytearray | None = None
+        self.buf: bytearray | mmap.mmap | None = None
         self.view: memoryview | None = None
         self.received = 0
         self.unsol_end = 0  # end of the unsolicited burst (immediate + unsolicited Data-Out)
@@ -210,6 +245,8 @@ class TaskTransport:
         self.aborted = False
         self.data_pdus = 0  # R2Ts or Data-Ins sent, for ExpDataSN
         self.gap: tuple[int, int] | None = None  # unsolicited range left unsent (F bit)
+        self.held = 0  # bytes it counts in Connection.buffered ([limits] max_buffered_bytes)
+        self.refused = False  # a READ over the bound: TASK SET FULL in its turn (aborted too)
 
 
 
@@ -217,8 +254,13 @@ class Connection:
     """The protocol state of one TCP connection to the target."""
 
     def __init__(self, portal: Portal, local_address: str = "", peer: str = "",
-                 wakeup: Callable[[], None] | None = None, tmf_faults=None) -> None:
+                 wakeup: Callable[[], None] | None = None, tmf_faults=None, *,
+                 max_sessions: int = 0, max_buffered: int = 1 << 62) -> None:
         self.portal = portal
+        self.max_sessions = max_sessions  # 0: no bound ([limits] max_sessions)
+        self._max_buffered = max_buffered  # bytes of write buffers ([limits])
+        self.buffered = 0  # bytes of write buffers held now
+        self._max_write = MAX_EDTL  # the session's largest MAXIMUM TRANSFER LENGTH, bytes
         self.peer = peer
         self.local_address = local_address
         self.phase = Phase.LOGIN
@@ -247,8 +289,7 @@ class Connection:
         self._max_recv = LOGIN_MAX_RECV
         self._hdigest = False
         self._ddigest = False
-        size = 2 * (max(portal.max_recv_data_segment_length, LOGIN_MAX_RECV) + 4096)
-        self._buf = bytearray(size)
+        self._buf = bytearray(_scratch_size(LOGIN_MAX_RECV))
         self._view = memoryview(self._buf)
         self._rpos = 0
         self._wpos = 0
@@ -288,6 +329,8 @@ class Connection:
             self._parse()
         except ProtocolError as exc:
             self._protocol_error(exc)
+        except _Reparse:  # the login is over and the scratch buffer was replaced
+            self.buffer_updated(0)
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes (tests and simple shells): copies into get_buffer() as needed."""
@@ -300,7 +343,7 @@ class Connection:
             self.buffer_updated(n)
 
     def _parse(self) -> None:
-        view = self._view
+        view = self._view  # a new one only at full feature phase, which raises _Reparse
         while not self.want_close:
             avail = self._wpos - self._rpos
             bhs = self._pdu
@@ -450,6 +493,13 @@ class Connection:
         cmdsn = bhs.cmdsn
         if cmdsn != session.exp_cmdsn:
             if self._in_window(cmdsn) and cmdsn not in self._held:
+                if type(data) is bytes and data:  # a copy held here (no command buffer)
+                    if self.buffered + len(data) > self._max_buffered:
+                        raise ProtocolError(
+                            f"{len(data)} more bytes held out of CmdSN order would pass "
+                            f"[limits] max_buffered_bytes ({self._max_buffered})",
+                            header=bhs.raw)
+                    self.buffered += len(data)
                 self._held[cmdsn] = (bhs, data, cmd)
             else:
                 log.info("%s: ignoring CmdSN %#x outside [%#x, %#x] or received already",
@@ -462,7 +512,7 @@ class Connection:
             REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
             if not self._held:
                 return
-            entry = self._held.pop(session.exp_cmdsn, None)
+            entry = self._pop_held(session.exp_cmdsn)
             if entry is None:
                 return
             self._advance(entry)
@@ -478,9 +528,18 @@ class Connection:
             if entry is not _RECEIVED:
                 bhs, data, cmd = entry
                 REQUESTS[bhs.opcode].handler(self, bhs, data, cmd)
-            entry = self._held.pop(session.exp_cmdsn, None)
+            entry = self._pop_held(session.exp_cmdsn)
             if entry is None:
                 return
+
+    def _pop_held(self, cmdsn: int) -> tuple | None:
+        """The PDU held for `cmdsn`, if any; its copied data leaves the bound."""
+        entry = self._held.pop(cmdsn, None)
+        if entry is not None and entry is not _RECEIVED:
+            data = entry[1]
+            if type(data) is bytes:
+                self.buffered -= len(data)
+        return entry
 
     def _in_window(self, cmdsn: int) -> bool:
         session = self.session
@@ -533,6 +592,12 @@ class Connection:
         if bhs.opcode != Op.LOGIN_REQUEST:
             raise ProtocolError(f"opcode {bhs.opcode:#x} during login")
         if self.login is None:
+            registry = self.portal.registry
+            if self.max_sessions and bhs.tsih == 0 \
+                    and len(registry.sessions) >= self.max_sessions:
+                self._login_refused(bhs, f"{len(registry.sessions)} sessions, the most "
+                                    f"[limits] max_sessions allows")
+                return
             self.login = Login(self.portal, self.local_address)
         step = self.login.receive(bhs, bytes(data))
         self._out.extend(step.pdus)
@@ -541,6 +606,34 @@ class Connection:
             self._move(Transition.LOGIN_FAILED)
         elif step.outcome is LoginOutcome.COMPLETE:
             self.enter_full_feature(step.session, self.login.stat_sn)
+            # _parse holds the old scratch buffer's view: it is to start again from the
+            # new one (buffer_updated), with the PDUs pipelined behind this one.
+            raise _Reparse
+
+    def _login_refused(self, bhs: Bhs, why: str) -> None:
+        """A Login Response 03/02 OUT OF RESOURCES (11.13.5) to the first Login Request,
+        and the connection ends (6.1: a failed login closes it)."""
+        log.warning("%s: login refused 03/02 (out of resources): %s", self.peer, why)
+        header = pdu.login_response(flags=((bhs.flags >> 2) & 3) << 2, dsl=0, isid=bhs.isid,
+                                    tsih=bhs.tsih, itt=bhs.itt, statsn=bhs.exp_stat_sn,
+                                    exp_cmdsn=bhs.cmdsn, max_cmdsn=bhs.cmdsn,
+                                    status_class=OUT_OF_RESOURCES[0],
+                                    status_detail=OUT_OF_RESOURCES[1])
+        self._out.append(header)
+        self.want_close = True
+        self._move(Transition.LOGIN_FAILED)
+
+    def _grow_scratch(self) -> None:
+        """The scratch buffer for the negotiated MaxRecvDataSegmentLength, with the bytes
+        not parsed yet (PDUs pipelined behind the last Login Request) moved over."""
+        size = _scratch_size(self._max_recv)
+        if size <= len(self._buf):
+            return
+        pending = self._view[self._rpos:self._wpos]
+        buf = bytearray(size)
+        buf[:len(pending)] = pending
+        self._buf, self._view = buf, memoryview(buf)
+        self._rpos, self._wpos = 0, len(pending)
 
     def enter_full_feature(self, session: Session, stat_sn: int) -> None:
         """Login is over: the session's parameters, digests and nexus take effect."""
@@ -553,7 +646,10 @@ class Connection:
         self._max_recv = p.target_max_recv_data_segment_length
         self._hdigest = p.header_digest
         self._ddigest = p.data_digest
+        self._grow_scratch()
         if session.device is not None:
+            self._max_write = max((lu.max_transfer_blocks * lu.block_size
+                                   for lu in session.device.luns.values()), default=0)
             self.nexus = Nexus(
                 initiator_port=f"{p.initiator_name},i,0x{p.isid:012x}",
                 target_port=f"{p.target_name},t,0x{p.tpgt:04x}",
@@ -594,8 +690,6 @@ class Connection:
             if bhs.dsl > min(edtl, p.first_burst_length):
                 raise ProtocolError("immediate data beyond FirstBurstLength or the EDTL",
                                     header=bhs.raw)
-        if write and edtl > MAX_EDTL:
-            raise ProtocolError(f"write of {edtl} bytes exceeds {MAX_EDTL}", header=bhs.raw)
         cdb = bhs.raw[32:48]
         if self._ahs:
             cdb = self._extended_cdb(cdb, self._ahs)
@@ -605,8 +699,12 @@ class Connection:
         cmd = TaskTransport(task, bhs, cmdsn, edtl, read, write)
         task.transport = cmd
         if write and edtl:
-            cmd.buf = bytearray(edtl)
-            cmd.view = memoryview(cmd.buf)
+            if edtl <= SMALL_WRITE:  # the common case: the CmdSN window bounds these
+                cmd.view = memoryview(bytearray(edtl))
+            elif not self._big_buffer(cmd, edtl):
+                # Refused when its turn comes (_start_command: no buffer, its data dropped).
+                self._cmds[bhs.itt] = cmd
+                return cmd
             task.data_out = cmd.view
             cmd.received = bhs.dsl  # immediate data lands at offset 0
             # Unsolicited Data-Out follows only with InitialR2T=No and F=0 (11.3.1).
@@ -615,10 +713,30 @@ class Connection:
             cmd.unsol_end = max(unsolicited, bhs.dsl)
             cmd.unsol_next = bhs.dsl
             cmd.r2t_next = cmd.unsol_end
+        elif read and edtl > SMALL_WRITE:
+            # Data-In the target will hold until sent: counted as write buffers are.
+            if self.buffered + edtl > self._max_buffered:
+                cmd.aborted = cmd.refused = True  # answered in its turn (_start_command)
+            else:
+                self.buffered += edtl
+                cmd.held = edtl
         elif write:
             task.data_out = memoryview(b"")
         self._cmds[bhs.itt] = cmd
         return cmd
+
+    def _big_buffer(self, cmd: TaskTransport, edtl: int) -> bool:
+        """The write buffer of a command over SMALL_WRITE, if it may have one: within
+        MAXIMUM TRANSFER LENGTH and [limits] max_buffered_bytes (counted in `buffered`
+        until the command is answered or forgotten). From BIG_BUFFER bytes an anonymous
+        mapping, whose pages are committed only as data is received into them."""
+        if edtl > self._max_write or self.buffered + edtl > self._max_buffered:
+            return False
+        self.buffered += edtl
+        cmd.held = edtl
+        cmd.buf = bytearray(edtl) if edtl < BIG_BUFFER else mmap.mmap(-1, edtl)
+        cmd.view = memoryview(cmd.buf)
+        return True
 
     @staticmethod
     def _extended_cdb(cdb: bytes, ahs: bytes) -> bytes:
@@ -634,13 +752,36 @@ class Connection:
     def _start_command(self, cmd: TaskTransport) -> None:
         cmd.admitted = True
         if cmd.aborted:
+            if cmd.refused:  # a READ over the bound (_new_command)
+                cmd.aborted = False
+                self._refuse(cmd)
             return
         if cmd.write and cmd.received < cmd.edtl:
+            if cmd.view is None:
+                self._refuse(cmd)
+                return
             self._send_r2ts(cmd)
             cmd.task.data_pending = True  # into the task set now; it runs once its data is in
         if not cmd.queued:  # onto the ready queue, for the shell's next TasksReady
             cmd.queued = True
             self.ready.append(cmd.task)
+
+    def _refuse(self, cmd: TaskTransport) -> None:
+        """A write that was given no buffer (_new_command), answered now, in its CmdSN
+        turn: over MAXIMUM TRANSFER LENGTH, CHECK CONDITION (SBC-4 6.6.4); over the
+        connection's buffer bound, TASK SET FULL (SAM-5 5.3)."""
+        task = cmd.task
+        if cmd.write and cmd.edtl > self._max_write:
+            log.info("%s: ITT %#x: %d bytes of Data-Out exceed MAXIMUM TRANSFER LENGTH "
+                     "(%d bytes); refused", self.peer, cmd.itt, cmd.edtl, self._max_write)
+            self.session.device.fail(task, transfer_too_long(task.cdb))
+        else:
+            log.info("%s: ITT %#x: %d bytes of data held, %d more would pass [limits] "
+                     "max_buffered_bytes; TASK SET FULL", self.peer, cmd.itt, self.buffered,
+                     cmd.edtl)
+            task.status = Status.TASK_SET_FULL
+        task.out_length = None
+        self.complete(task)
 
     def _send_r2ts(self, cmd: TaskTransport) -> None:
         """R2Ts (11.8) for what is not asked for yet, at most MaxBurstLength each and
@@ -768,6 +909,9 @@ class Connection:
         task.transport = None  # no task <-> command cycle once it is answered
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
+        if cmd.held:  # its data is stored (or produced): the bytes leave the bound
+            self.buffered -= cmd.held
+            cmd.held = 0
         if cmd.outstanding:  # answered before its data (TASK SET FULL): no more Data-Out
             for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
                 del self._r2ts[ttt]
@@ -1046,6 +1190,9 @@ class Connection:
         the LU's task set (the task manager has done that when it aborted the task)."""
         if self._cmds.get(cmd.itt) is cmd:
             del self._cmds[cmd.itt]
+        if cmd.held:
+            self.buffered -= cmd.held
+            cmd.held = 0
         for ttt in [t for t, r in self._r2ts.items() if r.cmd is cmd]:
             del self._r2ts[ttt]
         if cmd.queued:
@@ -1094,6 +1241,9 @@ class Connection:
         for cmd in cmds:
             cmd.task.transport = None
         self._r2ts.clear()
+        for entry in self._held.values():
+            if entry is not _RECEIVED and type(entry[1]) is bytes:
+                self.buffered -= len(entry[1])
         self._held.clear()
         self._end_session()
         if self.session is not None and self.session.connection is self:
@@ -1155,6 +1305,16 @@ class Connection:
         """Output is waiting (for tests that model a peer slow to read)."""
         return bool(self._out)
 
+
+
+def _scratch_size(max_recv: int) -> int:
+    """The receive scratch buffer: two of the largest PDUs (data segment, BHS and AHS
+    room, digests), so that one is parsed while the next arrives."""
+    return 2 * (max(max_recv, LOGIN_MAX_RECV) + 4096)
+
+
+class _Reparse(Exception):
+    """Raised out of _parse when the login is over (a new scratch buffer is in place)."""
 
 
 class Request:

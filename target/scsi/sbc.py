@@ -84,12 +84,24 @@ def _usage(*b: int) -> list[int]:
 
 # Byte offset of the TRANSFER LENGTH field by CDB size (SBC-4 5.13-5.16, 5.40-5.43).
 _LENGTH_FIELD = {6: 4, 10: 7, 12: 6, 16: 10}
+# CDB size by the group code, the operation code's top three bits (SPC-4 4.2.5.1, table 2).
+_GROUP_SIZE = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}
 
 
 def _too_long(task) -> CheckCondition:
     """A transfer over MAXIMUM TRANSFER LENGTH (block limits VPD): INVALID FIELD IN CDB
     pointing at the TRANSFER LENGTH field."""
-    return invalid_field_in_cdb(_LENGTH_FIELD.get(len(task.cdb), 0))
+    return transfer_too_long(task.cdb)
+
+
+def transfer_too_long(cdb: bytes) -> CheckCondition:
+    """The same for a CDB alone: what the iSCSI transport answers a write whose Expected
+    Data Transfer Length is over MAXIMUM TRANSFER LENGTH, before it holds any of its data
+    (target.iscsi.connection). The field pointer is the TRANSFER LENGTH field of a CDB of
+    the size its operation code's group gives (SPC-4 4.2.5.1: the transport may carry more
+    bytes, iSCSI's CDB field is always 16; byte 0 when the group has no fixed size)."""
+    size = _GROUP_SIZE.get(cdb[0] >> 5, len(cdb)) if cdb else 0
+    return invalid_field_in_cdb(_LENGTH_FIELD.get(size, 0))
 
 
 def _check_range(lu, lba: int, count: int) -> None:

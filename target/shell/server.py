@@ -39,6 +39,33 @@ Rules:
   tasks for a LUN with no LU are answered by the device at once), TaskSetChanged pumps
   the task sets again, CloseWanted closes the link once its output is sent. It reads
   none of the connection's flags and resets none.
+- Limits ([limits] of the config, target.config.LimitsConfig):
+  - a connection that has not reached full feature phase `login_timeout` seconds after it
+    was accepted is closed (a log line naming the peer; of many at once, the first and
+    then a count per LOG_INTERVAL); looked at every LOGIN_SWEEP s;
+  - at most `max_connections` links per listening socket and `max_connections_per_address`
+    from one IP address on it: a connection beyond either first sheds the oldest link of
+    that socket (of that address) still logging in, and is closed at once when there is
+    none to shed (every one is a session). Closed, not answered 03/02: the limit is
+    met at accept(), before any PDU, and a peer that sends nothing gets no answer anyway;
+  - `max_sessions` and `max_buffered_bytes` are the Connection's (target.iscsi.connection);
+  - queued Data-In: a link stops reading while more than HIGH_WATER bytes wait to be sent;
+  - accept() failing with EMFILE/ENFILE (or ENOBUFS/ENOMEM) while a connection waits in
+    the accept queue (poll(2) says so; Linux takes the descriptor before it looks at the
+    queue, net/socket.c __sys_accept4_file, so accept() fails so with none waiting too,
+    and then nothing is done): the oldest links still logging in are shed (SHED_BATCH at
+    a time) and accept() is tried again at once; with none to shed, the listening
+    sockets are not read for ACCEPT_BACKOFF s. Either way the log says so once per
+    LOG_INTERVAL s, with the count since the last line (issue 15: retrying at once spun
+    at 100% CPU and logged 77,000 lines a second).
+  With --workers the portal process applies the accept() rules (shedding the connections
+  still waiting for their first PDU too: shed_hooks, target.shell.workers) but keeps no
+  connection counts (max_connections, max_connections_per_address are not applied
+  there); each worker applies login_timeout, max_sessions and max_buffered_bytes to the
+  connections handed to it.
+- A session that ends gives its memory back: after a link that had a session closes,
+  target.malloc.trim() returns the heap's free pages to the system (malloc_trim(3)),
+  at most once per TRIM_INTERVAL s.
 - The event loop is uvloop when it is installed, or asyncio's own (`--event-loop`).
 - run() sets the C allocator's thresholds first (target.malloc: fresh per-command data
   buffers are reused from the heap, not mapped and faulted in each time).
@@ -55,6 +82,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -64,6 +92,7 @@ from pathlib import Path
 from typing import Protocol
 
 from target import malloc
+from target.config import LimitsConfig
 from target.faults import Faults
 from target.iscsi.connection import Connection, Phase
 from target.iscsi.events import CloseWanted, TaskSetChanged, TasksReady
@@ -81,6 +110,12 @@ ERROR_SWEEP = 1.0  # seconds between looks at every link's pending socket error 
 LOAD_SAMPLE = 0.1  # seconds between looks at the machine's running processes (busy polling)
 SPIN_ROUNDS = 16  # receives busy polling takes before the loop gets a turn
 MAX_STEAL = 0.05  # busy polling stops while the hypervisor steals this share of CPU time
+LOGIN_SWEEP = 1.0  # seconds between looks for logins over login_timeout (at most)
+SHED_BATCH = 4  # links still logging in closed per failed accept()
+ACCEPT_BACKOFF = 0.25  # s the listening sockets rest when accept() fails with none to shed
+LOG_INTERVAL = 5.0  # s: at most one line per kind of refusal in this time
+TRIM_INTERVAL = 1.0  # s between malloc_trim calls after sessions end
+_NO_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 PROC_LOADAVG = "/proc/loadavg"
 PROC_STAT = "/proc/stat"
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -89,15 +124,22 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.
 class Link:
     """One accepted socket driven by one Connection."""
 
-    def __init__(self, server: Server, sock: socket.socket, peer: str) -> None:
+    def __init__(self, server: Server, sock: socket.socket, peer: str,
+                 listener: int | None = None, ip: str = "") -> None:
         self.server = server
         self.loop = server.loop
         self.sock = sock
         self.fd = sock.fileno()
         local = sock.getsockname()
+        limits = server.limits
         self.conn = Connection(server.portal, _address(local[0], local[1]), peer,
                                wakeup=self._wakeup,
-                               tmf_faults=server.faults)  # tmf-reject rules (target.faults)
+                               tmf_faults=server.faults,  # tmf-reject rules (target.faults)
+                               max_sessions=limits.max_sessions,
+                               max_buffered=limits.max_buffered_bytes)
+        self.accepted_at = self.loop.time()
+        self.listener = listener  # the listening socket's fd it came from (the counts)
+        self.ip = ip
         self.pending: deque = deque()
         self.pending_bytes = 0
         self.reading = False
@@ -360,7 +402,7 @@ class Link:
         self.pending_bytes = 0
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.server.links.discard(self)
+        self.server.forget(self)
 
 
 # What the Link does with each event: plain functions, so no Link holds a reference
@@ -387,7 +429,7 @@ class Server:
                  control=None, control_path: Path | None = None,
                  faults: Faults | None = None,
                  announce: list[tuple[str, int]] | None = None,
-                 busy_poll_us: float = 0.0) -> None:
+                 busy_poll_us: float = 0.0, limits: LimitsConfig | None = None) -> None:
         self.portal = portal
         self.faults = faults if faults is not None else Faults()
         self.control = control  # target.shell.control.Control answering on control_path
@@ -402,6 +444,9 @@ class Server:
         # Who takes an accepted socket instead of a Link of its own (the portal
         # process's router), and what else runs with the loop.
         self.accept_hook: Callable[[socket.socket, str], None] | None = None
+        # Who else holds connections not logged in (the router's, before their first
+        # PDU): each call closes its oldest and returns its peer, or None.
+        self.shed_hooks: list[Callable[[], str | None]] = []
         self.attachments: list[Attachment] = []
         self.serving = False
         self.busy_poll = busy_poll_us / 1e6  # seconds a quiescent link polls (0: never)
@@ -413,6 +458,16 @@ class Server:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listeners: list[socket.socket] = []
         self.links: set[Link] = set()
+        self.limits = limits if limits is not None else LimitsConfig()
+        # Links not yet seen in full feature phase, oldest first (login_timeout, shedding).
+        self.logging_in: dict[Link, None] = {}
+        self.per_listener: dict[int, int] = {}  # listening fd -> its links
+        self.per_address: dict[tuple[int, str], int] = {}  # (listening fd, IP) -> links
+        self.accepting = False  # the listening sockets are being read
+        self._told: dict[str, tuple[float, int]] = {}  # kind -> (last line, since then)
+        self._trim_due = False
+        self.shed = 0  # links closed to make room (counts, for tests and status)
+        self.refused = 0  # connections closed at once by a limit
         self.dispatchers: dict = {}  # LogicalUnit -> target.shell.dispatch.Dispatcher
         self.bound: list[tuple[str, int]] = []
         self._stop: asyncio.Event | None = None
@@ -450,7 +505,9 @@ class Server:
             self.bind()
         for lsock in self.listeners:
             lsock.listen(128)
-            self.loop.add_reader(lsock.fileno(), self._accept, lsock)
+        self._resume_accepting()
+        self.loop.call_later(min(LOGIN_SWEEP, self.limits.login_timeout / 4),
+                             self._sweep_logins)
         self.serving = True
         self.portal.addresses = [_address(h, p) for h, p in self.bound or self.announce]
         for attachment in self.attachments:
@@ -521,31 +578,177 @@ class Server:
                     self.control_path.unlink()
 
     def _accept(self, lsock: socket.socket) -> None:
+        key = lsock.fileno()
         for _ in range(16):
             try:
                 sock, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                if exc.errno in _NO_FDS:
+                    if not _connection_waiting(lsock):
+                        # Linux takes the descriptor before it looks at the queue: an
+                        # accept() with no connection waiting fails so too. Nothing to
+                        # make room for; the loop calls again when one arrives.
+                        return
+                    self._out_of_descriptors(exc)
+                    if self.accepting:
+                        continue  # room was made: the next connection waiting comes in
+                    return
+                self._tell("accept", "accept failed: %s", exc)
                 return
+            ip = addr[0]
+            peer = _address(ip, addr[1])
+            if not self._room_for(key, ip, peer):
+                self.refused += 1
+                with contextlib.suppress(OSError):
+                    sock.close()
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = _address(addr[0], addr[1])
             log.info("connection from %s", peer)
             if self.accept_hook is not None:
                 self.accept_hook(sock, peer)
             else:
-                self.adopt(sock, peer)
+                self.adopt(sock, peer, listener=key, ip=ip)
 
-    def adopt(self, sock: socket.socket, peer: str, data: bytes = b"") -> Link:
-        """Serve a connected, non-blocking socket; `data`: bytes already read from it."""
-        link = Link(self, sock, peer)
+    def _room_for(self, key: int, ip: str, peer: str) -> bool:
+        """[limits] max_connections and max_connections_per_address on listening socket
+        `key`: True when a new link from `ip` may come in, after shedding the oldest
+        link still logging in that holds the place; False when none can be shed."""
+        limits = self.limits
+        if self.per_listener.get(key, 0) >= limits.max_connections:
+            victim = self._oldest_logging_in(lambda link: link.listener == key)
+            what = f"max_connections ({limits.max_connections})"
+        elif self.per_address.get((key, ip), 0) >= limits.max_connections_per_address:
+            victim = self._oldest_logging_in(
+                lambda link: link.listener == key and link.ip == ip)
+            what = f"max_connections_per_address ({limits.max_connections_per_address})"
+        else:
+            return True
+        if victim is None:
+            self._tell("refused " + what, "%s: refused: %s reached, every connection "
+                       "logged in", peer, what)
+            return False
+        self._tell("shed " + what, "%s reached: closed the oldest connection still logging in, %s",
+                   what, victim.conn.peer)
+        self.shed += 1
+        victim.close()
+        return True
+
+    def _oldest_logging_in(self, which: Callable[[Link], bool] = lambda link: True,
+                           ) -> Link | None:
+        for link in list(self.logging_in):
+            if link.closed or link.conn.phase is not Phase.LOGIN:
+                self.logging_in.pop(link, None)
+            elif which(link):
+                return link
+        return None
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """accept() found no descriptor (or no memory) for a new connection: shed the
+        oldest links still logging in so that it can come in, or, with none, stop reading
+        the listening sockets for ACCEPT_BACKOFF s (not to retry at once: a spin)."""
+        shed = []
+        for _ in range(SHED_BATCH):
+            victim = self._oldest_logging_in()
+            if victim is not None:
+                shed.append(victim.conn.peer)
+                victim.close()
+                continue
+            peer = next((p for hook in self.shed_hooks if (p := hook()) is not None), None)
+            if peer is None:
+                break
+            shed.append(peer)
+        self.shed += len(shed)
+        if shed:
+            self._tell("no-fds", "accept failed: %s; closed the oldest connections still "
+                       "logging in (%s)", exc, ", ".join(shed))
+            return
+        self._tell("no-fds", "accept failed: %s; nothing to shed, not accepting for %g s",
+                   exc, ACCEPT_BACKOFF)
+        self._pause_accepting()
+        self.loop.call_later(ACCEPT_BACKOFF, self._resume_accepting)
+
+    def _pause_accepting(self) -> None:
+        if self.accepting:
+            for lsock in self.listeners:
+                self.loop.remove_reader(lsock.fileno())
+            self.accepting = False
+
+    def _resume_accepting(self) -> None:
+        if not self.accepting and self.listeners:
+            for lsock in self.listeners:
+                self.loop.add_reader(lsock.fileno(), self._accept, lsock)
+            self.accepting = True
+
+    def _tell(self, kind: str, fmt: str, *args: object) -> None:
+        """Log a warning of this kind at most once per LOG_INTERVAL s, saying how many
+        were not logged since the last line."""
+        now = self.loop.time()
+        last, quiet = self._told.get(kind, (-LOG_INTERVAL, 0))
+        if now - last < LOG_INTERVAL:
+            self._told[kind] = (last, quiet + 1)
+            return
+        self._told[kind] = (now, 0)
+        if quiet:
+            fmt += " (and %d more like it in the last %g s)"
+            args = (*args, quiet, round(now - last, 1))
+        log.warning(fmt, *args)
+
+    def adopt(self, sock: socket.socket, peer: str, data: bytes = b"",
+              listener: int | None = None, ip: str = "") -> Link:
+        """Serve a connected, non-blocking socket; `data`: bytes already read from it;
+        `listener`, `ip`: the listening socket and the peer's address, for the limits."""
+        link = Link(self, sock, peer, listener, ip)
         self.links.add(link)
+        self.logging_in[link] = None
+        if listener is not None:
+            self.per_listener[listener] = self.per_listener.get(listener, 0) + 1
+            key = (listener, ip)
+            self.per_address[key] = self.per_address.get(key, 0) + 1
         if data:
             link.feed(data)
         return link
 
+    def forget(self, link: Link) -> None:
+        """A link closed: out of the counts; its session's memory goes back (trim)."""
+        self.links.discard(link)
+        self.logging_in.pop(link, None)
+        key = link.listener
+        if key is not None:
+            self.per_listener[key] -= 1
+            pair = (key, link.ip)
+            if self.per_address[pair] <= 1:
+                del self.per_address[pair]
+            else:
+                self.per_address[pair] -= 1
+        if link.conn.session is not None and not self._trim_due and self.loop is not None:
+            self._trim_due = True
+            self.loop.call_soon(self._trim)
+
+    def _trim(self) -> None:
+        malloc.trim()
+        self.loop.call_later(TRIM_INTERVAL, self._trim_done)
+
+    def _trim_done(self) -> None:
+        self._trim_due = False
+
+    def _sweep_logins(self) -> None:
+        """Close the links still logging in login_timeout s after they were accepted."""
+        timeout = self.limits.login_timeout
+        now = self.loop.time()
+        for link in list(self.logging_in):
+            if link.closed or link.conn.phase is not Phase.LOGIN:
+                self.logging_in.pop(link, None)
+            elif now - link.accepted_at >= timeout:
+                self._tell("login-timeout", "%s: login not finished within %g s; closed the "
+                           "connection", link.conn.peer, timeout)
+                link.close()
+            else:
+                break  # the rest are younger
+        if self.serving:
+            self.loop.call_later(min(LOGIN_SWEEP, timeout / 4), self._sweep_logins)
     def _keepalive(self) -> None:
         """NOP-In to every full-feature connection (RFC 7143 11.19); a connection whose
         previous ping is still unanswered after a whole period is dropped."""
@@ -609,8 +812,8 @@ class Server:
         self.serving = False
         for attachment in self.attachments:
             attachment.stopping()
+        self._pause_accepting()
         for lsock in self.listeners:
-            self.loop.remove_reader(lsock.fileno())
             lsock.close()
         self.listeners.clear()
         asking = [link for link in self.links if link.conn.phase is Phase.FULL_FEATURE]
@@ -618,7 +821,9 @@ class Server:
             link.conn.request_logout(int(grace) or 1)
             link._flush()
         deadline = self.loop.time() + grace
-        while self.links and self.loop.time() < deadline:
+        # Only the sessions asked to log out are waited for; links still logging in
+        # (an attacker's idle ones among them) are dropped at once.
+        while any(not link.closed for link in asking) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for link in list(self.links):
             link.close()
@@ -628,6 +833,16 @@ class Server:
         for d in self.dispatchers.values():
             await self.loop.run_in_executor(None, d.close)
         await asyncio.sleep(0)  # their completions (dropped: the links are closed)
+
+
+def _connection_waiting(lsock: socket.socket) -> bool:
+    """A connection is in the listening socket's accept queue (poll(2): POLLIN)."""
+    poller = select.poll()
+    poller.register(lsock.fileno(), select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
 
 
 def _address(host: str, port: int) -> str:

@@ -12,7 +12,9 @@ Rules:
   event loop or a thread. Each worker opens its stores and says it is ready; a worker that
   cannot (a missing image, a bad size) ends the whole server with that error, exit 2,
   before anything listens. Then the portal process listens and accepts; it reads a new
-  connection's first PDU (target.iscsi.route, within FIRST_PDU_TIMEOUT s) and hands the
+  connection's first PDU (target.iscsi.route, within FIRST_PDU_TIMEOUT s, or [limits]
+  login_timeout when shorter; the oldest of them are shed when accept() runs out of
+  descriptors, Server.shed_hooks) and hands the
   socket, with the bytes it read, to the worker of the target the login names: a
   SOCK_SEQPACKET record carrying the socket's descriptor (SCM_RIGHTS, unix(7)), one
   socketpair per worker. The worker serves the connection from those bytes on as its own.
@@ -209,12 +211,13 @@ class _FirstPdu:
         self.buf = bytearray()
         self.loop = router.server.loop
         self.loop.add_reader(sock.fileno(), self._readable)
-        self.timer = self.loop.call_later(FIRST_PDU_TIMEOUT, self._timeout)
+        self.wait = min(FIRST_PDU_TIMEOUT, router.server.limits.login_timeout)
+        self.timer = self.loop.call_later(self.wait, self._timeout)
 
     def _end(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.timer.cancel()
-        self.router.reading.discard(self)
+        self.router.reading.pop(self, None)
 
     def _readable(self) -> None:
         try:
@@ -236,7 +239,7 @@ class _FirstPdu:
         self.router.route(self.sock, self.peer, bytes(self.buf), decision)
 
     def _timeout(self) -> None:
-        log.info("%s: no Login Request within %g s; closed", self.peer, FIRST_PDU_TIMEOUT)
+        log.info("%s: no Login Request within %g s; closed", self.peer, self.wait)
         self._end()
         self.sock.close()
 
@@ -252,7 +255,7 @@ class Router:
         self.workers = workers
         self.owner = {name.lower(): w for w in workers for name in w.targets}
         self.server: Server | None = None
-        self.reading: set[_FirstPdu] = set()
+        self.reading: dict[_FirstPdu, None] = {}  # oldest first (Server.shed_hooks)
         self.exit_status = 0
         self.shutting_down = False
         self._next_id = 1
@@ -261,6 +264,7 @@ class Router:
     def start(self, server: Server) -> None:
         self.server = server
         server.accept_hook = self.accept
+        server.shed_hooks.append(self._shed_oldest)
         for w in self.workers:
             w.channel.setblocking(False)
             server.loop.add_reader(w.channel.fileno(), self._readable, w)
@@ -299,7 +303,16 @@ class Router:
 
     # Connections
     def accept(self, sock: socket.socket, peer: str) -> None:
-        self.reading.add(_FirstPdu(self, sock, peer))
+        self.reading[_FirstPdu(self, sock, peer)] = None
+
+    def _shed_oldest(self) -> str | None:
+        """accept() ran out of descriptors: close the oldest connection still waiting for
+        its first PDU (Server._out_of_descriptors); its peer, or None."""
+        if not self.reading:
+            return None
+        oldest = next(iter(self.reading))
+        oldest.close()
+        return oldest.peer
 
     def route(self, sock: socket.socket, peer: str, data: bytes, decision: Route) -> None:
         assert self.server is not None
