@@ -692,7 +692,7 @@ class Connection:
                                     header=bhs.raw)
         cdb = bhs.raw[32:48]
         if self._ahs:
-            cdb = self._extended_cdb(cdb, self._ahs)
+            cdb = self._extended_cdb(cdb, self._ahs, bhs.raw)
         lun = bhs.lun
         task = ScsiTask(self.nexus, lun[1] if lun == _LUN_PREFIX[lun[1]] else decode_lun(lun),
                         cdb, bhs.itt, flags & 7, None, edtl if read else 0)
@@ -714,12 +714,15 @@ class Connection:
             cmd.unsol_next = bhs.dsl
             cmd.r2t_next = cmd.unsol_end
         elif read and edtl > SMALL_WRITE:
-            # Data-In the target will hold until sent: counted as write buffers are.
-            if self.buffered + edtl > self._max_buffered:
+            # Data-In the target will hold until sent: counted as write buffers are, as
+            # at most MAXIMUM TRANSFER LENGTH (an EDTL of 4 GiB for a 36-byte INQUIRY is
+            # the initiator's room, not our data; a longer READ is refused by its LU).
+            held = min(edtl, self._max_write)
+            if self.buffered + held > self._max_buffered:
                 cmd.aborted = cmd.refused = True  # answered in its turn (_start_command)
             else:
-                self.buffered += edtl
-                cmd.held = edtl
+                self.buffered += held
+                cmd.held = held
         elif write:
             task.data_out = memoryview(b"")
         self._cmds[bhs.itt] = cmd
@@ -739,11 +742,16 @@ class Connection:
         return True
 
     @staticmethod
-    def _extended_cdb(cdb: bytes, ahs: bytes) -> bytes:
-        """CDBs over 16 bytes continue in an Extended CDB AHS, type 1 (11.3.1.2)."""
+    def _extended_cdb(cdb: bytes, ahs: bytes, header: bytes) -> bytes:
+        """CDBs over 16 bytes continue in an Extended CDB AHS, type 1 (11.3.1.2). An AHS
+        whose AHSLength runs past TotalAHSLength is a format error (11.2.2): the
+        connection ends (ProtocolError)."""
         pos = 0
         while pos + 3 <= len(ahs):
             length = int.from_bytes(ahs[pos:pos + 2], "big")
+            if pos + 3 + length > len(ahs):
+                raise ProtocolError(f"an AHS of length {length} at byte {pos} runs past "
+                                    f"TotalAHSLength ({len(ahs)} bytes)", header=header)
             if ahs[pos + 2] == 1:
                 return cdb + ahs[pos + 4:pos + 3 + length]
             pos += 3 + length + (-(3 + length) & 3)
@@ -1074,7 +1082,10 @@ class Connection:
         """Logout (11.14, 11.15): close the session or this connection; ERL 0 only."""
         reason = bhs.flags & 0x7F
         session = self.session
-        response = 0 if reason in (0, 1) else 2  # 2: connection recovery not supported
+        if reason == 1 and bhs.cid != session.params.cid:
+            response = 1  # 11.15.1: CID not found (MaxConnections=1: only this one)
+        else:
+            response = 0 if reason in (0, 1) else 2  # 2: connection recovery not supported
         self._send(pdu.logout_response(response=response, itt=bhs.itt,
                                        statsn=self._next_stat_sn(),
                                        exp_cmdsn=session.exp_cmdsn,
