@@ -509,6 +509,8 @@ def _chap(table: dict, where: str, source: str) -> ChapConfig:
         raise ConfigError(f"{r.path('secrets_file')}: {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8
+        raise ConfigError(f"{path}: not valid TOML: byte {exc.start} is not UTF-8") from None
     c = _chap_values(_Reader(data, "", path), path)
     c.secrets_file = path
     return c

@@ -409,6 +409,15 @@ def test_config_with_secret_open_to_others_refused(tmp_path, mode):
         cfgmod.load(cfg)
 
 
+def test_secrets_file_not_utf8_refused(tmp_path):
+    cfg = write(tmp_path / "c.toml", '[discovery.chap]\nsecrets_file = "s.toml"\n')
+    s = tmp_path / "s.toml"
+    s.write_bytes(b'user = "d\xff"\nsecret = "discovery-secret-3"\n')
+    s.chmod(0o600)
+    with pytest.raises(cfgmod.ConfigError, match=f"{s}: not valid TOML: byte 9 is not UTF-8"):
+        cfgmod.load(cfg)
+
+
 def test_secrets_file_open_to_others_refused(tmp_path):
     cfg = write(tmp_path / "c.toml", '[discovery.chap]\nsecrets_file = "s.toml"\n', 0o644)
     s = write(tmp_path / "s.toml", 'user = "d"\nsecret = "discovery-secret-3"\n', 0o644)
