@@ -97,6 +97,15 @@ class KdumpCompressed:
 
 # --- ELF ---------------------------------------------------------------------------------
 
+def _decimal(value: str | None) -> int | None:
+    """A VMCOREINFO number (PAGESIZE, CRASHTIME: ASCII decimal, as the kernel's
+    VMCOREINFO_NUMBER/PAGESIZE print them); None when absent or not a number (the note is
+    the crashed kernel's: the summary says unknown rather than failing)."""
+    if value and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
     info = {}
     for line in text.decode("latin-1").splitlines():
@@ -253,7 +262,7 @@ def summarize_file(f: BinaryIO, size: int) -> DumpSummary:
     if kind == "kdump":
         k = parse_kdump(f)
         return DumpSummary("linux", "kdump", k.release, None, size, k.timestamp,
-                           int(k.vmcoreinfo.get("PAGESIZE", 0)) or None,
+                           _decimal(k.vmcoreinfo.get("PAGESIZE")) or None,
                            details={"dump_level": k.dump_level, "nodename": k.nodename,
                                     "machine": k.machine, "block_size": k.block_size,
                                     "vmcoreinfo_release": k.vmcoreinfo.get("OSRELEASE")})
@@ -261,8 +270,7 @@ def summarize_file(f: BinaryIO, size: int) -> DumpSummary:
         e = parse_elf(f)
         crash = e.vmcoreinfo.get("CRASHTIME")
         return DumpSummary("linux", "elf", e.release, None, size,
-                           int(crash) if crash and crash.isdigit() else None,
-                           int(e.vmcoreinfo.get("PAGESIZE", 0)) or None,
+                           _decimal(crash), _decimal(e.vmcoreinfo.get("PAGESIZE")) or None,
                            details={"loads": len(e.loads)})
     raise DumpFormatError(f"not a dump this reads (format {kind})")
 
