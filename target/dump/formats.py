@@ -8,7 +8,9 @@ Formats (layouts as the named headers define them; construct for every header):
   `makedumpfile_data_header` {int64 offset; int64 buf_size} big-endian and buf_size bytes
   for that offset of the output file, ended by offset = buf_size = -1
   (END_FLAG_FLAT_HEADER). reassemble_flattened() writes the file the records describe,
-  as `makedumpfile -R` does, streaming.
+  as `makedumpfile -R` does, streaming. A record that ends beyond MAX_FLAT_END (2^52: the
+  x86-64 physical address space, more than any dump of it holds) is refused, as is one
+  the output file cannot be seeked to or grown to (a file system's size limit).
 - kdump-compressed, diskdump_mod.h: `struct disk_dump_header` (signature "KDUMP   ",
   header_version, new_utsname of six 65-byte strings, timestamp, status, block_size,
   sub_hdr_size, bitmap_blocks, max_mapnr, ...) in the first block, `kdump_sub_header`
@@ -24,6 +26,7 @@ DumpSummary live in target.dump.common (shared with the illumos reader), importe
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ FLAT_HEADER_SIZE = 4096
 FLAT_SIGNATURE = b"makedumpfile"
 KDUMP_SIGNATURE = b"KDUMP   "
 CHUNK = 1 << 20
+MAX_FLAT_END = 1 << 52
 
 
 FLAT_HEADER = Struct("signature" / cstr(16), "type" / Int64sb, "version" / Int64sb)
@@ -183,7 +187,7 @@ def flattened_records(f: BinaryIO, start: int = 0):
         if offset == -1 and size == -1:
             yield None, 0, pos
             return
-        if offset < 0 or not 0 <= size <= 1 << 32:
+        if offset < 0 or not 0 <= size <= 1 << 32 or offset + size > MAX_FLAT_END:
             raise DumpFormatError(f"flattened dump at {pos - 16}: record offset {offset} "
                                   f"size {size}")
         yield offset, size, pos
@@ -205,14 +209,21 @@ def reassemble_flattened(src: BinaryIO, dst: BinaryIO, start: int = 0) -> int:
         if offset is None:
             break
         src.seek(pos)
-        dst.seek(offset)
         left = size
-        while left:
-            chunk = src.read(min(left, CHUNK))
-            if not chunk:
-                raise DumpFormatError(f"flattened dump at {pos}: record data truncated")
-            dst.write(chunk)
-            left -= len(chunk)
+        try:
+            dst.seek(offset)
+            while left:
+                chunk = src.read(min(left, CHUNK))
+                if not chunk:
+                    raise DumpFormatError(f"flattened dump at {pos}: record data truncated")
+                dst.write(chunk)
+                left -= len(chunk)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EFBIG):
+                raise  # the destination's own I/O error (ENOSPC, EIO), not the dump's
+            raise DumpFormatError(f"flattened dump at {pos - 16}: record offset {offset} "
+                                  f"size {size}: the output cannot hold it "
+                                  f"({exc.strerror})") from None
         end = max(end, offset + size)
     dst.truncate(end)
     dst.flush()

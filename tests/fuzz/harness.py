@@ -9,7 +9,8 @@ Rules (issue 15's fuzzer):
 - Everything else is a finding, and check() raises it: any other exception; an error the
   product logged with a traceback (LogicalUnit._ended turns a handler's bug into HARDWARE
   ERROR 44h/00h and logs it, so the session survives but the bug is real); an input that
-  runs over its time bound (Hang, from an interval timer, so the traceback shows where);
+  runs over its bound of CPU time (Hang, from an interval timer, so the traceback shows
+  where);
   or a traced peak of Python memory over the target's bound (MemoryBound, with
   tracemalloc on: the replay test turns it on, the fuzzing runs bound the process's RSS).
 - The same check() serves tools/fuzz (both engines) and tests/fuzz/test_replay.py.
@@ -23,7 +24,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 
-TIME_LIMIT = 2.0  # seconds per input (the dump reader: its own bound below)
+TIME_LIMIT = 2.0  # CPU seconds per input (the dump reader: its own bound below)
 MEMORY_LIMIT = 256 << 20  # peak traced bytes per input
 
 
@@ -82,8 +83,11 @@ def check(target: Target, data: bytes, *, memory: bool = False) -> None:
     the rules allow."""
     quiet_logs()
     _logged.records.clear()
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, target.time_limit)
+    # CPU time (ITIMER_VIRTUAL, SIGVTALRM): the targets compute and do no waiting, a
+    # loaded machine does not make an input hang, and SIGALRM stays libFuzzer's (its
+    # -timeout) and pytest-timeout's.
+    previous = signal.signal(signal.SIGVTALRM, _alarm)
+    signal.setitimer(signal.ITIMER_VIRTUAL, target.time_limit)
     traced = memory and not tracemalloc.is_tracing()
     if traced:
         tracemalloc.start()
@@ -94,8 +98,8 @@ def check(target: Target, data: bytes, *, memory: bool = False) -> None:
             if peak > target.memory_limit:
                 raise MemoryBound(f"{peak} bytes traced, bound {target.memory_limit}")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, previous)
         if traced:
             tracemalloc.stop()
     if _logged.records:
