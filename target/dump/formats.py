@@ -52,6 +52,7 @@ FLAT_SIGNATURE = b"makedumpfile"
 KDUMP_SIGNATURE = b"KDUMP   "
 CHUNK = 1 << 20
 MAX_FLAT_END = 1 << 52
+MAX_NOTES = 1 << 24  # a PT_NOTE's largest size read (VMCOREINFO and the CPUs' notes: KiBs)
 
 
 FLAT_HEADER = Struct("signature" / cstr(16), "type" / Int64sb, "version" / Int64sb)
@@ -120,10 +121,16 @@ def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
 
 
 def parse_elf(f: BinaryIO) -> ElfVmcore:
+    """Every offset and size the headers give is checked against the image's end before
+    it is read (a PT_NOTE also against MAX_NOTES), so a corrupt header is a
+    DumpFormatError and never a read of what is not there."""
+    size = f.seek(0, os.SEEK_END)
     f.seek(0)
     eh = f.read(64)
     if eh[:4] != b"\x7fELF":
         raise DumpFormatError("ELF vmcore at 0: no ELF magic")
+    if len(eh) < 64:
+        raise DumpFormatError(f"ELF vmcore at 0: ELF header truncated ({len(eh)} of 64 bytes)")
     if eh[4] != 2 or eh[5] != 1:
         raise DumpFormatError("ELF vmcore at 4: only ELF64 little-endian is read")
     e_type, = struct.unpack_from("<H", eh, 16)
@@ -131,18 +138,22 @@ def parse_elf(f: BinaryIO) -> ElfVmcore:
         raise DumpFormatError(f"ELF vmcore at 16: e_type {e_type} is not ET_CORE (4)")
     phoff, = struct.unpack_from("<Q", eh, 32)
     phentsize, phnum = struct.unpack_from("<HH", eh, 54)
+    if phnum and (phentsize < 56 or phoff + phnum * phentsize > size):
+        raise DumpFormatError(f"ELF vmcore at 32: {phnum} program headers of {phentsize} "
+                              f"bytes at {phoff} do not fit the {size}-byte image")
     info: dict[str, str] = {}
     loads = []
     for i in range(phnum):
         f.seek(phoff + i * phentsize)
         ph = f.read(56)
-        if len(ph) < 56:
-            raise DumpFormatError(f"ELF vmcore at {phoff + i * phentsize}: truncated "
-                                  "program header")
         p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz = struct.unpack_from("<IIQQQQ", ph)
         if p_type == 1:
             loads.append((p_paddr, p_offset, p_filesz))
         elif p_type == 4:
+            if p_filesz > MAX_NOTES or p_offset + p_filesz > size:
+                raise DumpFormatError(f"ELF vmcore at {phoff + i * phentsize}: PT_NOTE of "
+                                      f"{p_filesz} bytes at {p_offset} does not fit the "
+                                      f"{size}-byte image (or is over {MAX_NOTES})")
             f.seek(p_offset)
             notes = f.read(p_filesz)
             info.update(_vmcoreinfo_in_notes(notes, p_offset))
