@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2
 LINT := target tests images qemu tools/conformance tools/bench tools/crashtest tools/droptest tools/soak \
-        tools/guest-smoke tools/demo tools/*.py
+        tools/guest-smoke tools/demo tools/fuzz tools/*.py
 
 # Debian packages: what building the venv needs, and the real peers the tests use
 # (QEMU and its iscsi:// driver, libiscsi's tools, tgtd, sg3_utils, the guest image tools,

@@ -563,6 +563,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0, "Spec")
+        raise ConfigError(f"{source}: not valid TOML: byte {exc.start} is not UTF-8") from None
     cfg = from_dict(data, source)
     if any(c.secrets_file is None for c in cfg.chap_tables()):
         check_private(source, "holds a CHAP secret")

@@ -144,6 +144,18 @@ def _count(data: dict, key: str, minimum: int) -> int | None:
     return value
 
 
+def _names(data: dict, key: str) -> list:
+    """A name or a list of names (op, ops); FaultError for any other type."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list | tuple):
+        raise FaultError(f"{key}: expected a name or a list of names, not {value!r}")
+    return list(value)
+
+
 def parse_rule(data: dict[str, Any]) -> FaultRule:
     """A rule from a config table or a control request; FaultError names what is wrong."""
     known = {f for f in FaultRule.__dataclass_fields__ if not f.startswith("_")} - {
@@ -155,9 +167,7 @@ def parse_rule(data: dict[str, Any]) -> FaultRule:
     action = data.get("action")
     if action not in ACTIONS:
         raise FaultError(f"action: expected one of {', '.join(ACTIONS)}, not {action!r}")
-    ops = data.get("ops") or []
-    if "op" in data:
-        ops = [data["op"]] if isinstance(data["op"], str) else list(data["op"])
+    ops = _names(data, "op") if "op" in data else _names(data, "ops")
     rule = FaultRule(action=action, ops=[str(o) for o in ops])
     rule._opcodes = _opcodes(rule.ops)
     rule.target = _name(data, "target")
@@ -207,6 +217,8 @@ def parse_rule(data: dict[str, Any]) -> FaultRule:
 def _tmf_functions(value: Any) -> list[int]:
     from target.iscsi.pdu import TmfFunction
 
+    if not isinstance(value, str | int | list | tuple):
+        raise FaultError(f"tmf: expected a function or a list of them, not {value!r}")
     items = [value] if isinstance(value, str | int) else list(value)
     out = []
     for item in items:

@@ -8,7 +8,9 @@ Formats (layouts as the named headers define them; construct for every header):
   `makedumpfile_data_header` {int64 offset; int64 buf_size} big-endian and buf_size bytes
   for that offset of the output file, ended by offset = buf_size = -1
   (END_FLAG_FLAT_HEADER). reassemble_flattened() writes the file the records describe,
-  as `makedumpfile -R` does, streaming.
+  as `makedumpfile -R` does, streaming. A record that ends beyond MAX_FLAT_END (2^52: the
+  x86-64 physical address space, more than any dump of it holds) is refused, as is one
+  the output file cannot be seeked to or grown to (a file system's size limit).
 - kdump-compressed, diskdump_mod.h: `struct disk_dump_header` (signature "KDUMP   ",
   header_version, new_utsname of six 65-byte strings, timestamp, status, block_size,
   sub_hdr_size, bitmap_blocks, max_mapnr, ...) in the first block, `kdump_sub_header`
@@ -24,6 +26,7 @@ DumpSummary live in target.dump.common (shared with the illumos reader), importe
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass, field
@@ -48,6 +51,8 @@ FLAT_HEADER_SIZE = 4096
 FLAT_SIGNATURE = b"makedumpfile"
 KDUMP_SIGNATURE = b"KDUMP   "
 CHUNK = 1 << 20
+MAX_FLAT_END = 1 << 52
+MAX_NOTES = 1 << 24  # a PT_NOTE's largest size read (VMCOREINFO and the CPUs' notes: KiBs)
 
 
 FLAT_HEADER = Struct("signature" / cstr(16), "type" / Int64sb, "version" / Int64sb)
@@ -97,6 +102,15 @@ class KdumpCompressed:
 
 # --- ELF ---------------------------------------------------------------------------------
 
+def _decimal(value: str | None) -> int | None:
+    """A VMCOREINFO number (PAGESIZE, CRASHTIME: ASCII decimal, as the kernel's
+    VMCOREINFO_NUMBER/PAGESIZE print them); None when absent or not a number (the note is
+    the crashed kernel's: the summary says unknown rather than failing)."""
+    if value and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
     info = {}
     for line in text.decode("latin-1").splitlines():
@@ -107,10 +121,16 @@ def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
 
 
 def parse_elf(f: BinaryIO) -> ElfVmcore:
+    """Every offset and size the headers give is checked against the image's end before
+    it is read (a PT_NOTE also against MAX_NOTES), so a corrupt header is a
+    DumpFormatError and never a read of what is not there."""
+    size = f.seek(0, os.SEEK_END)
     f.seek(0)
     eh = f.read(64)
     if eh[:4] != b"\x7fELF":
         raise DumpFormatError("ELF vmcore at 0: no ELF magic")
+    if len(eh) < 64:
+        raise DumpFormatError(f"ELF vmcore at 0: ELF header truncated ({len(eh)} of 64 bytes)")
     if eh[4] != 2 or eh[5] != 1:
         raise DumpFormatError("ELF vmcore at 4: only ELF64 little-endian is read")
     e_type, = struct.unpack_from("<H", eh, 16)
@@ -118,18 +138,22 @@ def parse_elf(f: BinaryIO) -> ElfVmcore:
         raise DumpFormatError(f"ELF vmcore at 16: e_type {e_type} is not ET_CORE (4)")
     phoff, = struct.unpack_from("<Q", eh, 32)
     phentsize, phnum = struct.unpack_from("<HH", eh, 54)
+    if phnum and (phentsize < 56 or phoff + phnum * phentsize > size):
+        raise DumpFormatError(f"ELF vmcore at 32: {phnum} program headers of {phentsize} "
+                              f"bytes at {phoff} do not fit the {size}-byte image")
     info: dict[str, str] = {}
     loads = []
     for i in range(phnum):
         f.seek(phoff + i * phentsize)
         ph = f.read(56)
-        if len(ph) < 56:
-            raise DumpFormatError(f"ELF vmcore at {phoff + i * phentsize}: truncated "
-                                  "program header")
         p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz = struct.unpack_from("<IIQQQQ", ph)
         if p_type == 1:
             loads.append((p_paddr, p_offset, p_filesz))
         elif p_type == 4:
+            if p_filesz > MAX_NOTES or p_offset + p_filesz > size:
+                raise DumpFormatError(f"ELF vmcore at {phoff + i * phentsize}: PT_NOTE of "
+                                      f"{p_filesz} bytes at {p_offset} does not fit the "
+                                      f"{size}-byte image (or is over {MAX_NOTES})")
             f.seek(p_offset)
             notes = f.read(p_filesz)
             info.update(_vmcoreinfo_in_notes(notes, p_offset))
@@ -174,7 +198,7 @@ def flattened_records(f: BinaryIO, start: int = 0):
         if offset == -1 and size == -1:
             yield None, 0, pos
             return
-        if offset < 0 or not 0 <= size <= 1 << 32:
+        if offset < 0 or not 0 <= size <= 1 << 32 or offset + size > MAX_FLAT_END:
             raise DumpFormatError(f"flattened dump at {pos - 16}: record offset {offset} "
                                   f"size {size}")
         yield offset, size, pos
@@ -196,14 +220,21 @@ def reassemble_flattened(src: BinaryIO, dst: BinaryIO, start: int = 0) -> int:
         if offset is None:
             break
         src.seek(pos)
-        dst.seek(offset)
         left = size
-        while left:
-            chunk = src.read(min(left, CHUNK))
-            if not chunk:
-                raise DumpFormatError(f"flattened dump at {pos}: record data truncated")
-            dst.write(chunk)
-            left -= len(chunk)
+        try:
+            dst.seek(offset)
+            while left:
+                chunk = src.read(min(left, CHUNK))
+                if not chunk:
+                    raise DumpFormatError(f"flattened dump at {pos}: record data truncated")
+                dst.write(chunk)
+                left -= len(chunk)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EFBIG):
+                raise  # the destination's own I/O error (ENOSPC, EIO), not the dump's
+            raise DumpFormatError(f"flattened dump at {pos - 16}: record offset {offset} "
+                                  f"size {size}: the output cannot hold it "
+                                  f"({exc.strerror})") from None
         end = max(end, offset + size)
     dst.truncate(end)
     dst.flush()
@@ -253,7 +284,7 @@ def summarize_file(f: BinaryIO, size: int) -> DumpSummary:
     if kind == "kdump":
         k = parse_kdump(f)
         return DumpSummary("linux", "kdump", k.release, None, size, k.timestamp,
-                           int(k.vmcoreinfo.get("PAGESIZE", 0)) or None,
+                           _decimal(k.vmcoreinfo.get("PAGESIZE")) or None,
                            details={"dump_level": k.dump_level, "nodename": k.nodename,
                                     "machine": k.machine, "block_size": k.block_size,
                                     "vmcoreinfo_release": k.vmcoreinfo.get("OSRELEASE")})
@@ -261,8 +292,7 @@ def summarize_file(f: BinaryIO, size: int) -> DumpSummary:
         e = parse_elf(f)
         crash = e.vmcoreinfo.get("CRASHTIME")
         return DumpSummary("linux", "elf", e.release, None, size,
-                           int(crash) if crash and crash.isdigit() else None,
-                           int(e.vmcoreinfo.get("PAGESIZE", 0)) or None,
+                           _decimal(crash), _decimal(e.vmcoreinfo.get("PAGESIZE")) or None,
                            details={"loads": len(e.loads)})
     raise DumpFormatError(f"not a dump this reads (format {kind})")
 

@@ -305,7 +305,10 @@ def read_dump(f: BinaryIO, size: int) -> IllumosDump:
     lay = LAYOUTS[word]
     raw = _pread(f, endoff, lay.dumphdr.size, "terminal dumphdr")
     h = lay.dumphdr.struct.parse(raw)
-    if h.dump_pagesize <= 0 or h.dump_pagesize != 1 << h.dump_pageshift:
+    # The shift is tested first: 1 << a shift from a corrupt header (up to 2^32-1, or
+    # 2^64-1 in a 64-bit header) would be an integer of gigabytes.
+    if (not 0 <= h.dump_pageshift < 64 or h.dump_pagesize <= 0
+            or h.dump_pagesize != 1 << h.dump_pageshift):
         at = endoff + lay.dumphdr.offsets["dump_pagesize"]
         raise DumpFormatError(f"illumos terminal dumphdr at {at}: dump_pagesize "
                               f"{h.dump_pagesize} and dump_pageshift {h.dump_pageshift} "

@@ -1,0 +1,1 @@
+"""Fuzz targets of tools/fuzz and their regression replay (issue 15)."""
