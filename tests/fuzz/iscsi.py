@@ -20,7 +20,12 @@ Rules:
   changes, versions and key=value text (section 5's format, the keys of section 13 and
   12's CHAP keys, with values of every kind and malformed text: no '=', no NUL, non-UTF-8,
   duplicates, long values); after a login that completes, target.iscsi.text's
-  TextResponder gets Text Requests (SendTargets, negotiation, continuation by TTT).
+  TextResponder gets Text Requests (SendTargets, negotiation, continuation by TTT). In
+  half the inputs the target (and discovery) requires CHAP (target.iscsi.chap, one-way
+  or mutual), and half of those run a well-behaved CHAP login (AuthMethod=CHAP and
+  CHAP_A, then CHAP_N/CHAP_R computed by RFC 1994 or drawn wrong, our own CHAP_I/CHAP_C
+  or a reflection of the target's, then the operational stage), so that the fuzzer
+  starts near the success, mutual and refusal paths of 12.1.3.
 - Allowed: Login Responses (any status), Reject, CloseWanted, ProtocolError from the
   TextResponder (the Connection turns it into a Reject and a close). Anything raised out
   of the Connection, Login or TextResponder, or logged as an error, is a finding.
@@ -28,13 +33,17 @@ Rules:
 
 from __future__ import annotations
 
+import base64
 import struct
 
 import crc32c
 
 from target.backing.memory import MemoryStore
+from target.iscsi import chap
+from target.iscsi.chap import Credentials
 from target.iscsi.connection import Connection
 from target.iscsi.errors import ProtocolError
+from target.iscsi.keys import TextError, parse
 from target.iscsi.login import Login, LoginOutcome
 from target.iscsi.pdu import Bhs
 from target.iscsi.portal import Portal, TargetEntry
@@ -50,6 +59,8 @@ from tests.unit.shell_util import FakeLink, FakeLoop, FakeWorkers
 
 TNAME = "iqn.2026-12.local.fuzz:disk"
 INAME = "iqn.2026-12.local.fuzz:initiator"
+CHAP_USER, CHAP_SECRET = "fuzz-user", b"fuzz-initiator-secret"
+CHAP_TUSER, CHAP_TSECRET = "fuzz-target", b"fuzz-target-secret-2"
 RESERVED = 0xFFFFFFFF
 # BHS (RFC 7143 11.2.1): opcode, flags, bytes 2-3, TotalAHSLength << 24 | DSL, LUN, ITT,
 # then the eight opcode-specific words of bytes 20-47.
@@ -482,21 +493,56 @@ def key_text(p: Provider, max_pairs: int) -> bytes:
     return bytes(out)
 
 
-def login_pdu(p: Provider, first: bool, isid: int, tsih: int) -> bytes:
+def chap_answer(p: Provider, offered: dict[str, str]) -> list[tuple[str, str]]:
+    """After the target's CHAP_A/CHAP_I/CHAP_C (RFC 7143 12.1.3): CHAP_N and CHAP_R, the
+    response right (RFC 1994) or not, sometimes with our own CHAP_I/CHAP_C (mutual), a
+    reflection of the target's, or nothing at all."""
+    kind = p.int_in_range(0, 7)
+    if kind == 7:
+        return []
+    try:
+        alg, ident = int(offered["CHAP_A"]), int(offered["CHAP_I"])
+        challenge = chap.decode_binary(offered["CHAP_C"])
+        good = chap.response(alg, ident, CHAP_SECRET, challenge)
+    except (KeyError, ValueError):
+        alg, good, challenge = 5, b"\0" * 16, b"\0" * 16
+    r = good if kind < 4 else p.bytes(p.pick((0, 1, 16, 32, 1025)))
+    value = "0b" + base64.b64encode(r).decode() if p.chance(4) else "0x" + r.hex()
+    pairs = [("CHAP_N", CHAP_USER if kind != 5 else p.pick(VALUES)), ("CHAP_R", value)]
+    if kind in (1, 2):  # mutual: our identifier and challenge
+        pairs += [("CHAP_I", str(p.int_in_range(0, 256))),
+                  ("CHAP_C", "0x" + (challenge if kind == 2 else p.bytes(16)).hex())]
+    return pairs
+
+
+def login_pdu(p: Provider, first: bool, isid: int, tsih: int,
+              extra: list[tuple[str, str]] = (), stages: tuple | None = None) -> bytes:
     """A Login Request (11.12): flags T/C/CSG/NSG, versions, ISID/TSIH/CID, key text. The
-    first one names the initiator and the target unless the draw says otherwise."""
-    csg = p.pick((0, 1, 0, 1, 3, 2))
-    nsg = p.pick((1, 3, 0, 2))
-    transit, cont = p.pick((True, True, False)), p.chance(8)
+    first one names the initiator and the target unless the draw says otherwise; `extra`
+    (CHAP keys) go in first; `stages` (CSG, NSG) makes a T=1 request of a well-behaved
+    initiator (the scripted CHAP login)."""
+    if stages is not None:
+        (csg, nsg), transit, cont = stages, True, False
+    else:
+        csg = 0 if extra and not p.chance(8) else p.pick((0, 1, 0, 1, 3, 2))
+        nsg = p.pick((1, 3, 0, 2))
+        transit, cont = p.pick((True, True, False)), p.chance(8)
     flags = (0x80 if transit else 0) | (0x40 if cont else 0) | csg << 2 | nsg
     pairs = []
-    if first and not p.chance(8):
+    if first and (stages is not None or not p.chance(8)):
         pairs = [("InitiatorName", INAME)]
         pairs += [("TargetName", p.pick((TNAME, TNAME.upper(), "iqn.no.such")))] if not p.chance(
             8) else [("SessionType", "Discovery")]
-        if csg == 0:
+        if stages is not None:
+            pairs[1:] = [("TargetName", TNAME)] if not p.chance(4) else [
+                ("SessionType", "Discovery")]
+            pairs += [("AuthMethod", "CHAP"), ("CHAP_A", p.pick(("5", "7,6,5", "8", "6")))]
+        elif csg == 0:
             pairs.append(("AuthMethod", p.pick(("None", "CHAP,None", "CHAP", "None,CHAP"))))
-    text = keytext(pairs) + key_text(p, 6)
+        if csg == 0 and stages is None and p.chance(2):
+            pairs.append(("CHAP_A", p.pick(("5", "7,6,5", "8", "56", "5,6,7,8", "99"))))
+    pairs = list(extra) + pairs
+    text = keytext(pairs) + (key_text(p, 6) if stages is None or p.chance(8) else b"")
     if p.chance(16):
         isid ^= 1
     if p.chance(16):
@@ -513,16 +559,33 @@ def run_login(data: bytes) -> None:
     portal = world.portal
     if p.chance(8):
         portal.auth_required = True
+    if p.chance(2):  # CHAP required for the target (and for discovery), mutual or not
+        mutual = p.chance(2)
+        cred = Credentials(CHAP_USER, CHAP_SECRET, CHAP_TUSER if mutual else "",
+                           CHAP_TSECRET if mutual else b"")
+        portal.targets[TNAME].chap = cred
+        portal.discovery_chap = cred
+    # A well-behaved CHAP login (AuthMethod and CHAP_A, the answer, then to full feature
+    # phase) with drawn algorithms and answers: the fuzzer starts near the success paths.
+    script = ((0, 1), (0, 1), (1, 3)) if portal.discovery_chap and p.chance(2) else None
     step_login = Login(portal, "127.0.0.1:3260")
     isid, tsih = 0x400000000001, 0
     session = None
-    for i in range(p.int_in_range(1, 6)):
-        raw = login_pdu(p, i == 0, isid, tsih)
+    extra: list[tuple[str, str]] = []
+    for i in range(3 if script else p.int_in_range(1, 8)):
+        raw = login_pdu(p, i == 0, isid, tsih, extra, script[i] if script else None)
+        extra = []
         header = raw[:48]
         step = step_login.receive(Bhs(header), raw[48:48 + int.from_bytes(header[5:8], "big")])
         for out in step.pdus:
             if out[0] != _LOGIN_RSP:
                 raise Finding(f"login answered with opcode {out[0]:#x}")
+            try:
+                offered = dict(parse(out[48:48 + int.from_bytes(out[5:8], "big")]))
+            except TextError:
+                offered = {}
+            if "CHAP_C" in offered:
+                extra = chap_answer(p, offered)
         if step.outcome is LoginOutcome.COMPLETE:
             session = step.session
             break
