@@ -60,16 +60,21 @@ secrets_file = "discovery.toml"
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    work = tmp_path_factory.mktemp("chap")
+def write_config(work: Path) -> Path:
+    """CONFIG and its discovery secrets file, both 0600 (the target refuses them open)."""
     cfg = work / "chap.toml"
     cfg.write_text(CONFIG)
     cfg.chmod(0o600)
     disc = work / "discovery.toml"
     disc.write_text(f'user = "{DUSER}"\nsecret = "{DSECRET}"\n')
     disc.chmod(0o600)
-    with OurTarget(config=cfg, workdir=work, iqn=IQN) as t:
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    work = tmp_path_factory.mktemp("chap")
+    with OurTarget(config=write_config(work), workdir=work, iqn=IQN) as t:
         yield t
 
 
@@ -169,13 +174,8 @@ def test_libiscsi_discovery_chap(server):
 def test_discovery_and_target_chap_with_workers(tmp_path):
     """serve --workers 2: the portal process answers discovery, so it must ask for the
     discovery credentials too; a normal session's CHAP runs in its target's worker."""
-    cfg = tmp_path / "chap.toml"
-    cfg.write_text(CONFIG)
-    cfg.chmod(0o600)
-    disc = tmp_path / "discovery.toml"
-    disc.write_text(f'user = "{DUSER}"\nsecret = "{DSECRET}"\n')
-    disc.chmod(0o600)
-    with OurTarget(["--workers", "2"], config=cfg, workdir=tmp_path, iqn=IQN) as t:
+    with OurTarget(["--workers", "2"], config=write_config(tmp_path), workdir=tmp_path,
+                   iqn=IQN) as t:
         p = libiscsi("iscsi-ls", f"iscsi://{DUSER}%{DSECRET}@127.0.0.1:{t.port}")
         assert p.returncode == 0 and IQN in p.stdout and OPEN in p.stdout, p.stderr
         p = libiscsi("iscsi-ls", f"iscsi://127.0.0.1:{t.port}")
