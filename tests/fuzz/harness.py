@@ -64,14 +64,26 @@ class _Logged(logging.Handler):
 _logged = _Logged()
 
 
-def quiet_logs() -> None:
+def quiet_logs() -> tuple[int, bool]:
     """The product's loggers report errors to the harness only: warnings (each Reject,
-    each failed login) would cost more than the input itself."""
+    each failed login) would cost more than the input itself. Returns what to give
+    restore_logs() (the "target" logger's level and propagation before)."""
     root = logging.getLogger("target")
+    before = (root.level, root.propagate)
     if _logged not in root.handlers:
         root.addHandler(_logged)
     root.setLevel(logging.ERROR)
     root.propagate = False
+    return before
+
+
+def restore_logs(before: tuple[int, bool]) -> None:
+    """Undo quiet_logs(), so that tests run after an input (pytest's caplog, in the same
+    process) see the product's warnings again."""
+    root = logging.getLogger("target")
+    root.removeHandler(_logged)
+    root.setLevel(before[0])
+    root.propagate = before[1]
 
 
 def _alarm(signum, frame) -> None:
@@ -81,7 +93,7 @@ def _alarm(signum, frame) -> None:
 def check(target: Target, data: bytes, *, memory: bool = False) -> None:
     """Run one input; raise a Finding (or the exception itself) unless the outcome is one
     the rules allow."""
-    quiet_logs()
+    logs = quiet_logs()
     _logged.records.clear()
     # CPU time (ITIMER_VIRTUAL, SIGVTALRM): the targets compute and do no waiting, a
     # loaded machine does not make an input hang, and SIGALRM stays libFuzzer's (its
@@ -102,6 +114,7 @@ def check(target: Target, data: bytes, *, memory: bool = False) -> None:
         signal.signal(signal.SIGVTALRM, previous)
         if traced:
             tracemalloc.stop()
+        restore_logs(logs)
     if _logged.records:
         record = _logged.records[0]
         exc = record.exc_info[1] if record.exc_info else None
