@@ -235,9 +235,20 @@ def prepare_directory(directory: Path, *, ours: bool = False) -> None:
                       "can write (0700)", str(directory))
 
 
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its NUL (unix(7))
+
+
 def bind_socket(path: Path) -> socket.socket:
-    """A listening unix socket at `path`, mode 0600 from the moment it has that name."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A listening unix socket at `path`, mode 0600 from the moment it has that name. The
+    temporary name is short (a dot and our pid in hex), so that a path that fits fits
+    while it is being made; one that does not is an error naming it."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        raise OSError(errno.ENAMETOOLONG, f"a unix socket path of {size} bytes (at most "
+                      f"{MAX_SOCKET_PATH}): choose a shorter --control path", str(path))
+    temporary = path.with_name(f".{os.getpid():x}")
+    if len(os.fsencode(temporary)) > MAX_SOCKET_PATH:  # a short name near the limit
+        return _bind_in_place(path)
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -252,6 +263,24 @@ def bind_socket(path: Path) -> socket.socket:
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise
+    return sock
+
+
+def _bind_in_place(path: Path) -> socket.socket:
+    """Bind at `path` itself, created 0600 by the umask (brief: at start-up)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    sock.setblocking(False)
     return sock
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from target.shell.control import MAX_REQUEST
+from target.shell.control import MAX_REQUEST, MAX_SOCKET_PATH
 from target.testing.servers import OurTarget, ServerError
 
 pytestmark = pytest.mark.integration
@@ -295,3 +295,30 @@ def test_bad_request_answered_connection_usable(served, line, named):
         assert status_ok(c)  # the same connection goes on
     finally:
         c.close()
+
+
+def test_socket_paths_near_the_unix_limit(tmp_path):
+    """sun_path holds 107 bytes and a NUL (unix(7)): --control paths of exactly 107 bytes
+    work (the temporary name must not make them longer), one of 108 is refused with an
+    error naming it."""
+    d = tmp_path / "c"
+    d.mkdir(mode=0o700)
+    room = MAX_SOCKET_PATH - len(os.fsencode(d)) - 1
+    assert room >= 2, "tmp_path too long for this test"
+    fits = d / ("s" * room)
+    with OurTarget(["--size", "4M", "--control", str(fits)], workdir=tmp_path):
+        assert stat.S_IMODE(os.lstat(fits).st_mode) == 0o600
+    # A one-letter name at the limit: the temporary name would be longer than the
+    # socket's, so it is bound in place (0600 by the umask).
+    deep = tmp_path / ("d" * (MAX_SOCKET_PATH - len(os.fsencode(tmp_path)) - 3))
+    deep.mkdir(mode=0o700)
+    short = deep / "s"
+    assert len(os.fsencode(short)) == MAX_SOCKET_PATH
+    with OurTarget(["--size", "4M", "--control", str(short)], workdir=tmp_path):
+        assert stat.S_IMODE(os.lstat(short).st_mode) == 0o600
+    long = d / ("s" * (room + 1))
+    out = subprocess.run([sys.executable, "-m", "target", "serve", "--portal",
+                          "127.0.0.1:0", "--size", "4M", "--control", str(long)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and str(long) in out.stderr and "108 bytes" in out.stderr, \
+        out.stderr
